@@ -1,0 +1,734 @@
+//! Configuration of `fleetforge-proxy`: one typed [`Config`], validated before any port is bound.
+//!
+//! Values come from, in order of precedence: command-line flags, `FLEETFORGE_*` environment
+//! variables, the TOML file given with `--config`, and built-in defaults. The file is parsed with
+//! `deny_unknown_fields`, so a typo is an error rather than a silently ignored setting. Every
+//! value is then validated into a typed field; an error names the key path, the bad value and
+//! where it came from (flag, variable or file), and the binary exits 64.
+//!
+//! Secure by default: private destinations are denied, TLS to upstreams is always verified, and
+//! listeners bind to loopback unless told otherwise.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleetforge_trust::RunId;
+use serde::Deserialize;
+
+use crate::pattern::{PatternSet, normalize_host};
+
+/// The hosts whose TLS is intercepted when `FLEETFORGE_INTERCEPT` is not set: the public APIs of
+/// the major LLM providers.
+pub const DEFAULT_INTERCEPT: &[&str] = &[
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "api.mistral.ai",
+    "api.groq.com",
+    "api.together.xyz",
+    "api.together.ai",
+    "openrouter.ai",
+    "api.cohere.com",
+    "api.cohere.ai",
+];
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag.
+    Flag(&'static str),
+    /// An environment variable.
+    Env(&'static str),
+    /// The TOML config file.
+    File(PathBuf),
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "from flag {flag}"),
+            Origin::Env(var) => write!(f, "from environment variable {var}"),
+            Origin::File(path) => write!(f, "in {}", path.display()),
+            Origin::Default => f.write_str("built-in default"),
+        }
+    }
+}
+
+/// A configuration error: which key, which value, where it came from, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error text.
+        reason: String,
+    },
+    /// The config file is not valid TOML for this binary (syntax, unknown key or wrong type).
+    #[error("invalid config file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        reason: String,
+    },
+    /// One value is invalid.
+    #[error("invalid value for `{key}` ({origin}): {value:?}: {reason}")]
+    Value {
+        /// Key path, e.g. `egress.resolve` or `sidecar[0].upstream`.
+        key: String,
+        /// The offending value as given.
+        value: String,
+        /// Where it came from.
+        origin: Origin,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+}
+
+/// A sidecar listener: plain HTTP in, bound to one upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarConfig {
+    /// Where the sidecar listens.
+    pub listen: SocketAddr,
+    /// The one upstream every request is sent to.
+    pub upstream: UpstreamBase,
+    /// Run to charge calls to when the request names none.
+    pub default_run: Option<RunId>,
+}
+
+/// The scheme, authority and optional path prefix of a sidecar's upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamBase {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and (maybe) port as written.
+    pub authority: http::uri::Authority,
+    /// Normalized host name.
+    pub host: String,
+    /// Port (explicit or the scheme's default).
+    pub port: u16,
+    /// Path prefix prepended to every request path ("" or "/something", no trailing slash).
+    pub base_path: String,
+}
+
+/// Ports a destination may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSet {
+    /// Any port.
+    Any,
+    /// Only these.
+    Only(Vec<u16>),
+}
+
+impl PortSet {
+    /// Whether `port` is allowed.
+    pub fn allows(&self, port: u16) -> bool {
+        match self {
+            PortSet::Any => true,
+            PortSet::Only(ports) => ports.contains(&port),
+        }
+    }
+}
+
+/// The validated configuration of one proxy process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory: CA, keys, spool, seals.
+    pub home: PathBuf,
+    /// Forward-proxy listener (`HTTP_PROXY` / `HTTPS_PROXY`).
+    pub listen: SocketAddr,
+    /// Admin listener: health, metrics, CA certificate.
+    pub admin_listen: SocketAddr,
+    /// Sidecar listeners.
+    pub sidecars: Vec<SidecarConfig>,
+    /// Hosts whose TLS is terminated and inspected after `CONNECT`.
+    pub intercept: PatternSet,
+    /// Extra PEM bundle trusted for upstream TLS, on top of the system roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// Egress allow-list of hosts.
+    pub allowed_hosts: PatternSet,
+    /// Egress allow-list of ports (hosts pinned in `resolve` may use any port).
+    pub allowed_ports: PortSet,
+    /// Model allow-list for LLM calls.
+    pub allowed_models: PatternSet,
+    /// Whether destinations resolving to loopback, private or link-local addresses are allowed.
+    pub allow_private: bool,
+    /// Static name overrides: connections to the host go to the address.
+    pub resolve: HashMap<String, SocketAddr>,
+    /// Request body limit in bytes.
+    pub max_body: u64,
+    /// Upstream TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Upper bound on the time from sending a request upstream to its response headers.
+    pub response_timeout: Duration,
+    /// How long a client may take to send request headers (and the first bytes after CONNECT).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
+    /// How long shutdown waits for calls in flight.
+    pub drain_timeout: Duration,
+    /// Run to charge calls to when a call names none and its listener has no default.
+    pub default_run: Option<RunId>,
+    /// Reject calls that carry no run credentials with 407.
+    pub require_credentials: bool,
+}
+
+/// The TOML file, as written: shared keys at the top, one table per binary. Every FleetForge
+/// binary reads the same file (so `fleetforge-ctl up` needs one), each validating its own table;
+/// see `configs/` for examples.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// State directory (`FLEETFORGE_HOME`, default `./.fleetforge`).
+    pub home: Option<PathBuf>,
+    /// `[proxy]`: this binary's settings.
+    pub proxy: FileConfig,
+    /// `[control]`: the control service's settings (validated by `fleetforge-control`).
+    pub control: Option<toml::Table>,
+}
+
+/// `[proxy]`. Every key is optional; see [`Config`] for the meaning of each.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Forward-proxy listener (`FLEETFORGE_PROXY_LISTEN`, default `127.0.0.1:8080`).
+    pub listen: Option<String>,
+    /// Admin listener (`FLEETFORGE_ADMIN_LISTEN`, default `127.0.0.1:9901`).
+    pub admin_listen: Option<String>,
+    /// TLS settings.
+    pub tls: FileTls,
+    /// Egress controls.
+    pub egress: FileEgress,
+    /// How calls are tied to runs.
+    pub identity: FileIdentity,
+    /// Limits and timeouts.
+    pub limits: FileLimits,
+    /// Sidecar listeners (`[[sidecar]]`).
+    pub sidecar: Vec<FileSidecar>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileTls {
+    /// Host globs whose TLS is intercepted (`FLEETFORGE_INTERCEPT`); `["*"]` = all.
+    pub intercept: Option<Vec<String>>,
+    /// Extra PEM bundle trusted for upstream TLS (`FLEETFORGE_UPSTREAM_CA`).
+    pub upstream_ca: Option<PathBuf>,
+}
+
+/// `[egress]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileEgress {
+    /// Host globs calls may reach (`FLEETFORGE_ALLOWED_HOSTS`, default all).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Ports calls may reach (`FLEETFORGE_ALLOWED_PORTS`, default 80 and 443; `"*"` = any).
+    pub allowed_ports: Option<PortsValue>,
+    /// Model globs LLM calls may use (`FLEETFORGE_ALLOWED_MODELS`, default all).
+    pub allowed_models: Option<Vec<String>>,
+    /// Allow loopback/private/link-local destinations (`FLEETFORGE_ALLOW_PRIVATE`, default false).
+    pub allow_private: Option<bool>,
+    /// Static name overrides `{ "host" = "addr:port" }` (`FLEETFORGE_RESOLVE`).
+    pub resolve: Option<HashMap<String, String>>,
+}
+
+/// A port list in the file: `[80, 443]` or `"*"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PortsValue {
+    /// `"*"` (or a comma list as a string).
+    Text(String),
+    /// A list of ports.
+    List(Vec<u16>),
+}
+
+/// `[identity]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileIdentity {
+    /// Run for calls that name none (`FLEETFORGE_DEFAULT_RUN`).
+    pub default_run: Option<String>,
+    /// Reject calls without run credentials with 407 (`FLEETFORGE_REQUIRE_CREDENTIALS`).
+    pub require_credentials: Option<bool>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLimits {
+    /// Request body limit, e.g. `"16MiB"` (`FLEETFORGE_MAX_BODY`).
+    pub max_body: Option<String>,
+    /// Upstream connect timeout, e.g. `"10s"`.
+    pub connect_timeout: Option<String>,
+    /// Time allowed from request sent to upstream response headers, e.g. `"600s"`.
+    pub response_timeout: Option<String>,
+    /// Time a client may take to send request headers, e.g. `"30s"`.
+    pub header_timeout: Option<String>,
+    /// Time a client may take to send a request body, e.g. `"60s"`.
+    pub body_timeout: Option<String>,
+    /// Time shutdown waits for calls in flight, e.g. `"10s"`.
+    pub drain_timeout: Option<String>,
+}
+
+/// `[[sidecar]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSidecar {
+    /// Listen address, e.g. `"127.0.0.1:15001"`.
+    pub listen: String,
+    /// Upstream base URL, e.g. `"https://api.openai.com"`.
+    pub upstream: String,
+    /// Run for calls on this listener that name none.
+    #[serde(default)]
+    pub default_run: Option<String>,
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    /// `--home`
+    pub home: Option<PathBuf>,
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--admin-listen`
+    pub admin_listen: Option<String>,
+    /// `--intercept` (comma list)
+    pub intercept: Option<String>,
+    /// `--upstream-ca`
+    pub upstream_ca: Option<PathBuf>,
+    /// `--resolve HOST=ADDR:PORT`, repeatable
+    pub resolve: Vec<String>,
+    /// `--sidecar LISTEN=URL`, repeatable; replaces the file's sidecars
+    pub sidecar: Vec<String>,
+    /// `--default-run`
+    pub default_run: Option<String>,
+    /// `--allow-private`
+    pub allow_private: bool,
+}
+
+/// Reads environment variables; a function so tests need not touch the process environment.
+pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Config {
+    /// Loads the configuration: file (if any), then environment, then flags; then validates.
+    pub fn load(file: Option<&Path>, env: EnvFn<'_>, flags: &Flags) -> Result<Self, ConfigError> {
+        let (raw, file_origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                (Self::parse_file(path, &text)?, Origin::File(path.to_owned()))
+            }
+            None => (ConfigFile::default(), Origin::Default),
+        };
+        Builder { env, flags, file_origin }.build(raw)
+    }
+
+    /// Parses the TOML text of a config file (no validation of values yet).
+    pub fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string().trim_end().to_owned(),
+        })
+    }
+}
+
+struct Builder<'a> {
+    env: EnvFn<'a>,
+    flags: &'a Flags,
+    file_origin: Origin,
+}
+
+/// A raw value and where it came from.
+struct Given<T> {
+    value: T,
+    origin: Origin,
+}
+
+impl Builder<'_> {
+    fn env(&self, var: &'static str) -> Option<Given<String>> {
+        (self.env)(var)
+            .filter(|v| !v.trim().is_empty())
+            .map(|value| Given { value, origin: Origin::Env(var) })
+    }
+
+    fn file<T>(&self, value: Option<T>) -> Option<Given<T>> {
+        value.map(|value| Given { value, origin: self.file_origin.clone() })
+    }
+
+    fn flag<T>(&self, name: &'static str, value: Option<T>) -> Option<Given<T>> {
+        value.map(|value| Given { value, origin: Origin::Flag(name) })
+    }
+
+    /// flag > env > file for a plain string setting.
+    fn string(
+        &self,
+        flag: (&'static str, Option<String>),
+        var: &'static str,
+        file: Option<String>,
+    ) -> Option<Given<String>> {
+        self.flag(flag.0, flag.1).or_else(|| self.env(var)).or_else(|| self.file(file))
+    }
+
+    /// env (comma list) > file for a list setting.
+    fn list(&self, var: &'static str, file: Option<Vec<String>>) -> Option<Given<Vec<String>>> {
+        self.env(var)
+            .map(|g| Given { value: split_list(&g.value), origin: g.origin })
+            .or_else(|| self.file(file))
+    }
+
+    fn build(self, file: ConfigFile) -> Result<Config, ConfigError> {
+        let flags = self.flags;
+        let raw = file.proxy;
+        let home = self
+            .flag("--home", flags.home.clone())
+            .or_else(|| self.env("FLEETFORGE_HOME").map(|g| Given { value: g.value.into(), origin: g.origin }))
+            .or_else(|| self.file(file.home))
+            .map_or_else(|| PathBuf::from(".fleetforge"), |g| g.value);
+
+        let listen = parse_addr(
+            "proxy.listen",
+            self.string(("--listen", flags.listen.clone()), "FLEETFORGE_PROXY_LISTEN", raw.listen),
+            "127.0.0.1:8080",
+        )?;
+        let admin_listen = parse_addr(
+            "proxy.admin_listen",
+            self.string(
+                ("--admin-listen", flags.admin_listen.clone()),
+                "FLEETFORGE_ADMIN_LISTEN",
+                raw.admin_listen,
+            ),
+            "127.0.0.1:9901",
+        )?;
+
+        let intercept = match self
+            .flag("--intercept", flags.intercept.as_deref().map(split_list))
+            .or_else(|| self.list("FLEETFORGE_INTERCEPT", raw.tls.intercept))
+        {
+            Some(g) => patterns("proxy.tls.intercept", g)?,
+            None => PatternSet::new(DEFAULT_INTERCEPT),
+        };
+        let upstream_ca = self
+            .flag("--upstream-ca", flags.upstream_ca.clone())
+            .or_else(|| self.env("FLEETFORGE_UPSTREAM_CA").map(|g| Given { value: g.value.into(), origin: g.origin }))
+            .or_else(|| self.file(raw.tls.upstream_ca));
+        let upstream_ca = match upstream_ca {
+            Some(g) if !g.value.is_file() => {
+                return Err(value_error(
+                    "proxy.tls.upstream_ca",
+                    &g.value.display().to_string(),
+                    g.origin,
+                    "no such file; give the path of a PEM bundle of CA certificates",
+                ));
+            }
+            other => other.map(|g| g.value),
+        };
+
+        let allowed_hosts = match self.list("FLEETFORGE_ALLOWED_HOSTS", raw.egress.allowed_hosts) {
+            Some(g) => patterns("proxy.egress.allowed_hosts", g)?,
+            None => PatternSet::any(),
+        };
+        let allowed_models = match self.list("FLEETFORGE_ALLOWED_MODELS", raw.egress.allowed_models) {
+            Some(g) => patterns("proxy.egress.allowed_models", g)?,
+            None => PatternSet::any(),
+        };
+        let allowed_ports = match self
+            .env("FLEETFORGE_ALLOWED_PORTS")
+            .map(|g| Given { value: PortsValue::Text(g.value), origin: g.origin })
+            .or_else(|| self.file(raw.egress.allowed_ports))
+        {
+            Some(g) => parse_ports(g)?,
+            None => PortSet::Only(vec![80, 443]),
+        };
+        let allow_private = if flags.allow_private {
+            true
+        } else {
+            match self.env("FLEETFORGE_ALLOW_PRIVATE") {
+                Some(g) => parse_bool("proxy.egress.allow_private", g)?,
+                None => raw.egress.allow_private.unwrap_or(false),
+            }
+        };
+
+        let mut resolve = HashMap::new();
+        let mut add_resolve = |entry: &str, origin: &Origin| -> Result<(), ConfigError> {
+            let (host, addr) = parse_resolve_entry(entry).map_err(|reason| {
+                value_error("proxy.egress.resolve", entry, origin.clone(), &reason)
+            })?;
+            resolve.insert(host, addr);
+            Ok(())
+        };
+        for (host, addr) in raw.egress.resolve.unwrap_or_default() {
+            add_resolve(&format!("{host}={addr}"), &self.file_origin)?;
+        }
+        if let Some(g) = self.env("FLEETFORGE_RESOLVE") {
+            for entry in split_list(&g.value) {
+                add_resolve(&entry, &g.origin)?;
+            }
+        }
+        for entry in &flags.resolve {
+            add_resolve(entry, &Origin::Flag("--resolve"))?;
+        }
+
+        let max_body = match self.env("FLEETFORGE_MAX_BODY").or_else(|| self.file(raw.limits.max_body)) {
+            Some(g) => parse_size("proxy.limits.max_body", g)?,
+            None => 16 * 1024 * 1024,
+        };
+        let duration = |key: &'static str, value: Option<String>, default: Duration| match self.file(value) {
+            Some(g) => parse_duration(key, g),
+            None => Ok(default),
+        };
+        let connect_timeout = duration("proxy.limits.connect_timeout", raw.limits.connect_timeout, Duration::from_secs(10))?;
+        let response_timeout =
+            duration("proxy.limits.response_timeout", raw.limits.response_timeout, Duration::from_secs(600))?;
+        let header_timeout = duration("proxy.limits.header_timeout", raw.limits.header_timeout, Duration::from_secs(30))?;
+        let body_timeout = duration("proxy.limits.body_timeout", raw.limits.body_timeout, Duration::from_secs(60))?;
+        let drain_timeout = duration("proxy.limits.drain_timeout", raw.limits.drain_timeout, Duration::from_secs(10))?;
+
+        let default_run = self
+            .string(("--default-run", flags.default_run.clone()), "FLEETFORGE_DEFAULT_RUN", raw.identity.default_run)
+            .map(|g| parse_run("proxy.identity.default_run", g))
+            .transpose()?;
+        let require_credentials = match self.env("FLEETFORGE_REQUIRE_CREDENTIALS") {
+            Some(g) => parse_bool("proxy.identity.require_credentials", g)?,
+            None => raw.identity.require_credentials.unwrap_or(false),
+        };
+
+        let sidecars = if flags.sidecar.is_empty() {
+            raw.sidecar
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| self.sidecar(i, s, self.file_origin.clone()))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            flags
+                .sidecar
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    let (listen, upstream) = entry.split_once('=').ok_or_else(|| {
+                        value_error(
+                            "proxy.sidecar",
+                            entry,
+                            Origin::Flag("--sidecar"),
+                            "expected LISTEN=UPSTREAM_URL, e.g. 127.0.0.1:15001=https://api.openai.com",
+                        )
+                    })?;
+                    let raw = FileSidecar { listen: listen.into(), upstream: upstream.into(), default_run: None };
+                    self.sidecar(i, raw, Origin::Flag("--sidecar"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+
+        let config = Config {
+            home,
+            listen,
+            admin_listen,
+            sidecars,
+            intercept,
+            upstream_ca,
+            allowed_hosts,
+            allowed_ports,
+            allowed_models,
+            allow_private,
+            resolve,
+            max_body,
+            connect_timeout,
+            response_timeout,
+            header_timeout,
+            body_timeout,
+            drain_timeout,
+            default_run,
+            require_credentials,
+        };
+        check_distinct_listeners(&config)?;
+        Ok(config)
+    }
+
+    fn sidecar(&self, i: usize, raw: FileSidecar, origin: Origin) -> Result<SidecarConfig, ConfigError> {
+        let listen = parse_addr(
+            &format!("proxy.sidecar[{i}].listen"),
+            Some(Given { value: raw.listen, origin: origin.clone() }),
+            "",
+        )?;
+        let upstream = parse_upstream(&format!("proxy.sidecar[{i}].upstream"), &raw.upstream)
+            .map_err(|reason| value_error(&format!("proxy.sidecar[{i}].upstream"), &raw.upstream, origin.clone(), &reason))?;
+        let default_run = raw
+            .default_run
+            .map(|value| parse_run(&format!("proxy.sidecar[{i}].default_run"), Given { value, origin }))
+            .transpose()?;
+        Ok(SidecarConfig { listen, upstream, default_run })
+    }
+}
+
+fn value_error(key: &str, value: &str, origin: Origin, reason: &str) -> ConfigError {
+    ConfigError::Value { key: key.to_owned(), value: value.to_owned(), origin, reason: reason.to_owned() }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn parse_addr(key: &str, given: Option<Given<String>>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let Given { value, origin } = given.unwrap_or(Given { value: default.to_owned(), origin: Origin::Default });
+    value.trim().parse().map_err(|_| {
+        value_error(key, &value, origin, "not a socket address; expected IP:PORT such as 127.0.0.1:8080 (port 0 picks a free port)")
+    })
+}
+
+fn patterns(key: &str, given: Given<Vec<String>>) -> Result<PatternSet, ConfigError> {
+    for p in &given.value {
+        if p.chars().any(|c| c.is_whitespace() || c == '/' || c == ':') {
+            return Err(value_error(
+                key,
+                p,
+                given.origin,
+                "a pattern is a bare name or glob such as api.openai.com or *.openai.com (no scheme, port or path)",
+            ));
+        }
+    }
+    Ok(PatternSet::new(&given.value))
+}
+
+fn parse_ports(given: Given<PortsValue>) -> Result<PortSet, ConfigError> {
+    let key = "proxy.egress.allowed_ports";
+    match given.value {
+        PortsValue::List(ports) => Ok(PortSet::Only(ports)),
+        PortsValue::Text(text) if text.trim() == "*" => Ok(PortSet::Any),
+        PortsValue::Text(text) => split_list(&text)
+            .iter()
+            .map(|p| {
+                p.parse::<u16>().map_err(|_| {
+                    value_error(key, &text, given.origin.clone(), &format!("{p:?} is not a port; give a comma list such as 80,443 or *"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(PortSet::Only),
+    }
+}
+
+fn parse_bool(key: &str, given: Given<String>) -> Result<bool, ConfigError> {
+    match given.value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(value_error(key, &given.value, given.origin, "expected true or false")),
+    }
+}
+
+fn parse_run(key: &str, given: Given<String>) -> Result<RunId, ConfigError> {
+    RunId::new(given.value.trim()).map_err(|e| value_error(key, &given.value, given.origin, &e.to_string()))
+}
+
+/// Parses `host=addr:port`.
+fn parse_resolve_entry(entry: &str) -> Result<(String, SocketAddr), String> {
+    let (host, addr) = entry
+        .split_once('=')
+        .ok_or_else(|| "expected HOST=IP:PORT, e.g. api.llm.test=127.0.0.1:8443".to_owned())?;
+    let host = normalize_host(host.trim());
+    if host.is_empty() || host.contains(['/', ':', ' ']) && host.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("{host:?} is not a host name"));
+    }
+    let addr = addr
+        .trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("{addr:?} is not IP:PORT; expected HOST=IP:PORT, e.g. api.llm.test=127.0.0.1:8443"))?;
+    Ok((host, addr))
+}
+
+/// Parses `16MiB`, `512KiB`, `1MB`, `1048576`.
+fn parse_size(key: &str, given: Given<String>) -> Result<u64, ConfigError> {
+    let text = given.value.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => u64::MAX,
+    };
+    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(n) if mult != u64::MAX && n > 0 => Ok(n),
+        _ => Err(value_error(key, &given.value, given.origin, "expected a positive size such as 16MiB, 512KiB or 1000000")),
+    }
+}
+
+/// Parses `30s`, `500ms`, `5m`, `1h`.
+fn parse_duration(key: &str, given: Given<String>) -> Result<Duration, ConfigError> {
+    let text = given.value.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n = digits.parse::<u64>().ok();
+    let d = match (n, unit) {
+        (Some(n), "ms") => Some(Duration::from_millis(n)),
+        (Some(n), "s") => Some(Duration::from_secs(n)),
+        (Some(n), "m") => n.checked_mul(60).map(Duration::from_secs),
+        (Some(n), "h") => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    };
+    match d {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(value_error(key, &given.value, given.origin, "expected a positive duration such as 500ms, 30s, 5m or 1h")),
+    }
+}
+
+/// Parses a sidecar upstream base URL.
+fn parse_upstream(key: &str, text: &str) -> Result<UpstreamBase, String> {
+    let _ = key;
+    let uri: http::Uri = text.trim().parse().map_err(|_| "not a URL; expected e.g. https://api.openai.com".to_owned())?;
+    let scheme = uri.scheme().cloned().ok_or("the URL needs a scheme (https:// or http://)")?;
+    let port_default = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        other => return Err(format!("scheme {other:?} is not supported; use https or http")),
+    };
+    let authority = uri.authority().cloned().ok_or("the URL needs a host")?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the upstream URL are not allowed; send them from the agent".to_owned());
+    }
+    if uri.query().is_some() {
+        return Err("the upstream URL must not have a query string".to_owned());
+    }
+    let host = normalize_host(authority.host());
+    let port = authority.port_u16().unwrap_or(port_default);
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(UpstreamBase { scheme, authority, host, port, base_path })
+}
+
+fn check_distinct_listeners(config: &Config) -> Result<(), ConfigError> {
+    let mut seen: Vec<(SocketAddr, String)> = vec![
+        (config.listen, "proxy.listen".to_owned()),
+        (config.admin_listen, "proxy.admin_listen".to_owned()),
+    ];
+    for (i, s) in config.sidecars.iter().enumerate() {
+        seen.push((s.listen, format!("proxy.sidecar[{i}].listen")));
+    }
+    for (i, (addr, key)) in seen.iter().enumerate() {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Some((_, other)) = seen[..i].iter().find(|(a, _)| a == addr) {
+            return Err(value_error(
+                key,
+                &addr.to_string(),
+                Origin::Default,
+                &format!("the same address is already used by `{other}`; give each listener its own port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Config, ConfigError, Flags, Origin, PortSet};
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    move |k| map.get(k).cloned()
+}
+
+fn load_text(text: &str, env: &[(&str, &str)], flags: &Flags) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(Some(&path), &env_of(env), flags)
+}
+
+#[test]
+fn defaults_are_secure_and_documented() {
+    let c = Config::load(None, &env_of(&[]), &Flags::default()).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.home, Path::new(".fleetforge"));
+    assert!(!c.allow_private);
+    assert!(!c.require_credentials);
+    assert_eq!(c.allowed_ports, PortSet::Only(vec![80, 443]));
+    assert!(c.allowed_hosts.is_any());
+    assert!(c.intercept.matches("api.openai.com"));
+    assert!(c.intercept.matches("api.anthropic.com"));
+    assert!(!c.intercept.matches("example.com"));
+    assert_eq!(c.max_body, 16 * 1024 * 1024);
+}
+
+#[test]
+fn flags_beat_env_beat_file() {
+    let text = "[proxy]\nlisten = \"127.0.0.1:1001\"\nadmin_listen = \"127.0.0.1:1002\"\n";
+    let c = load_text(text, &[], &Flags::default()).unwrap();
+    assert_eq!(c.listen.port(), 1001);
+    let c = load_text(text, &[("FLEETFORGE_PROXY_LISTEN", "127.0.0.1:2001")], &Flags::default()).unwrap();
+    assert_eq!(c.listen.port(), 2001);
+    let flags = Flags { listen: Some("127.0.0.1:3001".into()), ..Flags::default() };
+    let c = load_text(text, &[("FLEETFORGE_PROXY_LISTEN", "127.0.0.1:2001")], &flags).unwrap();
+    assert_eq!(c.listen.port(), 3001);
+    assert_eq!(c.admin_listen.port(), 1002);
+}
+
+#[test]
+fn env_lists_and_values_parse() {
+    let env = [
+        ("FLEETFORGE_ALLOWED_HOSTS", "api.openai.com, *.example.com"),
+        ("FLEETFORGE_ALLOWED_PORTS", "443,8443"),
+        ("FLEETFORGE_RESOLVE", "api.llm.test=127.0.0.1:8443,other.test=[::1]:9"),
+        ("FLEETFORGE_MAX_BODY", "1MiB"),
+        ("FLEETFORGE_ALLOW_PRIVATE", "true"),
+        ("FLEETFORGE_INTERCEPT", "*"),
+        ("FLEETFORGE_DEFAULT_RUN", "r-1"),
+    ];
+    let c = Config::load(None, &env_of(&env), &Flags::default()).unwrap();
+    assert!(c.allowed_hosts.matches("a.example.com"));
+    assert!(!c.allowed_hosts.matches("example.org"));
+    assert_eq!(c.allowed_ports, PortSet::Only(vec![443, 8443]));
+    assert_eq!(c.resolve["api.llm.test"].to_string(), "127.0.0.1:8443");
+    assert_eq!(c.resolve["other.test"].to_string(), "[::1]:9");
+    assert_eq!(c.max_body, 1 << 20);
+    assert!(c.allow_private);
+    assert!(c.intercept.is_any());
+    assert_eq!(c.default_run.unwrap().as_str(), "r-1");
+}
+
+#[test]
+fn errors_name_the_key_the_value_and_the_origin() {
+    let err = Config::load(None, &env_of(&[("FLEETFORGE_PROXY_LISTEN", "localhost")]), &Flags::default()).unwrap_err();
+    match &err {
+        ConfigError::Value { key, value, origin, .. } => {
+            assert_eq!(key, "proxy.listen");
+            assert_eq!(value, "localhost");
+            assert_eq!(*origin, Origin::Env("FLEETFORGE_PROXY_LISTEN"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains("proxy.listen") && text.contains("localhost") && text.contains("FLEETFORGE_PROXY_LISTEN"), "{text}");
+
+    let err = load_text("[proxy.limits]\nmax_body = \"lots\"\n", &[], &Flags::default()).unwrap_err();
+    assert!(err.to_string().contains("proxy.limits.max_body"), "{err}");
+    let err = load_text("[proxy.egress]\nresolve = { \"h\" = \"nope\" }\n", &[], &Flags::default()).unwrap_err();
+    assert!(err.to_string().contains("proxy.egress.resolve"), "{err}");
+    let err = load_text("[[proxy.sidecar]]\nlisten = \"127.0.0.1:1\"\nupstream = \"ftp://x\"\n", &[], &Flags::default()).unwrap_err();
+    assert!(err.to_string().contains("proxy.sidecar[0].upstream"), "{err}");
+    let err = load_text("[proxy.limits]\nconnect_timeout = \"10\"\n", &[], &Flags::default()).unwrap_err();
+    assert!(err.to_string().contains("duration"), "{err}");
+    let err = load_text("[proxy.egress]\nallowed_hosts = [\"https://x.com\"]\n", &[], &Flags::default()).unwrap_err();
+    assert!(err.to_string().contains("proxy.egress.allowed_hosts"), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key() {
+    let err = load_text("[proxy]\nlisen = \"127.0.0.1:1\"\n", &[], &Flags::default()).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }));
+    assert!(err.to_string().contains("lisen"), "{err}");
+    let err = load_text("bogus = 1\n", &[], &Flags::default()).unwrap_err();
+    assert!(err.to_string().contains("bogus"), "{err}");
+}
+
+#[test]
+fn listeners_must_not_collide() {
+    let text = "[proxy]\nlisten = \"127.0.0.1:7000\"\n[[proxy.sidecar]]\nlisten = \"127.0.0.1:7000\"\nupstream = \"https://api.openai.com\"\n";
+    let err = load_text(text, &[], &Flags::default()).unwrap_err();
+    assert!(err.to_string().contains("proxy.sidecar[0].listen"), "{err}");
+}
+
+#[test]
+fn sidecar_upstreams_parse_with_path_prefix() {
+    let flags = Flags { sidecar: vec!["127.0.0.1:0=https://gw.example.com:8443/openai/".into()], ..Flags::default() };
+    let c = Config::load(None, &env_of(&[]), &flags).unwrap();
+    let up = &c.sidecars[0].upstream;
+    assert_eq!((up.host.as_str(), up.port, up.base_path.as_str()), ("gw.example.com", 8443, "/openai"));
+    let flags = Flags { sidecar: vec!["127.0.0.1:0=https://user:pw@x.com".into()], ..Flags::default() };
+    assert!(Config::load(None, &env_of(&[]), &flags).is_err(), "credentials in URLs are refused");
+}
+
+#[test]
+fn timeouts_parse() {
+    let c = load_text("[proxy.limits]\nresponse_timeout = \"5m\"\nheader_timeout = \"500ms\"\n", &[], &Flags::default()).unwrap();
+    assert_eq!(c.response_timeout, Duration::from_secs(300));
+    assert_eq!(c.header_timeout, Duration::from_millis(500));
+}
+
+/// Every example in `configs/` must load (agentgateway's validate_examples).
+#[test]
+fn every_example_config_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(Some(&path), &env_of(&[]), &Flags::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "expected the example configs in {}", dir.display());
+}

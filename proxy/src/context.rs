@@ -1,0 +1,227 @@
+//! The per-connection and per-call context the phases share.
+//!
+//! [`ConnCtx`] is fixed when a client connection (or an intercepted `CONNECT` tunnel) is set up:
+//! which listener, which peer, and — for tunnels and sidecars — the one destination every request
+//! on it goes to. [`Call`] is created when a request arrives and filled in phase by phase; the
+//! receipt is built from it, in one place, when the call ends.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use fleetforge_trust::{ReceiptId, RunId};
+use http::uri::{Authority, Scheme};
+use http::{Method, StatusCode, Version};
+
+use crate::error::ProxyError;
+use crate::meter::Reservation;
+use crate::metrics::ListenerKind;
+
+/// Where a call goes: scheme, host and port of the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Normalized host (lowercase, no trailing dot, no IPv6 brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Authority as it goes into the upstream URI (port omitted when it is the default).
+    pub authority: Authority,
+}
+
+impl Target {
+    /// Builds a target; the authority omits the port when it is the scheme's default.
+    pub fn new(scheme: Scheme, host: String, port: u16) -> Result<Self, http::Error> {
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let authority = if port == default_port {
+            Authority::try_from(bracketed.as_str())?
+        } else {
+            Authority::try_from(format!("{bracketed}:{port}").as_str())?
+        };
+        Ok(Self { scheme, host, port, authority })
+    }
+}
+
+/// How the connection a call arrived on is being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnMode {
+    /// Forward proxy: absolute-form requests (and `CONNECT`, handled before the pipeline).
+    Proxy,
+    /// Requests inside an intercepted TLS tunnel.
+    Intercepted,
+    /// Plain HTTP inside a `CONNECT` tunnel.
+    PlainTunnel,
+    /// A sidecar listener bound to one upstream.
+    Sidecar,
+}
+
+/// A run token as presented by the agent. Never printed: `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token.
+    pub fn new(token: String) -> Self {
+        Self(token)
+    }
+
+    /// The token text, for verification only. Never log or record it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token([redacted; {} bytes])", self.0.len())
+    }
+}
+
+/// Run credentials taken from `Proxy-Authorization: Basic RUN:TOKEN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The run.
+    pub run: RunId,
+    /// The run's token, if one was given.
+    pub token: Option<Token>,
+}
+
+/// Per-connection context.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    /// Listener the connection arrived on.
+    pub listener: ListenerKind,
+    /// How requests on it are served.
+    pub mode: ConnMode,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The fixed destination of every request on this connection (tunnels and sidecars).
+    pub target: Option<Target>,
+    /// Path prefix of a sidecar upstream ("" when none).
+    pub base_path: String,
+    /// Credentials presented on `CONNECT`, inherited by every request in the tunnel.
+    pub credentials: Option<Credentials>,
+    /// The listener's default run.
+    pub default_run: Option<RunId>,
+}
+
+/// Where the run identity of a call came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// `Proxy-Authorization` (on the request or on its `CONNECT`).
+    ProxyAuthorization,
+    /// `x-fleetforge-run` / `x-fleetforge-token` request headers.
+    Headers,
+    /// The listener's or the proxy's default run.
+    Default,
+}
+
+/// Who is calling: the result of the identify phase.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The run the call belongs to.
+    pub run: RunId,
+    /// The run token presented, if any (verified by the authorize phase once tokens exist).
+    pub token: Option<Token>,
+    /// Where the identity came from.
+    pub source: IdentitySource,
+    /// Step number: monotonic per run, starting at 1.
+    pub step: u64,
+    /// Optional step label from `x-fleetforge-step`.
+    pub step_label: Option<String>,
+}
+
+/// Everything known about one call; filled in by the phases, read once by the record phase.
+#[derive(Debug)]
+pub struct Call {
+    /// The receipt id, minted when the call arrives so every response (errors too) can carry it.
+    pub receipt_id: ReceiptId,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Listener it arrived on.
+    pub listener: ListenerKind,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Request method.
+    pub method: Method,
+    /// HTTP version of the client's hop.
+    pub version: Version,
+    /// Request path and query as the upstream will see it.
+    pub path: String,
+    /// Destination, once known.
+    pub target: Option<Target>,
+    /// Run identity, once known.
+    pub identity: Option<Identity>,
+    /// Model named in an LLM request body, when parsed.
+    pub model: Option<String>,
+    /// Budget set aside by the meter phase, reconciled by settle.
+    pub reservation: Reservation,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response status sent to the client.
+    pub status: Option<StatusCode>,
+    /// Response body bytes sent to the client.
+    pub response_bytes: u64,
+}
+
+impl Call {
+    /// A new call for a request that just arrived.
+    pub fn new(conn: &ConnCtx, method: Method) -> Self {
+        Self {
+            receipt_id: ReceiptId::generate(),
+            started: Instant::now(),
+            listener: conn.listener,
+            peer: conn.peer,
+            method,
+            version: Version::HTTP_11,
+            path: String::new(),
+            target: None,
+            identity: None,
+            model: None,
+            reservation: Reservation::default(),
+            request_bytes: 0,
+            status: None,
+            response_bytes: 0,
+        }
+    }
+
+    /// The run id, once identified.
+    pub fn run(&self) -> Option<&RunId> {
+        self.identity.as_ref().map(|i| &i.run)
+    }
+}
+
+/// How a call ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The response body was delivered to its end.
+    Completed,
+    /// The upstream failed in the middle of the response body.
+    UpstreamAborted(String),
+    /// The client went away before the response body ended.
+    ClientGone,
+    /// The call failed before any upstream response; the client got this error.
+    Failed(ProxyError),
+}
+
+#[cfg(test)]
+mod tests {
+    use http::uri::Scheme;
+
+    use super::{Target, Token};
+
+    #[test]
+    fn target_authority_omits_default_ports_and_brackets_ipv6() {
+        assert_eq!(Target::new(Scheme::HTTPS, "api.openai.com".into(), 443).unwrap().authority, "api.openai.com");
+        assert_eq!(Target::new(Scheme::HTTP, "h".into(), 8080).unwrap().authority, "h:8080");
+        assert_eq!(Target::new(Scheme::HTTPS, "::1".into(), 8443).unwrap().authority, "[::1]:8443");
+    }
+
+    #[test]
+    fn tokens_never_print() {
+        let t = Token::new("sk-very-secret".into());
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+}

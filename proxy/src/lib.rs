@@ -1,0 +1,37 @@
+//! FleetForge egress proxy.
+//!
+//! Sits between AI agents and the LLM and tool endpoints they call. Agents use it unmodified, as
+//! `HTTPS_PROXY` (forward listener, with TLS interception for the hosts in the intercept set) or as
+//! a base URL (sidecar listener bound to one upstream). Every call runs the same pipeline — start
+//! reading at [`flow`], which calls the phases in order:
+//!
+//! identify → authorize → meter → seal + forward → settle → record
+//!
+//! Phases are the verb-named modules ([`identify`], [`authorize`], [`meter`], [`forward`],
+//! [`settle`], [`record`]); the machinery they use are the noun modules ([`tls`], [`upstream`],
+//! [`listener`], [`metrics`]).
+#![forbid(unsafe_code)]
+
+pub mod authorize;
+pub mod body;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod flow;
+pub mod forward;
+pub mod headers;
+pub mod identify;
+pub mod listener;
+pub mod meter;
+pub mod metrics;
+pub mod pattern;
+pub mod proxy;
+pub mod record;
+pub mod runs;
+pub mod settle;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;
+
+pub use config::Config;
+pub use proxy::{Proxy, Running};

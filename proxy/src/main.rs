@@ -1,0 +1,191 @@
+//! `fleetforge-proxy`: the FleetForge data plane.
+//!
+//! Start-up wiring only: parse flags, load and validate the config (exit 64 on a bad one), set up
+//! logging, start the proxy, print one JSON "ready" line on stdout (bound addresses and CA paths,
+//! for scripts and tests that bind port 0), and drain on SIGTERM / Ctrl-C.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr as _;
+
+use anyhow::Context as _;
+use clap::Parser;
+use fleetforge_proxy::config::Flags;
+use fleetforge_proxy::{Config, Proxy};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// Exit status for a configuration error (EX_USAGE... EX_DATAERR family; 64 is what the contract names).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fleetforge-proxy",
+    version,
+    about = "FleetForge egress proxy: enforce and record what AI agents do on the network",
+    long_about = "FleetForge egress proxy: enforce and record what AI agents do on the network.\n\n\
+Agents use it unmodified:\n  \
+HTTPS_PROXY=http://RUN_ID:RUN_TOKEN@127.0.0.1:8080  SSL_CERT_FILE=$FLEETFORGE_HOME/ca/bundle.pem\n\
+or, with a sidecar listener, a base URL such as OPENAI_BASE_URL=http://127.0.0.1:15001/v1.\n\n\
+Settings come from flags, then FLEETFORGE_* environment variables, then the --config file, then defaults.\n\
+Environment: FLEETFORGE_HOME, FLEETFORGE_PROXY_LISTEN, FLEETFORGE_ADMIN_LISTEN, FLEETFORGE_INTERCEPT,\n\
+FLEETFORGE_ALLOWED_HOSTS, FLEETFORGE_ALLOWED_PORTS, FLEETFORGE_ALLOWED_MODELS, FLEETFORGE_ALLOW_PRIVATE,\n\
+FLEETFORGE_RESOLVE, FLEETFORGE_UPSTREAM_CA, FLEETFORGE_MAX_BODY, FLEETFORGE_DEFAULT_RUN,\n\
+FLEETFORGE_REQUIRE_CREDENTIALS, FLEETFORGE_LOG. See docs/reference/configuration.md.\n\n\
+On start it prints one JSON line to stdout: {\"event\":\"ready\",\"forward\":ADDR,\"admin\":ADDR,\"sidecars\":[..],\"ca\":PATH,\"bundle\":PATH}.\n\
+Exit status: 0 after a clean shutdown, 64 on a bad configuration, 1 on any other start-up failure."
+)]
+struct Cli {
+    /// TOML config file (examples in configs/).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print a summary and exit: 0 if valid, 64 if not.
+    #[arg(long)]
+    check_config: bool,
+    /// State directory (CA, keys, spool) [env FLEETFORGE_HOME; default ./.fleetforge].
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Forward-proxy listen address [env FLEETFORGE_PROXY_LISTEN; default 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin listen address [env FLEETFORGE_ADMIN_LISTEN; default 127.0.0.1:9901].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Add a sidecar listener bound to one upstream, e.g. 127.0.0.1:15001=https://api.openai.com
+    /// (repeatable; replaces the config file's [[sidecar]] entries).
+    #[arg(long, value_name = "LISTEN=URL")]
+    sidecar: Vec<String>,
+    /// Pin a host to an address, like curl --resolve: HOST=IP:PORT (repeatable) [env FLEETFORGE_RESOLVE].
+    #[arg(long, value_name = "HOST=IP:PORT")]
+    resolve: Vec<String>,
+    /// Host globs whose TLS is intercepted, comma-separated; * = all [env FLEETFORGE_INTERCEPT].
+    #[arg(long, value_name = "GLOBS")]
+    intercept: Option<String>,
+    /// Extra PEM bundle trusted for upstream TLS [env FLEETFORGE_UPSTREAM_CA].
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
+    /// Run for calls that name none [env FLEETFORGE_DEFAULT_RUN].
+    #[arg(long, value_name = "RUN_ID")]
+    default_run: Option<String>,
+    /// Allow loopback/private/link-local destinations [env FLEETFORGE_ALLOW_PRIVATE].
+    #[arg(long)]
+    allow_private: bool,
+    /// Log filter, e.g. info or fleetforge_proxy=debug,info [env FLEETFORGE_LOG; default info].
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = cli.log.clone().or_else(|| std::env::var("FLEETFORGE_LOG").ok()).unwrap_or_else(|| "info".into());
+    let targets = match tracing_subscriber::filter::Targets::from_str(&filter) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fleetforge-proxy: invalid log filter {filter:?} (--log / FLEETFORGE_LOG): {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi))
+        .with(targets)
+        .init();
+
+    let flags = Flags {
+        home: cli.home,
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+        intercept: cli.intercept,
+        upstream_ca: cli.upstream_ca,
+        resolve: cli.resolve,
+        sidecar: cli.sidecar,
+        default_run: cli.default_run,
+        allow_private: cli.allow_private,
+    };
+    let config = match Config::load(cli.config.as_deref(), &|k| std::env::var(k).ok(), &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleetforge-proxy: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if cli.check_config {
+        println!(
+            "config ok: forward {}, admin {}, {} sidecar(s), home {}",
+            config.listen,
+            config.admin_listen,
+            config.sidecars.len(),
+            config.home.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetforge-proxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetforge-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let running = Proxy::start(config).await.context("cannot start")?;
+    let ready = serde_json::json!({
+        "event": "ready",
+        "forward": running.forward.to_string(),
+        "admin": running.admin.to_string(),
+        "sidecars": running.sidecars.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "ca": running.proxy.ca.ca_path(),
+        "bundle": running.proxy.ca.bundle_path(),
+    });
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{ready}").and_then(|()| stdout.flush()).context("cannot write the ready line to stdout")?;
+    drop(stdout);
+    tracing::info!(
+        forward = %running.forward,
+        admin = %running.admin,
+        sidecars = ?running.sidecars,
+        bundle = %running.proxy.ca.bundle_path().display(),
+        "listening; agents: HTTPS_PROXY=http://RUN_ID:RUN_TOKEN@{} SSL_CERT_FILE={}",
+        running.forward,
+        running.proxy.ca.bundle_path().display()
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections; waiting for calls in flight");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard limit: each proxied call holds two sockets, and
+/// the common default soft limit (1024) caps a proxy at a few hundred agents.
+#[allow(unsafe_code)]
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass, which lives on our stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = limit.rlim_cur, "could not raise the open-file limit");
+            }
+        }
+    }
+}
