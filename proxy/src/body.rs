@@ -1,20 +1,32 @@
 //! The response body the proxy sends to clients, and the tap on upstream responses.
 //!
 //! [`ProxyBody`] is either a small body the proxy made itself (errors, admin pages) or an
-//! upstream response streaming through a [`Tap`]. The tap passes every frame on as soon as it
-//! arrives — an SSE token stream reaches the client chunk by chunk, never buffered — while it
+//! upstream response streaming through a [`Tap`]. The tap passes data on as soon as it arrives —
+//! an SSE token stream reaches the client chunk by chunk, never buffered until the end — while it
 //! counts bytes; when the stream ends, fails, or the client goes away, it hands the call to
 //! [`crate::flow::Finish`] exactly once, so settle and record run with the final figures.
+//!
+//! Coalescing: the upstream connection hands the body over one chunk at a time, so a response
+//! whose chunks are all already buffered (a fast upstream) would otherwise cost one write system
+//! call per chunk. When a chunk arrives and the next is not ready yet, the tap yields once to let
+//! the upstream connection deliver what it already has, and sends everything gathered as one
+//! frame. It only waits while that grows the frame, at most 64 KiB, so a chunk the upstream has
+//! not sent yet is never waited for: a paced token stream still goes out token by token.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::context::Outcome;
 use crate::flow::Finish;
+
+/// The most data gathered into one frame before it is sent.
+const MAX_COALESCE: usize = 64 * 1024;
+
+type Polled = Option<Result<Frame<Bytes>, hyper::Error>>;
 
 pin_project_lite::pin_project! {
     /// A response body: made by the proxy, or an upstream stream under a tap.
@@ -34,6 +46,14 @@ pin_project_lite::pin_project! {
 pub struct Tap {
     bytes: u64,
     finish: Option<Finish>,
+    /// Data received and not yet passed on (see the module docs on coalescing).
+    held: Vec<Bytes>,
+    held_len: usize,
+    /// Whether `held` grew since the tap last yielded.
+    grew: bool,
+    /// What to return after `held` has been passed on (trailers, an error, or the end).
+    after: Option<Polled>,
+    spins: u32,
 }
 
 impl Tap {
@@ -41,6 +61,29 @@ impl Tap {
         if let Some(finish) = self.finish.take() {
             finish.done(self.bytes, outcome);
         }
+    }
+
+    fn take_held(&mut self) -> Frame<Bytes> {
+        self.held_len = 0;
+        self.grew = false;
+        self.spins = 0;
+        if self.held.len() == 1 {
+            return Frame::data(self.held.pop().unwrap_or_default());
+        }
+        let mut joined = BytesMut::with_capacity(self.held.iter().map(Bytes::len).sum());
+        for b in self.held.drain(..) {
+            joined.extend_from_slice(&b);
+        }
+        Frame::data(joined.freeze())
+    }
+
+    /// Passes `item` on, after any held data.
+    fn then(&mut self, item: Polled) -> Poll<Polled> {
+        if self.held.is_empty() {
+            return Poll::Ready(item);
+        }
+        self.after = Some(item);
+        Poll::Ready(Some(Ok(self.take_held())))
     }
 }
 
@@ -64,7 +107,7 @@ impl ProxyBody {
 
     /// Streams `inner` to the client and calls `finish` when it ends.
     pub fn tapped(inner: Incoming, finish: Finish) -> Self {
-        let mut tap = Tap { bytes: 0, finish: Some(finish) };
+        let mut tap = Tap { bytes: 0, finish: Some(finish), held: Vec::new(), held_len: 0, grew: false, after: None, spins: 0 };
         if inner.is_end_stream() {
             // Nothing will be polled: the call is complete now.
             tap.end(Outcome::Completed);
@@ -81,21 +124,47 @@ impl Body for ProxyBody {
         match self.project() {
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBodyProj::Tapped { mut inner, tap } => {
-                let polled = ready!(inner.as_mut().poll_frame(cx));
-                match &polled {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            tap.bytes += data.len() as u64;
-                        }
-                        // With a known length the server stops polling once the last byte is out.
-                        if inner.is_end_stream() {
-                            tap.end(Outcome::Completed);
-                        }
-                    }
-                    Some(Err(e)) => tap.end(Outcome::UpstreamAborted(e.to_string())),
-                    None => tap.end(Outcome::Completed),
+                if let Some(item) = tap.after.take() {
+                    return Poll::Ready(item);
                 }
-                Poll::Ready(polled)
+                loop {
+                    match inner.as_mut().poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                            Ok(data) => {
+                                tap.bytes += data.len() as u64;
+                                tap.held_len += data.len();
+                                tap.held.push(data);
+                                tap.grew = true;
+                                if inner.is_end_stream() {
+                                    // With a known length the server stops polling after the last byte.
+                                    tap.end(Outcome::Completed);
+                                    return Poll::Ready(Some(Ok(tap.take_held())));
+                                }
+                                if tap.held_len >= MAX_COALESCE {
+                                    return Poll::Ready(Some(Ok(tap.take_held())));
+                                }
+                            }
+                            Err(trailers) => return tap.then(Some(Ok(trailers))),
+                        },
+                        Poll::Ready(Some(Err(e))) => {
+                            tap.end(Outcome::UpstreamAborted(e.to_string()));
+                            return tap.then(Some(Err(e)));
+                        }
+                        Poll::Ready(None) => {
+                            tap.end(Outcome::Completed);
+                            return tap.then(None);
+                        }
+                        Poll::Pending if tap.held.is_empty() => return Poll::Pending,
+                        Poll::Pending if tap.grew || tap.spins < 2 => {
+                            if tap.grew { tap.spins = 0 } else { tap.spins += 1 }
+                            // Let the upstream connection hand over what it already has.
+                            tap.grew = false;
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        Poll::Pending => return Poll::Ready(Some(Ok(tap.take_held()))),
+                    }
+                }
             }
         }
     }
@@ -103,7 +172,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full { data } => data.is_none(),
-            ProxyBody::Tapped { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Tapped { inner, tap } => inner.is_end_stream() && tap.held.is_empty() && tap.after.is_none(),
         }
     }
 

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -146,6 +147,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener: health, metrics, CA certificate.
     pub admin_listen: SocketAddr,
+    /// Worker threads (each with its own listeners and upstream pool).
+    pub workers: NonZeroUsize,
+    /// Offer HTTP/2 to upstreams (ALPN); off = HTTP/1.1 with a keep-alive pool, like nginx.
+    pub upstream_http2: bool,
     /// Sidecar listeners.
     pub sidecars: Vec<SidecarConfig>,
     /// Hosts whose TLS is terminated and inspected after `CONNECT`.
@@ -202,6 +207,10 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Admin listener (`FLEETFORGE_ADMIN_LISTEN`, default `127.0.0.1:9901`).
     pub admin_listen: Option<String>,
+    /// Worker threads (`FLEETFORGE_WORKERS`, default: one per CPU).
+    pub workers: Option<usize>,
+    /// Upstream connection settings.
+    pub upstream: FileUpstream,
     /// TLS settings.
     pub tls: FileTls,
     /// Egress controls.
@@ -222,6 +231,14 @@ pub struct FileTls {
     pub intercept: Option<Vec<String>>,
     /// Extra PEM bundle trusted for upstream TLS (`FLEETFORGE_UPSTREAM_CA`).
     pub upstream_ca: Option<PathBuf>,
+}
+
+/// `[proxy.upstream]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileUpstream {
+    /// Offer HTTP/2 to upstreams via ALPN (default false: HTTP/1.1 keep-alive pool).
+    pub http2: Option<bool>,
 }
 
 /// `[egress]`
@@ -410,6 +427,13 @@ impl Builder<'_> {
             "127.0.0.1:9901",
         )?;
 
+        let workers = match self.env("FLEETFORGE_WORKERS").or_else(|| self.file(raw.workers.map(|w| w.to_string()))) {
+            Some(g) => g.value.trim().parse::<NonZeroUsize>().map_err(|_| {
+                value_error("proxy.workers", &g.value, g.origin.clone(), "expected a positive number of worker threads")
+            })?,
+            None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        };
+        let upstream_http2 = raw.upstream.http2.unwrap_or(false);
         let intercept = match self
             .flag("--intercept", flags.intercept.as_deref().map(split_list))
             .or_else(|| self.list("FLEETFORGE_INTERCEPT", raw.tls.intercept))
@@ -532,6 +556,8 @@ impl Builder<'_> {
             home,
             listen,
             admin_listen,
+            workers,
+            upstream_http2,
             sidecars,
             intercept,
             upstream_ca,

@@ -93,6 +93,8 @@ pub struct Credentials {
 pub struct ConnCtx {
     /// Listener the connection arrived on.
     pub listener: ListenerKind,
+    /// Worker thread serving the connection.
+    pub worker: usize,
     /// How requests on it are served.
     pub mode: ConnMode,
     /// The client's address.
@@ -142,6 +144,8 @@ pub struct Call {
     pub started: Instant,
     /// Listener it arrived on.
     pub listener: ListenerKind,
+    /// Worker thread serving it.
+    pub worker: usize,
     /// The client's address.
     pub peer: SocketAddr,
     /// Request method.
@@ -173,6 +177,7 @@ impl Call {
             receipt_id: ReceiptId::generate(),
             started: Instant::now(),
             listener: conn.listener,
+            worker: conn.worker,
             peer: conn.peer,
             method,
             version: Version::HTTP_11,

@@ -40,7 +40,7 @@ pub async fn forward(proxy: &Proxy, call: &Call, mut parts: Parts, body: Bytes) 
     parts.version = Version::HTTP_11;
     headers::for_upstream(&mut parts.headers);
     let request = Request::from_parts(parts, Full::new(body));
-    match tokio::time::timeout(proxy.config.response_timeout, proxy.client.request(request)).await {
+    match tokio::time::timeout(proxy.config.response_timeout, proxy.client(call.worker).request(request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(upstream::classify(&e, target)),
         Err(_) => Err(ProxyError::new(

@@ -36,9 +36,9 @@ use crate::proxy::Proxy;
 use crate::shutdown::Watch;
 
 /// Accepts connections until shutdown, spawning `serve` for each.
-pub(crate) async fn accept_loop<F, Fut>(proxy: Arc<Proxy>, listener: TcpListener, serve: F)
+pub(crate) async fn accept_loop<F, Fut>(proxy: Arc<Proxy>, listener: TcpListener, worker: usize, serve: F)
 where
-    F: Fn(Arc<Proxy>, TcpStream, SocketAddr, Watch) -> Fut,
+    F: Fn(Arc<Proxy>, TcpStream, SocketAddr, usize, Watch) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut watch = proxy.drain.watch();
@@ -51,11 +51,11 @@ where
             Ok((stream, peer)) => {
                 // Request/response traffic: latency matters more than packet count.
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(proxy.clone(), stream, peer, proxy.drain.watch()));
+                tokio::spawn(serve(proxy.clone(), stream, peer, worker, proxy.drain.watch()));
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.
-                tracing::warn!(error = %e, "accepting a connection failed; retrying in 50 ms");
+                tracing::warn!(worker, error = %e, "accepting a connection failed; retrying in 50 ms");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -121,7 +121,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The workers run their own runtimes; this one only waits for signals and drives shutdown.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fleetforge-proxy: cannot start the async runtime: {e}");
@@ -138,7 +139,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let running = Proxy::start(config).await.context("cannot start")?;
+    let running = Proxy::start(config).context("cannot start")?;
     let ready = serde_json::json!({
         "event": "ready",
         "forward": running.forward.to_string(),

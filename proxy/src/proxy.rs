@@ -1,19 +1,27 @@
-//! The proxy process: shared state, start-up and shutdown.
+//! The proxy process: shared state, workers, start-up and shutdown.
+//!
+//! Thread per core, like nginx and Envoy: each worker is an OS thread running a single-threaded
+//! tokio runtime with its own `SO_REUSEPORT` listeners and its own upstream connection pool. A
+//! connection, the calls on it, and the upstream connections serving them stay on one thread, so
+//! handing a streamed response from the upstream connection to the client connection is a local
+//! queue push, not a cross-thread wake-up. Shared state (config, CA, metrics, runs) is read-mostly
+//! and lock-light.
 //!
 //! [`Proxy::start`] does everything that can fail before serving — CA, upstream trust, binding
-//! every listener — and only then spawns the accept loops, so a bad port or a broken CA is an
-//! error at start, never a half-started proxy. [`Running::shutdown`] stops accepting and lets
-//! calls in flight finish, bounded by the drain timeout.
+//! every listener, building every runtime — and only then starts the workers, so a bad port or a
+//! broken CA is an error at start, never a half-started proxy. [`Running::shutdown`] stops
+//! accepting and lets calls in flight finish, bounded by the drain timeout.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use fleetforge_trust::RunId;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, SidecarConfig};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::runs::Runs;
@@ -37,18 +45,21 @@ pub enum StartError {
         /// The socket error.
         source: std::io::Error,
     },
+    /// A worker thread or its runtime could not be created.
+    #[error("cannot start worker threads: {0}")]
+    Worker(std::io::Error),
 }
 
-/// State shared by every connection and call.
+/// State shared by every worker, connection and call.
 #[derive(Debug)]
 pub struct Proxy {
     /// The validated configuration.
     pub config: Config,
     /// Interception CA and leaf cache.
     pub ca: Ca,
-    /// Pooled upstream client.
-    pub client: HttpClient,
-    /// Egress rules (resolution, SSRF defence, loop guard), shared with the client's connector.
+    /// Pooled upstream clients, one per worker (index = worker id).
+    pub clients: Vec<HttpClient>,
+    /// Egress rules (resolution, SSRF defence, loop guard), shared with the clients' connectors.
     pub egress: Arc<Egress>,
     /// Metrics served at `/metrics`.
     pub metrics: Metrics,
@@ -77,35 +88,75 @@ pub struct Running {
     pub sidecars: Vec<SocketAddr>,
     /// The shared state (metrics, CA paths).
     pub proxy: Arc<Proxy>,
-    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
 }
 
-async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key: key.to_owned(), addr, source })
+/// One listening socket per worker on the same address (`SO_REUSEPORT`: the kernel spreads
+/// connections across them).
+fn bind_group(key: &str, addr: SocketAddr, workers: usize) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+    let err = |source| StartError::Bind { key: key.to_owned(), addr, source };
+    let mut bound = addr;
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        socket.set_reuse_address(true).map_err(err)?;
+        socket.set_reuse_port(true).map_err(err)?;
+        socket.set_nonblocking(true).map_err(err)?;
+        socket.bind(&bound.into()).map_err(err)?;
+        socket.listen(1024).map_err(err)?;
+        let listener: std::net::TcpListener = socket.into();
+        // Port 0 picks a free port once; the other workers join that port.
+        bound = listener.local_addr().map_err(err)?;
+        sockets.push(listener);
+    }
+    Ok((bound, sockets))
+}
+
+/// What one worker serves.
+struct WorkerListeners {
+    forward: std::net::TcpListener,
+    admin: Option<std::net::TcpListener>,
+    sidecars: Vec<(std::net::TcpListener, SidecarConfig)>,
 }
 
 impl Proxy {
-    /// Sets up TLS, binds every listener, and starts serving.
-    pub async fn start(config: Config) -> Result<Running, StartError> {
+    /// Sets up TLS, binds every listener, and starts the workers.
+    pub fn start(config: Config) -> Result<Running, StartError> {
         let provider = tls::provider();
         let ca = Ca::load_or_create(&config.home, provider.clone())?;
         let client_tls = tls::upstream_client_config(provider, config.upstream_ca.as_deref())?;
         let egress = Arc::new(Egress::new(&config));
-        let client = upstream::client(egress.clone(), client_tls);
+        let workers = config.workers.get();
+        let clients = (0..workers).map(|_| upstream::client(egress.clone(), client_tls.clone(), config.upstream_http2)).collect();
 
-        let forward = bind("listen", config.listen).await?;
-        let admin = bind("admin_listen", config.admin_listen).await?;
-        let mut sidecars = Vec::new();
+        let (forward_addr, forward) = bind_group("proxy.listen", config.listen, workers)?;
+        let (admin_addr, mut admin) = bind_group("proxy.admin_listen", config.admin_listen, 1)?;
+        let mut sidecar_addrs = Vec::new();
+        let mut sidecar_sockets = Vec::new();
         for (i, s) in config.sidecars.iter().enumerate() {
-            sidecars.push(bind(&format!("sidecar[{i}].listen"), s.listen).await?);
+            let (addr, sockets) = bind_group(&format!("proxy.sidecar[{i}].listen"), s.listen, workers)?;
+            sidecar_addrs.push(addr);
+            sidecar_sockets.push((sockets, s.clone()));
         }
-        let local = |l: &TcpListener| l.local_addr().map_err(|source| StartError::Bind { key: "listen".into(), addr: config.listen, source });
-        let forward_addr = local(&forward)?;
-        let admin_addr = local(&admin)?;
-        let sidecar_addrs = sidecars.iter().map(local).collect::<Result<Vec<_>, _>>()?;
         let mut own = vec![forward_addr, admin_addr];
         own.extend(&sidecar_addrs);
         egress.set_own_listeners(own);
+
+        let mut per_worker: Vec<WorkerListeners> = forward
+            .into_iter()
+            .enumerate()
+            .map(|(i, forward)| WorkerListeners { forward, admin: if i == 0 { admin.pop() } else { None }, sidecars: Vec::new() })
+            .collect();
+        for (sockets, sidecar) in sidecar_sockets {
+            for (w, socket) in per_worker.iter_mut().zip(sockets) {
+                w.sidecars.push((socket, sidecar.clone()));
+            }
+        }
+        let runtimes = (0..workers)
+            .map(|_| tokio::runtime::Builder::new_current_thread().enable_all().build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Worker)?;
 
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.timer(TokioTimer::new()).header_read_timeout(config.header_timeout).keep_alive(true);
@@ -115,11 +166,10 @@ impl Proxy {
         auto.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout).keep_alive(true);
         auto.http2().timer(TokioTimer::new()).adaptive_window(true);
 
-        let sidecar_configs = config.sidecars.clone();
         let proxy = Arc::new(Proxy {
             config,
             ca,
-            client,
+            clients,
             egress,
             metrics: Metrics::default(),
             runs: Runs::default(),
@@ -129,14 +179,29 @@ impl Proxy {
             h2,
             auto,
         });
-        let mut tasks = vec![
-            tokio::spawn(listener::forward::serve(proxy.clone(), forward)),
-            tokio::spawn(listener::admin::serve(proxy.clone(), admin)),
-        ];
-        for (listener, sidecar) in sidecars.into_iter().zip(sidecar_configs) {
-            tasks.push(tokio::spawn(listener::sidecar::serve(proxy.clone(), listener, sidecar)));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut threads = Vec::with_capacity(workers);
+        for (worker, (runtime, listeners)) in runtimes.into_iter().zip(per_worker).enumerate() {
+            let (proxy, mut stop_rx) = (proxy.clone(), stop_rx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("fleetforge-w{worker}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        serve_worker(proxy, worker, listeners);
+                        // Runs until shutdown has drained (or timed out); dropping the runtime
+                        // then cancels whatever is left.
+                        let _ = stop_rx.wait_for(|stopped| *stopped).await;
+                    });
+                })
+                .map_err(StartError::Worker)?;
+            threads.push(thread);
         }
-        Ok(Running { forward: forward_addr, admin: admin_addr, sidecars: sidecar_addrs, proxy, tasks })
+        Ok(Running { forward: forward_addr, admin: admin_addr, sidecars: sidecar_addrs, proxy, stop, workers: threads })
+    }
+
+    /// The upstream client of `worker`.
+    pub fn client(&self, worker: usize) -> &HttpClient {
+        &self.clients[worker % self.clients.len()]
     }
 
     /// Whether `host:port` names one of this proxy's own listeners (checked before connecting;
@@ -147,21 +212,49 @@ impl Proxy {
     }
 }
 
+/// Starts one worker's accept loops on its runtime. Must run inside that runtime.
+fn serve_worker(proxy: Arc<Proxy>, worker: usize, listeners: WorkerListeners) {
+    let tokio_listener = |l: std::net::TcpListener| match tokio::net::TcpListener::from_std(l) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(worker, error = %e, "cannot register a listener with the worker's runtime");
+            None
+        }
+    };
+    if let Some(l) = tokio_listener(listeners.forward) {
+        tokio::spawn(listener::forward::serve(proxy.clone(), l, worker));
+    }
+    if let Some(l) = listeners.admin.and_then(tokio_listener) {
+        tokio::spawn(listener::admin::serve(proxy.clone(), l, worker));
+    }
+    for (l, sidecar) in listeners.sidecars {
+        if let Some(l) = tokio_listener(l) {
+            tokio::spawn(listener::sidecar::serve(proxy.clone(), l, worker, sidecar));
+        }
+    }
+}
+
 impl Running {
-    /// Stops accepting, waits for calls in flight (at most the drain timeout), then returns.
+    /// Stops accepting, waits for calls in flight (at most the drain timeout), then stops the
+    /// workers.
     pub async fn shutdown(self) {
         let drain_timeout = self.proxy.config.drain_timeout;
         let drain = self.proxy.drain.clone();
-        let waited = tokio::time::timeout(drain_timeout, drain.drain()).await;
-        if waited.is_err() {
+        if tokio::time::timeout(drain_timeout, drain.drain()).await.is_err() {
             tracing::warn!(
                 remaining = drain.active(),
                 timeout = ?drain_timeout,
                 "calls still in flight after the drain timeout; closing them"
             );
         }
-        for task in self.tasks {
-            task.abort();
-        }
+        let _ = self.stop.send(true);
+        let workers = self.workers;
+        // Joining blocks; keep it off the async threads.
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
     }
 }

@@ -273,12 +273,16 @@ impl tower_service::Service<Uri> for EgressConnector {
 }
 
 /// Builds the pooled client over `egress` with the given TLS client config.
-pub fn client(egress: Arc<Egress>, tls: rustls::ClientConfig) -> HttpClient {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(EgressConnector { egress });
+///
+/// With `http2` the client offers `h2` and `http/1.1` by ALPN; without it, HTTP/1.1 only, which
+/// costs less CPU per streamed frame on both sides and is what nginx and Envoy do by default.
+pub fn client(egress: Arc<Egress>, tls: rustls::ClientConfig, http2: bool) -> HttpClient {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let connector = if http2 {
+        builder.enable_all_versions().wrap_connector(EgressConnector { egress })
+    } else {
+        builder.enable_http1().wrap_connector(EgressConnector { egress })
+    };
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         eprintln!("fleetforge-ctl: --run {run:?}: {e}");
         return ExitCode::from(2);
     }
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
 }
 
 async fn run_up(config: Config, run: &str) -> anyhow::Result<()> {
-    let running = Proxy::start(config).await.context("cannot start the proxy")?;
+    let running = Proxy::start(config).context("cannot start the proxy")?;
     up::print_banner(&mut std::io::stdout().lock(), &running, run).context("cannot write to stdout")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {

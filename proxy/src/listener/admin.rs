@@ -18,11 +18,11 @@ use crate::proxy::Proxy;
 use crate::shutdown::Watch;
 
 /// Serves the admin listener until shutdown.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
-    super::accept_loop(proxy, listener, connection).await;
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize) {
+    super::accept_loop(proxy, listener, worker, connection).await;
 }
 
-async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, watch: Watch) {
+async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, _worker: usize, watch: Watch) {
     let service = {
         let proxy = proxy.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -32,14 +32,15 @@ use crate::shutdown::Watch;
 use crate::{authorize, flow, identify, upstream};
 
 /// Serves the forward listener until shutdown.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
-    super::accept_loop(proxy, listener, connection).await;
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize) {
+    super::accept_loop(proxy, listener, worker, connection).await;
 }
 
-async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, watch: Watch) {
+async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, worker: usize, watch: Watch) {
     let _open = proxy.metrics.connection_opened(ListenerKind::Forward);
     let conn = Arc::new(ConnCtx {
         listener: ListenerKind::Forward,
+        worker,
         mode: ConnMode::Proxy,
         peer,
         target: None,
@@ -102,6 +103,7 @@ async fn connect(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming>) 
     };
     let tunnel_ctx = ConnCtx {
         listener: ListenerKind::Forward,
+        worker: conn.worker,
         mode: ConnMode::Intercepted,
         peer: conn.peer,
         target: Some(target.clone()),

@@ -18,7 +18,7 @@ use crate::proxy::Proxy;
 use crate::shutdown::Watch;
 
 /// Serves one sidecar listener until shutdown.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, sidecar: SidecarConfig) {
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize, sidecar: SidecarConfig) {
     let upstream = &sidecar.upstream;
     let target = match Target::new(upstream.scheme.clone(), upstream.host.clone(), upstream.port) {
         Ok(t) => t,
@@ -29,6 +29,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, sidecar: SidecarCon
     };
     let template = Arc::new(ConnCtx {
         listener: ListenerKind::Sidecar,
+        worker,
         mode: ConnMode::Sidecar,
         peer: SocketAddr::from(([0, 0, 0, 0], 0)),
         target: Some(target),
@@ -36,7 +37,10 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, sidecar: SidecarCon
         credentials: None,
         default_run: sidecar.default_run.clone(),
     });
-    super::accept_loop(proxy, listener, move |proxy, stream, peer, watch| connection(proxy, template.clone(), stream, peer, watch)).await;
+    super::accept_loop(proxy, listener, worker, move |proxy, stream, peer, _worker, watch| {
+        connection(proxy, template.clone(), stream, peer, watch)
+    })
+    .await;
 }
 
 async fn connection(proxy: Arc<Proxy>, template: Arc<ConnCtx>, stream: TcpStream, peer: SocketAddr, watch: Watch) {
