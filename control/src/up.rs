@@ -11,9 +11,11 @@ pub fn exports(running: &Running, run: &str) -> String {
     let ca = absolute(running.proxy.ca.ca_path());
     let forward = running.forward;
     let mut out = String::new();
-    out.push_str(&format!("export HTTPS_PROXY=http://{run}@{forward}\n"));
-    out.push_str(&format!("export HTTP_PROXY=http://{run}@{forward}\n"));
-    out.push_str(&format!("export https_proxy=$HTTPS_PROXY http_proxy=$HTTP_PROXY\n"));
+    // A user name without a password makes requests and undici send no Proxy-Authorization at
+    // all, so the URL always carries both. No run tokens are issued yet: "local" is a placeholder.
+    out.push_str(&format!("export HTTPS_PROXY=http://{run}:local@{forward}\n"));
+    out.push_str(&format!("export HTTP_PROXY=http://{run}:local@{forward}\n"));
+    out.push_str("export https_proxy=$HTTPS_PROXY http_proxy=$HTTP_PROXY\n");
     out.push_str(&format!("export SSL_CERT_FILE={bundle}\n"));
     out.push_str(&format!("export REQUESTS_CA_BUNDLE={bundle}\n"));
     out.push_str(&format!("export CURL_CA_BUNDLE={bundle}\n"));

@@ -27,7 +27,10 @@ pub fn destination(proxy: &Proxy, target: &Target) -> Result<(), ProxyError> {
     let config = &proxy.config;
     if !config.allowed_hosts.matches(&target.host) {
         return Err(denied(
-            format!("host {} is not in the egress allow-list (FLEETFORGE_ALLOWED_HOSTS); ask an operator to add it", target.host),
+            format!(
+                "host {} is not in the egress allow-list (FLEETFORGE_ALLOWED_HOSTS); ask an operator to add it",
+                target.host
+            ),
             "host_not_allowed",
         ));
     }

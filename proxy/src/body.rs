@@ -107,7 +107,8 @@ impl ProxyBody {
 
     /// Streams `inner` to the client and calls `finish` when it ends.
     pub fn tapped(inner: Incoming, finish: Finish) -> Self {
-        let mut tap = Tap { bytes: 0, finish: Some(finish), held: Vec::new(), held_len: 0, grew: false, after: None, spins: 0 };
+        let mut tap =
+            Tap { bytes: 0, finish: Some(finish), held: Vec::new(), held_len: 0, grew: false, after: None, spins: 0 };
         if inner.is_end_stream() {
             // Nothing will be polled: the call is complete now.
             tap.end(Outcome::Completed);
@@ -156,7 +157,11 @@ impl Body for ProxyBody {
                         }
                         Poll::Pending if tap.held.is_empty() => return Poll::Pending,
                         Poll::Pending if tap.grew || tap.spins < 2 => {
-                            if tap.grew { tap.spins = 0 } else { tap.spins += 1 }
+                            if tap.grew {
+                                tap.spins = 0
+                            } else {
+                                tap.spins += 1
+                            }
                             // Let the upstream connection hand over what it already has.
                             tap.grew = false;
                             cx.waker().wake_by_ref();

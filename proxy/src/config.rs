@@ -339,10 +339,8 @@ impl Config {
     pub fn load(file: Option<&Path>, env: EnvFn<'_>, flags: &Flags) -> Result<Self, ConfigError> {
         let (raw, file_origin) = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Read { path: path.to_owned(), reason: e.to_string() })?;
                 (Self::parse_file(path, &text)?, Origin::File(path.to_owned()))
             }
             None => (ConfigFile::default(), Origin::Default),
@@ -352,10 +350,8 @@ impl Config {
 
     /// Parses the TOML text of a config file (no validation of values yet).
     pub fn parse_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            reason: e.to_string().trim_end().to_owned(),
-        })
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), reason: e.to_string().trim_end().to_owned() })
     }
 }
 
@@ -373,9 +369,7 @@ struct Given<T> {
 
 impl Builder<'_> {
     fn env(&self, var: &'static str) -> Option<Given<String>> {
-        (self.env)(var)
-            .filter(|v| !v.trim().is_empty())
-            .map(|value| Given { value, origin: Origin::Env(var) })
+        (self.env)(var).filter(|v| !v.trim().is_empty()).map(|value| Given { value, origin: Origin::Env(var) })
     }
 
     fn file<T>(&self, value: Option<T>) -> Option<Given<T>> {
@@ -398,9 +392,7 @@ impl Builder<'_> {
 
     /// env (comma list) > file for a list setting.
     fn list(&self, var: &'static str, file: Option<Vec<String>>) -> Option<Given<Vec<String>>> {
-        self.env(var)
-            .map(|g| Given { value: split_list(&g.value), origin: g.origin })
-            .or_else(|| self.file(file))
+        self.env(var).map(|g| Given { value: split_list(&g.value), origin: g.origin }).or_else(|| self.file(file))
     }
 
     fn build(self, file: ConfigFile) -> Result<Config, ConfigError> {
@@ -419,11 +411,7 @@ impl Builder<'_> {
         )?;
         let admin_listen = parse_addr(
             "proxy.admin_listen",
-            self.string(
-                ("--admin-listen", flags.admin_listen.clone()),
-                "FLEETFORGE_ADMIN_LISTEN",
-                raw.admin_listen,
-            ),
+            self.string(("--admin-listen", flags.admin_listen.clone()), "FLEETFORGE_ADMIN_LISTEN", raw.admin_listen),
             "127.0.0.1:9901",
         )?;
 
@@ -484,9 +472,8 @@ impl Builder<'_> {
 
         let mut resolve = HashMap::new();
         let mut add_resolve = |entry: &str, origin: &Origin| -> Result<(), ConfigError> {
-            let (host, addr) = parse_resolve_entry(entry).map_err(|reason| {
-                value_error("proxy.egress.resolve", entry, origin.clone(), &reason)
-            })?;
+            let (host, addr) = parse_resolve_entry(entry)
+                .map_err(|reason| value_error("proxy.egress.resolve", entry, origin.clone(), &reason))?;
             resolve.insert(host, addr);
             Ok(())
         };
@@ -510,10 +497,12 @@ impl Builder<'_> {
             Some(g) => parse_duration(key, g),
             None => Ok(default),
         };
-        let connect_timeout = duration("proxy.limits.connect_timeout", raw.limits.connect_timeout, Duration::from_secs(10))?;
+        let connect_timeout =
+            duration("proxy.limits.connect_timeout", raw.limits.connect_timeout, Duration::from_secs(10))?;
         let response_timeout =
             duration("proxy.limits.response_timeout", raw.limits.response_timeout, Duration::from_secs(600))?;
-        let header_timeout = duration("proxy.limits.header_timeout", raw.limits.header_timeout, Duration::from_secs(30))?;
+        let header_timeout =
+            duration("proxy.limits.header_timeout", raw.limits.header_timeout, Duration::from_secs(30))?;
         let body_timeout = duration("proxy.limits.body_timeout", raw.limits.body_timeout, Duration::from_secs(60))?;
         let drain_timeout = duration("proxy.limits.drain_timeout", raw.limits.drain_timeout, Duration::from_secs(10))?;
 
@@ -585,8 +574,9 @@ impl Builder<'_> {
             Some(Given { value: raw.listen, origin: origin.clone() }),
             "",
         )?;
-        let upstream = parse_upstream(&format!("proxy.sidecar[{i}].upstream"), &raw.upstream)
-            .map_err(|reason| value_error(&format!("proxy.sidecar[{i}].upstream"), &raw.upstream, origin.clone(), &reason))?;
+        let upstream = parse_upstream(&format!("proxy.sidecar[{i}].upstream"), &raw.upstream).map_err(|reason| {
+            value_error(&format!("proxy.sidecar[{i}].upstream"), &raw.upstream, origin.clone(), &reason)
+        })?;
         let default_run = raw
             .default_run
             .map(|value| parse_run(&format!("proxy.sidecar[{i}].default_run"), Given { value, origin }))
@@ -606,7 +596,12 @@ fn split_list(s: &str) -> Vec<String> {
 fn parse_addr(key: &str, given: Option<Given<String>>, default: &str) -> Result<SocketAddr, ConfigError> {
     let Given { value, origin } = given.unwrap_or(Given { value: default.to_owned(), origin: Origin::Default });
     value.trim().parse().map_err(|_| {
-        value_error(key, &value, origin, "not a socket address; expected IP:PORT such as 127.0.0.1:8080 (port 0 picks a free port)")
+        value_error(
+            key,
+            &value,
+            origin,
+            "not a socket address; expected IP:PORT such as 127.0.0.1:8080 (port 0 picks a free port)",
+        )
     })
 }
 
@@ -633,7 +628,12 @@ fn parse_ports(given: Given<PortsValue>) -> Result<PortSet, ConfigError> {
             .iter()
             .map(|p| {
                 p.parse::<u16>().map_err(|_| {
-                    value_error(key, &text, given.origin.clone(), &format!("{p:?} is not a port; give a comma list such as 80,443 or *"))
+                    value_error(
+                        key,
+                        &text,
+                        given.origin.clone(),
+                        &format!("{p:?} is not a port; give a comma list such as 80,443 or *"),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()
@@ -655,9 +655,8 @@ fn parse_run(key: &str, given: Given<String>) -> Result<RunId, ConfigError> {
 
 /// Parses `host=addr:port`.
 fn parse_resolve_entry(entry: &str) -> Result<(String, SocketAddr), String> {
-    let (host, addr) = entry
-        .split_once('=')
-        .ok_or_else(|| "expected HOST=IP:PORT, e.g. api.llm.test=127.0.0.1:8443".to_owned())?;
+    let (host, addr) =
+        entry.split_once('=').ok_or_else(|| "expected HOST=IP:PORT, e.g. api.llm.test=127.0.0.1:8443".to_owned())?;
     let host = normalize_host(host.trim());
     if host.is_empty() || host.contains(['/', ':', ' ']) && host.parse::<std::net::IpAddr>().is_err() {
         return Err(format!("{host:?} is not a host name"));
@@ -686,7 +685,12 @@ fn parse_size(key: &str, given: Given<String>) -> Result<u64, ConfigError> {
     };
     match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
         Some(n) if mult != u64::MAX && n > 0 => Ok(n),
-        _ => Err(value_error(key, &given.value, given.origin, "expected a positive size such as 16MiB, 512KiB or 1000000")),
+        _ => Err(value_error(
+            key,
+            &given.value,
+            given.origin,
+            "expected a positive size such as 16MiB, 512KiB or 1000000",
+        )),
     }
 }
 
@@ -705,14 +709,20 @@ fn parse_duration(key: &str, given: Given<String>) -> Result<Duration, ConfigErr
     };
     match d {
         Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(value_error(key, &given.value, given.origin, "expected a positive duration such as 500ms, 30s, 5m or 1h")),
+        _ => Err(value_error(
+            key,
+            &given.value,
+            given.origin,
+            "expected a positive duration such as 500ms, 30s, 5m or 1h",
+        )),
     }
 }
 
 /// Parses a sidecar upstream base URL.
 fn parse_upstream(key: &str, text: &str) -> Result<UpstreamBase, String> {
     let _ = key;
-    let uri: http::Uri = text.trim().parse().map_err(|_| "not a URL; expected e.g. https://api.openai.com".to_owned())?;
+    let uri: http::Uri =
+        text.trim().parse().map_err(|_| "not a URL; expected e.g. https://api.openai.com".to_owned())?;
     let scheme = uri.scheme().cloned().ok_or("the URL needs a scheme (https:// or http://)")?;
     let port_default = match scheme.as_str() {
         "https" => 443,
@@ -733,10 +743,8 @@ fn parse_upstream(key: &str, text: &str) -> Result<UpstreamBase, String> {
 }
 
 fn check_distinct_listeners(config: &Config) -> Result<(), ConfigError> {
-    let mut seen: Vec<(SocketAddr, String)> = vec![
-        (config.listen, "proxy.listen".to_owned()),
-        (config.admin_listen, "proxy.admin_listen".to_owned()),
-    ];
+    let mut seen: Vec<(SocketAddr, String)> =
+        vec![(config.listen, "proxy.listen".to_owned()), (config.admin_listen, "proxy.admin_listen".to_owned())];
     for (i, s) in config.sidecars.iter().enumerate() {
         seen.push((s.listen, format!("proxy.sidecar[{i}].listen")));
     }

@@ -44,7 +44,12 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming
     }
 }
 
-async fn pipeline(proxy: &Proxy, conn: &ConnCtx, call: &mut Call, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+async fn pipeline(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    call: &mut Call,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, ProxyError> {
     let target = target(conn, call, &req)?;
     call.target = Some(target.clone());
     // 1. identify first, so every later phase — and every error response — can name the run.
@@ -67,7 +72,11 @@ fn target(conn: &ConnCtx, call: &mut Call, req: &Request<Incoming>) -> Result<Ta
     let uri = req.uri();
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
     if let Some(fixed) = &conn.target {
-        call.path = if conn.base_path.is_empty() { path_and_query.to_owned() } else { format!("{}{path_and_query}", conn.base_path) };
+        call.path = if conn.base_path.is_empty() {
+            path_and_query.to_owned()
+        } else {
+            format!("{}{path_and_query}", conn.base_path)
+        };
         return Ok(fixed.clone());
     }
     debug_assert_eq!(conn.mode, ConnMode::Proxy);
@@ -99,15 +108,14 @@ async fn read_body(proxy: &Proxy, call: &mut Call, parts: &Parts, body: Incoming
             format!("request body is {size}; the limit is {max} bytes (FLEETFORGE_MAX_BODY)"),
         )
     };
-    if let Some(len) = content_length(&parts.headers) {
-        if len > max {
-            return Err(too_large(format!("{len} bytes")));
-        }
+    if let Some(len) = content_length(&parts.headers)
+        && len > max
+    {
+        return Err(too_large(format!("{len} bytes")));
     }
     let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(proxy.config.body_timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| {
+    let collected =
+        tokio::time::timeout(proxy.config.body_timeout, Limited::new(body, limit).collect()).await.map_err(|_| {
             ProxyError::new(
                 ErrorKind::BadRequest,
                 Phase::Accept,
@@ -122,7 +130,12 @@ async fn read_body(proxy: &Proxy, call: &mut Call, parts: &Parts, body: Incoming
             Ok(bytes)
         }
         Err(e) if e.is::<LengthLimitError>() => Err(too_large(format!("more than {max} bytes"))),
-        Err(e) => Err(ProxyError::new(ErrorKind::BadRequest, Phase::Accept, Side::Agent, format!("could not read the request body: {e}"))),
+        Err(e) => Err(ProxyError::new(
+            ErrorKind::BadRequest,
+            Phase::Accept,
+            Side::Agent,
+            format!("could not read the request body: {e}"),
+        )),
     }
 }
 

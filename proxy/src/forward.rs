@@ -24,9 +24,19 @@ use crate::proxy::Proxy;
 use crate::upstream;
 
 /// Sends the call upstream; see the module docs for what the result means.
-pub async fn forward(proxy: &Proxy, call: &Call, mut parts: Parts, body: Bytes) -> Result<Response<Incoming>, ProxyError> {
+pub async fn forward(
+    proxy: &Proxy,
+    call: &Call,
+    mut parts: Parts,
+    body: Bytes,
+) -> Result<Response<Incoming>, ProxyError> {
     let Some(target) = call.target.as_ref() else {
-        return Err(ProxyError::new(ErrorKind::Internal, Phase::Forward, Side::Internal, "call reached forward without a target"));
+        return Err(ProxyError::new(
+            ErrorKind::Internal,
+            Phase::Forward,
+            Side::Internal,
+            "call reached forward without a target",
+        ));
     };
     parts.uri = Uri::builder()
         .scheme(target.scheme.clone())
@@ -34,7 +44,12 @@ pub async fn forward(proxy: &Proxy, call: &Call, mut parts: Parts, body: Bytes) 
         .path_and_query(call.path.as_str())
         .build()
         .map_err(|_| {
-            ProxyError::new(ErrorKind::BadRequest, Phase::Forward, Side::Agent, format!("request path {:?} is not valid", call.path))
+            ProxyError::new(
+                ErrorKind::BadRequest,
+                Phase::Forward,
+                Side::Agent,
+                format!("request path {:?} is not valid", call.path),
+            )
         })?;
     // The pool picks HTTP/1.1 or HTTP/2 per upstream (ALPN); the client's own version is its hop's.
     parts.version = Version::HTTP_11;

@@ -36,24 +36,32 @@ pub fn credentials(headers: &HeaderMap) -> Result<Option<Credentials>, ProxyErro
     let Some(value) = headers.get(PROXY_AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| auth_error("Proxy-Authorization is not ASCII; expected `Basic base64(RUN_ID:RUN_TOKEN)`", "malformed_proxy_authorization"))?;
+    let value = value.to_str().map_err(|_| {
+        auth_error(
+            "Proxy-Authorization is not ASCII; expected `Basic base64(RUN_ID:RUN_TOKEN)`",
+            "malformed_proxy_authorization",
+        )
+    })?;
     let (scheme, encoded) = value.trim().split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(auth_error(
-            format!("Proxy-Authorization scheme {scheme:?} is not supported; use Basic, e.g. HTTPS_PROXY=http://RUN_ID:RUN_TOKEN@127.0.0.1:8080"),
+            format!(
+                "Proxy-Authorization scheme {scheme:?} is not supported; use Basic, e.g. HTTPS_PROXY=http://RUN_ID:RUN_TOKEN@127.0.0.1:8080"
+            ),
             "unsupported_auth_scheme",
         ));
     }
-    let decoded = STANDARD
-        .decode(encoded.trim())
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| auth_error("Proxy-Authorization Basic credentials are not valid base64 of RUN_ID:RUN_TOKEN", "malformed_proxy_authorization"))?;
+    let decoded =
+        STANDARD.decode(encoded.trim()).ok().and_then(|bytes| String::from_utf8(bytes).ok()).ok_or_else(|| {
+            auth_error(
+                "Proxy-Authorization Basic credentials are not valid base64 of RUN_ID:RUN_TOKEN",
+                "malformed_proxy_authorization",
+            )
+        })?;
     let (run, token) = decoded.split_once(':').unwrap_or((&decoded, ""));
     let run = percent_decode(run);
-    let run = RunId::new(&run).map_err(|e| auth_error(format!("the proxy user name must be a run id: {e}"), "bad_run_id"))?;
+    let run =
+        RunId::new(&run).map_err(|e| auth_error(format!("the proxy user name must be a run id: {e}"), "bad_run_id"))?;
     let token = percent_decode(token);
     Ok(Some(Credentials { run, token: (!token.is_empty()).then(|| Token::new(token)) }))
 }
@@ -68,12 +76,13 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -98,11 +107,9 @@ pub fn identify(proxy: &Proxy, conn: &ConnCtx, call: &mut Call, headers: &Header
     let (run, token, source) = if let Some(c) = from_proxy_auth {
         (c.run, c.token, IdentitySource::ProxyAuthorization)
     } else if let Some(run) = headers.get(X_RUN) {
-        let run = run
-            .to_str()
-            .ok()
-            .and_then(|r| RunId::new(r.trim()).ok())
-            .ok_or_else(|| auth_error("x-fleetforge-run is not a valid run id (1-128 of A-Z a-z 0-9 . _ -)", "bad_run_id"))?;
+        let run = run.to_str().ok().and_then(|r| RunId::new(r.trim()).ok()).ok_or_else(|| {
+            auth_error("x-fleetforge-run is not a valid run id (1-128 of A-Z a-z 0-9 . _ -)", "bad_run_id")
+        })?;
         let token = headers
             .get(X_TOKEN)
             .map(|t| t.to_str().map(|t| Token::new(t.trim().to_owned())))
@@ -154,7 +161,9 @@ mod tests {
 
     #[test]
     fn malformed_credentials_are_407_without_echoing_the_secret() {
-        for bad in ["Basic !!!notbase64", "Bearer abc", "Basic", &format!("Basic {}", STANDARD.encode("bad run:s3cr3t"))] {
+        for bad in
+            ["Basic !!!notbase64", "Bearer abc", "Basic", &format!("Basic {}", STANDARD.encode("bad run:s3cr3t"))]
+        {
             let err = credentials(&with_auth(bad)).unwrap_err();
             assert_eq!(err.kind, ErrorKind::ProxyAuthRequired, "{bad}");
             assert!(!err.message.contains("s3cr3t"));

@@ -167,7 +167,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
         _ = term.recv() => {}

@@ -42,7 +42,8 @@ pub enum ConnectMode {
 }
 
 impl ConnectMode {
-    const ALL: [ConnectMode; 4] = [ConnectMode::Intercepted, ConnectMode::Tunnelled, ConnectMode::Plain, ConnectMode::Rejected];
+    const ALL: [ConnectMode; 4] =
+        [ConnectMode::Intercepted, ConnectMode::Tunnelled, ConnectMode::Plain, ConnectMode::Rejected];
 
     fn label(self) -> &'static str {
         match self {
@@ -190,10 +191,18 @@ impl Metrics {
             let mut cumulative = 0;
             for (i, b) in BUCKETS.iter().enumerate() {
                 cumulative += h.buckets[i].load(Relaxed);
-                writeln!(out, "fleetforge_request_duration_seconds_bucket{{listener=\"{}\",le=\"{b}\"}} {cumulative}", l.label())?;
+                writeln!(
+                    out,
+                    "fleetforge_request_duration_seconds_bucket{{listener=\"{}\",le=\"{b}\"}} {cumulative}",
+                    l.label()
+                )?;
             }
             let count = h.count.load(Relaxed);
-            writeln!(out, "fleetforge_request_duration_seconds_bucket{{listener=\"{}\",le=\"+Inf\"}} {count}", l.label())?;
+            writeln!(
+                out,
+                "fleetforge_request_duration_seconds_bucket{{listener=\"{}\",le=\"+Inf\"}} {count}",
+                l.label()
+            )?;
             let sum = h.sum_micros.load(Relaxed) as f64 / 1e6;
             writeln!(out, "fleetforge_request_duration_seconds_sum{{listener=\"{}\"}} {sum}", l.label())?;
             writeln!(out, "fleetforge_request_duration_seconds_count{{listener=\"{}\"}} {count}", l.label())?;
@@ -201,12 +210,22 @@ impl Metrics {
         writeln!(out, "# HELP fleetforge_active_connections Open client connections, by listener.")?;
         writeln!(out, "# TYPE fleetforge_active_connections gauge")?;
         for l in ListenerKind::ALL {
-            writeln!(out, "fleetforge_active_connections{{listener=\"{}\"}} {}", l.label(), self.active_connections[idx(l)].load(Relaxed))?;
+            writeln!(
+                out,
+                "fleetforge_active_connections{{listener=\"{}\"}} {}",
+                l.label(),
+                self.active_connections[idx(l)].load(Relaxed)
+            )?;
         }
         writeln!(out, "# HELP fleetforge_connect_total CONNECT requests, by what they became.")?;
         writeln!(out, "# TYPE fleetforge_connect_total counter")?;
         for m in ConnectMode::ALL {
-            writeln!(out, "fleetforge_connect_total{{mode=\"{}\"}} {}", m.label(), self.connects[m as usize].load(Relaxed))?;
+            writeln!(
+                out,
+                "fleetforge_connect_total{{mode=\"{}\"}} {}",
+                m.label(),
+                self.connects[m as usize].load(Relaxed)
+            )?;
         }
         writeln!(out, "# HELP fleetforge_tunnel_bytes_total Bytes relayed through tunnels that were not intercepted.")?;
         writeln!(out, "# TYPE fleetforge_tunnel_bytes_total counter")?;
@@ -215,7 +234,10 @@ impl Metrics {
         writeln!(out, "# HELP fleetforge_leaf_certs_minted_total Interception certificates minted (cache misses).")?;
         writeln!(out, "# TYPE fleetforge_leaf_certs_minted_total counter")?;
         writeln!(out, "fleetforge_leaf_certs_minted_total {}", self.leaf_certs_minted.load(Relaxed))?;
-        writeln!(out, "# HELP fleetforge_tls_handshake_failures_total Client TLS handshakes that failed on intercepted connections.")?;
+        writeln!(
+            out,
+            "# HELP fleetforge_tls_handshake_failures_total Client TLS handshakes that failed on intercepted connections."
+        )?;
         writeln!(out, "# TYPE fleetforge_tls_handshake_failures_total counter")?;
         writeln!(out, "fleetforge_tls_handshake_failures_total {}", self.tls_handshake_failures.load(Relaxed))?;
         Ok(())

@@ -94,7 +94,11 @@ pub struct Running {
 
 /// One listening socket per worker on the same address (`SO_REUSEPORT`: the kernel spreads
 /// connections across them).
-fn bind_group(key: &str, addr: SocketAddr, workers: usize) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+fn bind_group(
+    key: &str,
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
     let err = |source| StartError::Bind { key: key.to_owned(), addr, source };
     let mut bound = addr;
     let mut sockets = Vec::with_capacity(workers);
@@ -128,7 +132,8 @@ impl Proxy {
         let client_tls = tls::upstream_client_config(provider, config.upstream_ca.as_deref())?;
         let egress = Arc::new(Egress::new(&config));
         let workers = config.workers.get();
-        let clients = (0..workers).map(|_| upstream::client(egress.clone(), client_tls.clone(), config.upstream_http2)).collect();
+        let clients =
+            (0..workers).map(|_| upstream::client(egress.clone(), client_tls.clone(), config.upstream_http2)).collect();
 
         let (forward_addr, forward) = bind_group("proxy.listen", config.listen, workers)?;
         let (admin_addr, mut admin) = bind_group("proxy.admin_listen", config.admin_listen, 1)?;
@@ -146,7 +151,11 @@ impl Proxy {
         let mut per_worker: Vec<WorkerListeners> = forward
             .into_iter()
             .enumerate()
-            .map(|(i, forward)| WorkerListeners { forward, admin: if i == 0 { admin.pop() } else { None }, sidecars: Vec::new() })
+            .map(|(i, forward)| WorkerListeners {
+                forward,
+                admin: if i == 0 { admin.pop() } else { None },
+                sidecars: Vec::new(),
+            })
             .collect();
         for (sockets, sidecar) in sidecar_sockets {
             for (w, socket) in per_worker.iter_mut().zip(sockets) {

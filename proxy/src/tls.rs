@@ -23,8 +23,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::crypto::CryptoProvider;
 use rustls::client::danger::ServerCertVerifier as _;
+use rustls::crypto::CryptoProvider;
 use rustls::server::ProducesTickets;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject as _;
@@ -171,10 +171,11 @@ impl Ca {
         for _ in 0..50 {
             let text = fs::read_to_string(path).map_err(io_err(path))?;
             if !text.is_empty() {
-                if let Ok(meta) = fs::metadata(path) {
-                    if meta.permissions().mode() & 0o077 != 0 {
-                        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "CA key is readable by other users; run chmod 600 on it");
-                    }
+                if let Ok(meta) = fs::metadata(path)
+                    && meta.permissions().mode() & 0o077 != 0
+                {
+                    let mode = format!("{:o}", meta.permissions().mode() & 0o777);
+                    tracing::warn!(path = %path.display(), mode, "CA key is readable by other users; run chmod 600 on it");
                 }
                 return KeyPair::from_pem(&text)
                     .map_err(|e| TlsError::BadCa(format!("{} is not a PEM private key: {e}", path.display())));
@@ -211,9 +212,10 @@ impl Ca {
         let root = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|e| mismatch(e.to_string()))?;
         let mut roots = RootCertStore::empty();
         roots.add(root).map_err(|e| mismatch(e.to_string()))?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| mismatch(e.to_string()))?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| mismatch(e.to_string()))?;
         let name = "fleetforge-self-test.invalid";
         let leaf = self.mint_cert(name)?;
         let server_name = ServerName::try_from(name).map_err(|e| mismatch(e.to_string()))?;
@@ -275,10 +277,10 @@ impl Ca {
     /// The server config presenting a leaf for `host` (cached). Returns whether it was minted now.
     pub fn server_config(&self, host: &str) -> Result<(Arc<ServerConfig>, bool), TlsError> {
         let now = SystemTime::now();
-        if let Some(hit) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(host) {
-            if now < hit.refresh_after {
-                return Ok((hit.config.clone(), false));
-            }
+        if let Some(hit) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(host)
+            && now < hit.refresh_after
+        {
+            return Ok((hit.config.clone(), false));
         }
         let leaf = self.mint_cert(host)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
@@ -311,7 +313,10 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
 }
 
 /// The TLS client config for upstreams: system roots plus `extra_ca`, always verified.
-pub fn upstream_client_config(provider: Arc<CryptoProvider>, extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+pub fn upstream_client_config(
+    provider: Arc<CryptoProvider>,
+    extra_ca: Option<&Path>,
+) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
@@ -323,7 +328,9 @@ pub fn upstream_client_config(provider: Arc<CryptoProvider>, extra_ca: Option<&P
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| TlsError::NoRoots(format!("cannot read FLEETFORGE_UPSTREAM_CA {}: {e}", path.display())))?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::NoRoots(format!("FLEETFORGE_UPSTREAM_CA {} is not a PEM bundle: {e}", path.display())))?;
+            .map_err(|e| {
+                TlsError::NoRoots(format!("FLEETFORGE_UPSTREAM_CA {} is not a PEM bundle: {e}", path.display()))
+            })?;
         if certs.is_empty() {
             return Err(TlsError::NoRoots(format!("FLEETFORGE_UPSTREAM_CA {} holds no certificate", path.display())));
         }

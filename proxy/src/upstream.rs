@@ -125,11 +125,9 @@ impl Egress {
 
     /// Whether `addr` is one of this proxy's listeners (an unspecified listen IP matches any).
     pub fn is_own_listener(&self, addr: SocketAddr) -> bool {
-        self.own_listeners
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|own| own.port() == addr.port() && (own.ip() == addr.ip() || own.ip().is_unspecified() && is_local(addr.ip())))
+        self.own_listeners.read().unwrap_or_else(|e| e.into_inner()).iter().any(|own| {
+            own.port() == addr.port() && (own.ip() == addr.ip() || own.ip().is_unspecified() && is_local(addr.ip()))
+        })
     }
 
     /// Resolves and connects to `host:port` under the rules in the module docs.
@@ -149,9 +147,11 @@ impl Egress {
             }
             Err(last.unwrap_or_else(|| ConnectError::NoAddress { host: host.to_owned() }))
         };
-        tokio::time::timeout(self.connect_timeout, attempt)
-            .await
-            .map_err(|_| ConnectError::Timeout { host: host.to_owned(), port, timeout: self.connect_timeout })?
+        tokio::time::timeout(self.connect_timeout, attempt).await.map_err(|_| ConnectError::Timeout {
+            host: host.to_owned(),
+            port,
+            timeout: self.connect_timeout,
+        })?
     }
 
     /// The addresses to dial for `host:port`, after the pin, private-address and loop checks.
@@ -177,10 +177,10 @@ impl Egress {
             if self.is_own_listener(*addr) {
                 return Err(loop_err());
             }
-            if !self.allow_private {
-                if let Some(class) = non_public(addr.ip()) {
-                    return Err(ConnectError::Private { host: host.to_owned(), addr: addr.ip(), class });
-                }
+            if !self.allow_private
+                && let Some(class) = non_public(addr.ip())
+            {
+                return Err(ConnectError::Private { host: host.to_owned(), addr: addr.ip(), class });
             }
         }
         Ok(addrs)
@@ -264,7 +264,8 @@ impl tower_service::Service<Uri> for EgressConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let egress = self.egress.clone();
         Box::pin(async move {
-            let host = uri.host().map(crate::pattern::normalize_host).ok_or_else(|| ConnectError::NoHost(uri.to_string()))?;
+            let host =
+                uri.host().map(crate::pattern::normalize_host).ok_or_else(|| ConnectError::NoHost(uri.to_string()))?;
             let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
             let port = uri.port_u16().unwrap_or(default_port);
             egress.connect(&host, port).await.map(TokioIo::new)
@@ -291,6 +292,16 @@ pub fn client(egress: Arc<Egress>, tls: rustls::ClientConfig, http2: bool) -> Ht
         .build(connector)
 }
 
+/// The next error in a cause chain. `io::Error` wrapping a custom error reports the *payload's*
+/// source from `source()`, skipping the payload itself (where rustls puts its error), so step into
+/// the payload instead.
+fn next_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a (dyn std::error::Error + 'static)> {
+    match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+        Some(payload) => Some(payload),
+        None => e.source(),
+    }
+}
+
 /// Turns a failure to get an upstream response into the error the client sees.
 pub fn classify(err: &(dyn std::error::Error + 'static), target: &Target) -> ProxyError {
     let upstream = |kind, message: String| ProxyError::new(kind, Phase::Forward, Side::Upstream, message);
@@ -298,10 +309,13 @@ pub fn classify(err: &(dyn std::error::Error + 'static), target: &Target) -> Pro
     while let Some(e) = source {
         if let Some(c) = e.downcast_ref::<ConnectError>() {
             return match c {
-                ConnectError::Private { .. } => ProxyError::new(ErrorKind::PolicyDenied, Phase::Forward, Side::Agent, c.to_string())
-                    .with_reason("private_destination"),
+                ConnectError::Private { .. } => {
+                    ProxyError::new(ErrorKind::PolicyDenied, Phase::Forward, Side::Agent, c.to_string())
+                        .with_reason("private_destination")
+                }
                 ConnectError::Loop { .. } => {
-                    ProxyError::new(ErrorKind::PolicyDenied, Phase::Forward, Side::Agent, c.to_string()).with_reason("proxy_loop")
+                    ProxyError::new(ErrorKind::PolicyDenied, Phase::Forward, Side::Agent, c.to_string())
+                        .with_reason("proxy_loop")
                 }
                 ConnectError::Timeout { .. } => upstream(ErrorKind::UpstreamTimeout, c.to_string()),
                 _ => upstream(ErrorKind::UpstreamError, c.to_string()),
@@ -317,8 +331,9 @@ pub fn classify(err: &(dyn std::error::Error + 'static), target: &Target) -> Pro
             )
             .with_reason("upstream_tls");
         }
-        source = e.source();
+        source = next_cause(e);
     }
+    tracing::debug!(error = ?err, host = %target.host, "unclassified upstream failure");
     upstream(ErrorKind::UpstreamError, format!("upstream {}:{} failed: {err}", target.host, target.port))
 }
 

@@ -7,8 +7,8 @@
 //! from the outside.
 #![forbid(unsafe_code)]
 
+pub mod harness;
 pub mod upstream;
 
-pub use upstream::{
-    RecordedRequest, TestCa, Upstream, UpstreamBuilder, install_crypto_provider, pattern_bytes,
-};
+pub use harness::{Clients, ProxyProcess};
+pub use upstream::{RecordedRequest, TestCa, Upstream, UpstreamBuilder, install_crypto_provider, pattern_bytes};

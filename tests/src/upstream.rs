@@ -37,8 +37,8 @@ use tokio_rustls::TlsAcceptor;
 pub use body::{PATTERN_FRAME, pattern_bytes};
 pub use ca::{CA_FILE_NAME, TestCa, install_crypto_provider};
 pub use routes::{
-    CHUNKS_HEADER, DEFAULT_CHUNKS, DELAY_HEADER, MAX_REQUEST_BODY, TOKENS_PER_PIECE,
-    completion_text, content_piece, prompt_tokens,
+    CHUNKS_HEADER, DEFAULT_CHUNKS, DELAY_HEADER, MAX_REQUEST_BODY, TOKENS_PER_PIECE, completion_text, content_piece,
+    prompt_tokens,
 };
 
 use body::FrameBody;
@@ -147,12 +147,7 @@ impl UpstreamBuilder {
             connections: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
-        Ok(Upstream {
-            addr,
-            tls: self.tls.is_some(),
-            shared,
-            task,
-        })
+        Ok(Upstream { addr, tls: self.tls.is_some(), shared, task })
     }
 }
 
@@ -166,10 +161,7 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("addr", &self.addr)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
+        f.debug_struct("Upstream").field("addr", &self.addr).field("tls", &self.tls).finish_non_exhaustive()
     }
 }
 
@@ -250,10 +242,8 @@ async fn connection(stream: TcpStream, acceptor: Option<TlsAcceptor>, shared: Ar
         return;
     };
     let session = tls.get_ref().1;
-    let info = ConnInfo {
-        sni: session.server_name().map(str::to_owned),
-        alpn: session.alpn_protocol().map(<[u8]>::to_vec),
-    };
+    let info =
+        ConnInfo { sni: session.server_name().map(str::to_owned), alpn: session.alpn_protocol().map(<[u8]>::to_vec) };
     serve(tls, info, shared).await;
 }
 
@@ -262,12 +252,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
-    let service =
-        service_fn(move |request| handle(request, Arc::clone(&shared), Arc::clone(&info)));
+    let service = service_fn(move |request| handle(request, Arc::clone(&shared), Arc::clone(&info)));
     // Errors here are clients hanging up mid-request; nothing to report.
-    let _ = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), service)
-        .await;
+    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), service).await;
 }
 
 /// Reads the whole request body (up to [`MAX_REQUEST_BODY`]), routes, records, responds.
@@ -291,13 +278,8 @@ async fn handle(
                 let response = routes::route(&parts, &body, &info);
                 (body, response)
             }
-            Err(e) if e.is::<LengthLimitError>() => {
-                (Bytes::new(), Reject::too_large().into_response())
-            }
-            Err(_) => (
-                Bytes::new(),
-                Reject::bad_request("could not read the request body").into_response(),
-            ),
+            Err(e) if e.is::<LengthLimitError>() => (Bytes::new(), Reject::too_large().into_response()),
+            Err(_) => (Bytes::new(), Reject::bad_request("could not read the request body").into_response()),
         }
     };
     if shared.record {

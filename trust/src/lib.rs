@@ -53,10 +53,7 @@ impl RunId {
         if s.len() > MAX_RUN_ID_LEN {
             return Err(RunIdError::TooLong { len: s.len() });
         }
-        if let Some(found) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
+        if let Some(found) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
             return Err(RunIdError::BadChar { found });
         }
         Ok(Self(s.to_owned()))

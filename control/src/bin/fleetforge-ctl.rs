@@ -47,7 +47,10 @@ fn main() -> ExitCode {
     let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_default();
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).with(targets).init();
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(targets)
+        .init();
 
     let (listen, admin_listen, run) = match &cli.command {
         Some(Command::Up { listen, admin_listen, run }) => (listen.clone(), admin_listen.clone(), run.clone()),
@@ -90,7 +93,8 @@ fn main() -> ExitCode {
 async fn run_up(config: Config, run: &str) -> anyhow::Result<()> {
     let running = Proxy::start(config).context("cannot start the proxy")?;
     up::print_banner(&mut std::io::stdout().lock(), &running, run).context("cannot write to stdout")?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
         _ = term.recv() => {}

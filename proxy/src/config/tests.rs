@@ -80,13 +80,18 @@ fn errors_name_the_key_the_value_and_the_origin() {
         other => panic!("unexpected {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains("proxy.listen") && text.contains("localhost") && text.contains("FLEETFORGE_PROXY_LISTEN"), "{text}");
+    assert!(
+        text.contains("proxy.listen") && text.contains("localhost") && text.contains("FLEETFORGE_PROXY_LISTEN"),
+        "{text}"
+    );
 
     let err = load_text("[proxy.limits]\nmax_body = \"lots\"\n", &[], &Flags::default()).unwrap_err();
     assert!(err.to_string().contains("proxy.limits.max_body"), "{err}");
     let err = load_text("[proxy.egress]\nresolve = { \"h\" = \"nope\" }\n", &[], &Flags::default()).unwrap_err();
     assert!(err.to_string().contains("proxy.egress.resolve"), "{err}");
-    let err = load_text("[[proxy.sidecar]]\nlisten = \"127.0.0.1:1\"\nupstream = \"ftp://x\"\n", &[], &Flags::default()).unwrap_err();
+    let err =
+        load_text("[[proxy.sidecar]]\nlisten = \"127.0.0.1:1\"\nupstream = \"ftp://x\"\n", &[], &Flags::default())
+            .unwrap_err();
     assert!(err.to_string().contains("proxy.sidecar[0].upstream"), "{err}");
     let err = load_text("[proxy.limits]\nconnect_timeout = \"10\"\n", &[], &Flags::default()).unwrap_err();
     assert!(err.to_string().contains("duration"), "{err}");
@@ -122,7 +127,9 @@ fn sidecar_upstreams_parse_with_path_prefix() {
 
 #[test]
 fn timeouts_parse() {
-    let c = load_text("[proxy.limits]\nresponse_timeout = \"5m\"\nheader_timeout = \"500ms\"\n", &[], &Flags::default()).unwrap();
+    let c =
+        load_text("[proxy.limits]\nresponse_timeout = \"5m\"\nheader_timeout = \"500ms\"\n", &[], &Flags::default())
+            .unwrap();
     assert_eq!(c.response_timeout, Duration::from_secs(300));
     assert_eq!(c.header_timeout, Duration::from_millis(500));
 }
@@ -135,7 +142,8 @@ fn every_example_config_loads() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            Config::load(Some(&path), &env_of(&[]), &Flags::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            Config::load(Some(&path), &env_of(&[]), &Flags::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;
         }
     }

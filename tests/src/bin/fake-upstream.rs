@@ -22,11 +22,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Comma-separated DNS names / IP literals for the TLS leaf certificate.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "api.openai.com,api.llm.test,localhost,127.0.0.1"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "api.openai.com,api.llm.test,localhost,127.0.0.1")]
     names: Vec<String>,
     /// Directory to write the throwaway CA to (`test-ca.pem`); required unless --plain.
     #[arg(long, required_unless_present = "plain")]
@@ -53,10 +49,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut builder = Upstream::builder().listen(args.listen).record(false);
     let mut ca_path = None;
     if !args.plain {
-        let dir = args
-            .ca_dir
-            .as_deref()
-            .context("--ca-dir is required unless --plain is given")?;
+        let dir = args.ca_dir.as_deref().context("--ca-dir is required unless --plain is given")?;
         let ca = TestCa::new(dir)?;
         let names: Vec<&str> = args.names.iter().map(String::as_str).collect();
         builder = builder.tls(&ca, &names);
@@ -69,8 +62,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // `println!` flushes at the newline, so a parent reading our stdout sees the line at once.
     println!("{ready}");
 
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = terminate.recv() => {}
         result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,

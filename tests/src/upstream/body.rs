@@ -40,10 +40,7 @@ fn pattern_table() -> &'static Bytes {
 
 enum Source {
     /// Explicit frames; `exact` says whether to advertise their total length.
-    Queue {
-        frames: VecDeque<Bytes>,
-        exact: bool,
-    },
+    Queue { frames: VecDeque<Bytes>, exact: bool },
     /// `total` pattern bytes, `sent` of which have gone out.
     Pattern { sent: u64, total: u64 },
 }
@@ -58,46 +55,23 @@ pub(crate) struct FrameBody {
 
 impl FrameBody {
     fn new(source: Source, delay: Duration) -> Self {
-        Self {
-            source,
-            delay,
-            sleep: None,
-            started: false,
-        }
+        Self { source, delay, sleep: None, started: false }
     }
 
     /// A single-frame body with a known length.
     pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
         let frames = VecDeque::from([bytes.into()]);
-        Self::new(
-            Source::Queue {
-                frames,
-                exact: true,
-            },
-            Duration::ZERO,
-        )
+        Self::new(Source::Queue { frames, exact: true }, Duration::ZERO)
     }
 
     /// An empty body.
     pub(crate) fn empty() -> Self {
-        Self::new(
-            Source::Queue {
-                frames: VecDeque::new(),
-                exact: true,
-            },
-            Duration::ZERO,
-        )
+        Self::new(Source::Queue { frames: VecDeque::new(), exact: true }, Duration::ZERO)
     }
 
     /// A streamed body (no advertised length) of `frames`, `delay` apart.
     pub(crate) fn stream(frames: Vec<Bytes>, delay: Duration) -> Self {
-        Self::new(
-            Source::Queue {
-                frames: frames.into(),
-                exact: false,
-            },
-            delay,
-        )
+        Self::new(Source::Queue { frames: frames.into(), exact: false }, delay)
     }
 
     /// `total` bytes of the deterministic pattern with a known length, frames `delay` apart.
@@ -113,8 +87,7 @@ impl FrameBody {
                 if remaining == 0 {
                     return None;
                 }
-                let len =
-                    usize::try_from(remaining).map_or(PATTERN_FRAME, |r| r.min(PATTERN_FRAME));
+                let len = usize::try_from(remaining).map_or(PATTERN_FRAME, |r| r.min(PATTERN_FRAME));
                 let start = usize::try_from(*sent % PATTERN_PERIOD as u64).unwrap_or_default();
                 *sent += len as u64;
                 Some(pattern_table().slice(start..start + len))
@@ -127,19 +100,14 @@ impl Body for FrameBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if this.is_end_stream() {
             return Poll::Ready(None);
         }
         if this.started && !this.delay.is_zero() {
             let delay = this.delay;
-            let sleep = this
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
             ready!(sleep.as_mut().poll(cx));
             this.sleep = None;
         }
@@ -156,10 +124,7 @@ impl Body for FrameBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Queue {
-                frames,
-                exact: true,
-            } => SizeHint::with_exact(frames.iter().map(|f| f.len() as u64).sum()),
+            Source::Queue { frames, exact: true } => SizeHint::with_exact(frames.iter().map(|f| f.len() as u64).sum()),
             Source::Queue { exact: false, .. } => SizeHint::default(),
             Source::Pattern { sent, total } => SizeHint::with_exact(total.saturating_sub(*sent)),
         }

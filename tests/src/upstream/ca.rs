@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
@@ -38,9 +38,7 @@ struct Inner {
 
 impl std::fmt::Debug for TestCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestCa")
-            .field("pem_path", &self.inner.pem_path)
-            .finish_non_exhaustive()
+        f.debug_struct("TestCa").field("pem_path", &self.inner.pem_path).finish_non_exhaustive()
     }
 }
 
@@ -52,23 +50,17 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = distinguished_name("FleetForge Test CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(365);
-        let cert = params
-            .self_signed(&key)
-            .context("self-signing the test CA")?;
+        let cert = params.self_signed(&key).context("self-signing the test CA")?;
 
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let pem_path = dir.join(CA_FILE_NAME);
         let cert_pem = cert.pem();
-        std::fs::write(&pem_path, &cert_pem)
-            .with_context(|| format!("writing {}", pem_path.display()))?;
+        std::fs::write(&pem_path, &cert_pem).with_context(|| format!("writing {}", pem_path.display()))?;
 
         Ok(Self {
             inner: Arc::new(Inner {
@@ -97,18 +89,11 @@ impl TestCa {
 
     /// Mints a leaf certificate for `names` (DNS names or IP literals; the first also becomes the
     /// common name) signed by this CA, and returns a rustls server config offering `alpn`.
-    pub fn server_config(
-        &self,
-        names: &[&str],
-        alpn: &[&[u8]],
-    ) -> anyhow::Result<Arc<ServerConfig>> {
-        let first = names
-            .first()
-            .context("a leaf certificate needs at least one name")?;
+    pub fn server_config(&self, names: &[&str], alpn: &[&[u8]]) -> anyhow::Result<Arc<ServerConfig>> {
+        let first = names.first().context("a leaf certificate needs at least one name")?;
         let key = KeyPair::generate().context("generating a leaf key")?;
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .with_context(|| format!("invalid leaf names {names:?}"))?;
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .with_context(|| format!("invalid leaf names {names:?}"))?;
         params.distinguished_name = distinguished_name(first);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -117,19 +102,13 @@ impl TestCa {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(30);
-        let cert = params
-            .signed_by(&key, &self.inner.issuer)
-            .context("signing the leaf certificate")?;
+        let cert = params.signed_by(&key, &self.inner.issuer).context("signing the leaf certificate")?;
 
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![cert.der().clone()],
-                    PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-                )
-                .context("building the upstream TLS config")?;
+        let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], PrivatePkcs8KeyDer::from(key.serialize_der()).into())
+            .context("building the upstream TLS config")?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
@@ -138,11 +117,10 @@ impl TestCa {
     pub fn client_config(&self, alpn: &[&[u8]]) -> anyhow::Result<Arc<ClientConfig>> {
         let mut roots = RootCertStore::empty();
         roots.add(self.inner.cert_der.clone())?;
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }

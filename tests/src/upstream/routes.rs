@@ -58,9 +58,7 @@ pub(crate) fn route(parts: &Parts, body: &Bytes, conn: &ConnInfo) -> Response<Fr
         Method::POST if path == "/v1/chat/completions" => openai(&parts.headers, body),
         Method::POST if path == "/v1/messages" => anthropic(&parts.headers, body),
         _ if path == "/echo" || path.starts_with("/echo/") => Ok(echo(parts, body, conn)),
-        Method::GET if path.starts_with("/bytes/") => {
-            bytes(&parts.headers, &path["/bytes/".len()..])
-        }
+        Method::GET if path.starts_with("/bytes/") => bytes(&parts.headers, &path["/bytes/".len()..]),
         Method::GET if path.starts_with("/status/") => status(&path["/status/".len()..]),
         _ => Err(Reject {
             status: StatusCode::NOT_FOUND,
@@ -91,19 +89,12 @@ impl Reject {
 
     /// A malformed request: bad JSON, a bad test header, an unreadable body.
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            kind: "invalid_request_error",
-            message: message.into(),
-        }
+        Self { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", message: message.into() }
     }
 
     /// `{"error": {"type", "message"}}` with the status.
     pub(crate) fn into_response(self) -> Response<FrameBody> {
-        json_response(
-            self.status,
-            &json!({"error": {"type": self.kind, "message": self.message}}),
-        )
+        json_response(self.status, &json!({"error": {"type": self.kind, "message": self.message}}))
     }
 }
 
@@ -117,9 +108,7 @@ struct Shape {
 
 fn shape(headers: &HeaderMap) -> Result<Shape, Reject> {
     let pieces = header_number(headers, CHUNKS_HEADER)?.unwrap_or(DEFAULT_CHUNKS as u64);
-    let pieces = usize::try_from(pieces)
-        .unwrap_or(usize::MAX)
-        .min(MAX_CHUNKS);
+    let pieces = usize::try_from(pieces).unwrap_or(usize::MAX).min(MAX_CHUNKS);
     let delay = Duration::from_millis(header_number(headers, DELAY_HEADER)?.unwrap_or(0));
     Ok(Shape { pieces, delay })
 }
@@ -144,11 +133,9 @@ fn parse_json(body: &Bytes) -> Result<Value, Reject> {
 fn text_chars(content: &Value) -> usize {
     match content {
         Value::String(s) => s.chars().count(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b.get("text").and_then(Value::as_str))
-            .map(|t| t.chars().count())
-            .sum(),
+        Value::Array(blocks) => {
+            blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).map(|t| t.chars().count()).sum()
+        }
         _ => 0,
     }
 }
@@ -157,27 +144,15 @@ fn message_chars(request: &Value) -> usize {
     request
         .get("messages")
         .and_then(Value::as_array)
-        .map_or(0, |ms| {
-            ms.iter()
-                .filter_map(|m| m.get("content"))
-                .map(text_chars)
-                .sum()
-        })
+        .map_or(0, |ms| ms.iter().filter_map(|m| m.get("content")).map(text_chars).sum())
 }
 
 fn model(request: &Value) -> String {
-    request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("fake-model")
-        .to_owned()
+    request.get("model").and_then(Value::as_str).unwrap_or("fake-model").to_owned()
 }
 
 fn is_stream(request: &Value) -> bool {
-    request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
+    request.get("stream").and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// `POST /v1/chat/completions`.
@@ -210,10 +185,7 @@ fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
         return Ok(json_response(StatusCode::OK, &response));
     }
 
-    let include_usage = request
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
     // Like OpenAI: with include_usage every chunk carries `"usage": null` except the last.
     let chunk = |delta: Value, finish: Value| {
         let mut chunk = json!({
@@ -229,10 +201,7 @@ fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
         sse_data(&chunk)
     };
     let mut frames = Vec::with_capacity(pieces + 4);
-    frames.push(chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    ));
+    frames.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
     frames.extend((0..pieces).map(|i| chunk(json!({"content": content_piece(i)}), Value::Null)));
     frames.push(chunk(json!({}), json!("stop")));
     if include_usage {
@@ -308,10 +277,7 @@ fn anthropic(headers: &HeaderMap, body: &Bytes) -> Routed {
             }),
         )
     }));
-    frames.push(sse_event(
-        "content_block_stop",
-        &json!({"type": "content_block_stop", "index": 0}),
-    ));
+    frames.push(sse_event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
     frames.push(sse_event(
         "message_delta",
         &json!({
@@ -353,15 +319,10 @@ fn echo(parts: &Parts, body: &Bytes, conn: &ConnInfo) -> Response<FrameBody> {
 
 /// `GET /bytes/{n}`.
 fn bytes(headers: &HeaderMap, n: &str) -> Routed {
-    let total: u64 = n
-        .parse()
-        .map_err(|_| Reject::bad_request("/bytes/{n} needs a byte count"))?;
+    let total: u64 = n.parse().map_err(|_| Reject::bad_request("/bytes/{n} needs a byte count"))?;
     let Shape { delay, .. } = shape(headers)?;
     let mut response = Response::new(FrameBody::pattern(total, delay));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     Ok(response)
 }
 
@@ -397,9 +358,7 @@ fn sse_response(frames: Vec<Bytes>, delay: Duration) -> Response<FrameBody> {
 fn json_response(status: StatusCode, value: &Value) -> Response<FrameBody> {
     let mut response = Response::new(FrameBody::full(value.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

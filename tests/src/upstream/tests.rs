@@ -33,9 +33,7 @@ impl Client {
         let negotiated = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
         let io = TokioIo::new(tls);
         let client = if negotiated == b"h2" {
-            let (send, conn) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .expect("h2");
+            let (send, conn) = http2::handshake(TokioExecutor::new(), io).await.expect("h2");
             tokio::spawn(conn);
             Self::H2(send)
         } else {
@@ -63,18 +61,11 @@ impl Client {
 
 /// An h2 `GET https://api.openai.com{path}` (h2 needs the scheme and authority in the URI).
 fn h2_get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(format!("https://api.openai.com{path}"))
-        .body(Full::default())
-        .expect("request")
+    Request::get(format!("https://api.openai.com{path}")).body(Full::default()).expect("request")
 }
 
 async fn body_bytes(response: Response<Incoming>) -> Bytes {
-    response
-        .into_body()
-        .collect()
-        .await
-        .expect("response body")
-        .to_bytes()
+    response.into_body().collect().await.expect("response body").to_bytes()
 }
 
 async fn body_json(response: Response<Incoming>) -> Value {
@@ -103,10 +94,7 @@ async fn ca_file_is_written_and_ip_names_become_ip_sans() {
     let tcp = TcpStream::connect(upstream.addr()).await.expect("connect");
     let connector = TlsConnector::from(ca.client_config(&[]).expect("client config"));
     let name = ServerName::try_from("127.0.0.1").expect("IP server name");
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .expect("TLS to an IP literal");
+    let tls = connector.connect(name, tcp).await.expect("TLS to an IP literal");
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
 }
 
@@ -135,10 +123,7 @@ async fn json_completion_is_metered_and_recorded_with_sni() {
     let body = body_json(response).await;
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "gpt-4o-mini");
-    assert_eq!(
-        body["choices"][0]["message"]["content"],
-        completion_text(DEFAULT_CHUNKS)
-    );
+    assert_eq!(body["choices"][0]["message"]["content"], completion_text(DEFAULT_CHUNKS));
     let completion = DEFAULT_CHUNKS as u64 * TOKENS_PER_PIECE;
     // "hello world!" is 12 characters: 3 prompt tokens.
     assert_eq!(
@@ -194,18 +179,9 @@ async fn openai_stream_arrives_incrementally() {
     // Role, 3 pieces, finish, usage, [DONE]: 7 events, 6 gaps of 50 ms.
     let first = arrivals.first().copied().expect("a first frame");
     let last = arrivals.last().copied().expect("a last frame");
-    assert!(
-        arrivals.len() >= 2,
-        "frames arrived in one piece: {arrivals:?}"
-    );
-    assert!(
-        last - first >= Duration::from_millis(250),
-        "not paced: {arrivals:?}"
-    );
-    assert!(
-        first < Duration::from_millis(200),
-        "first frame held back: {arrivals:?}"
-    );
+    assert!(arrivals.len() >= 2, "frames arrived in one piece: {arrivals:?}");
+    assert!(last - first >= Duration::from_millis(250), "not paced: {arrivals:?}");
+    assert!(first < Duration::from_millis(200), "first frame held back: {arrivals:?}");
 
     let text = String::from_utf8(text).expect("UTF-8 SSE");
     let events: Vec<&str> = text.split_terminator("\n\n").collect();
@@ -216,21 +192,12 @@ async fn openai_stream_arrives_incrementally() {
         .map(|e| serde_json::from_str(e.strip_prefix("data: ").expect("data line")).expect("JSON"))
         .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let content: String = chunks[1..4]
-        .iter()
-        .map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .expect("content")
-        })
-        .collect();
+    let content: String =
+        chunks[1..4].iter().map(|c| c["choices"][0]["delta"]["content"].as_str().expect("content")).collect();
     assert_eq!(content, completion_text(3));
     assert_eq!(chunks[4]["choices"][0]["finish_reason"], "stop");
     assert_eq!(chunks[5]["usage"]["prompt_tokens"], 1);
-    assert_eq!(
-        chunks[5]["usage"]["completion_tokens"],
-        3 * TOKENS_PER_PIECE
-    );
+    assert_eq!(chunks[5]["usage"]["completion_tokens"], 3 * TOKENS_PER_PIECE);
     assert!(chunks.iter().all(|c| c["model"] == "gpt-4o"));
 }
 
@@ -257,10 +224,7 @@ async fn anthropic_stream_and_message() {
     assert_eq!(message["model"], "claude-sonnet-4-5");
     assert_eq!(message["content"][0]["text"], completion_text(2));
     // "be brief" + "hi there" = 16 characters: 4 input tokens.
-    assert_eq!(
-        message["usage"],
-        json!({"input_tokens": 4, "output_tokens": 2 * TOKENS_PER_PIECE})
-    );
+    assert_eq!(message["usage"], json!({"input_tokens": 4, "output_tokens": 2 * TOKENS_PER_PIECE}));
 
     let mut streamed = payload.clone();
     streamed["stream"] = json!(true);
@@ -292,10 +256,7 @@ async fn anthropic_stream_and_message() {
     assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 4);
     assert_eq!(events[3].1["delta"]["text"], "word1 ");
     assert_eq!(events[5].1["usage"]["output_tokens"], 2 * TOKENS_PER_PIECE);
-    assert_eq!(
-        upstream.last_request().and_then(|r| r.sni).as_deref(),
-        Some("api.anthropic.com")
-    );
+    assert_eq!(upstream.last_request().and_then(|r| r.sni).as_deref(), Some("api.anthropic.com"));
 }
 
 #[tokio::test]
@@ -319,10 +280,7 @@ async fn echo_reports_and_records_headers() {
     assert_eq!(echo["headers"]["x-custom"], json!(["one", "two"]));
     assert_eq!(echo["headers"]["host"], json!(["api.openai.com"]));
     assert_eq!(echo["body_len"], 3);
-    assert_eq!(
-        echo["body_sha256"],
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(echo["body_sha256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_eq!(echo["http_version"], "HTTP/1.1");
     assert_eq!(echo["sni"], "api.openai.com");
 
@@ -335,8 +293,7 @@ async fn echo_reports_and_records_headers() {
 #[tokio::test]
 async fn h2_is_negotiated_via_alpn() {
     let (_dir, ca, upstream) = tls_upstream().await;
-    let (mut client, alpn) =
-        Client::tls(&upstream, &ca, "api.openai.com", &[b"h2", b"http/1.1"]).await;
+    let (mut client, alpn) = Client::tls(&upstream, &ca, "api.openai.com", &[b"h2", b"http/1.1"]).await;
     assert_eq!(alpn, b"h2");
     for _ in 0..3 {
         let response = client.send(h2_get("/echo")).await;
@@ -348,11 +305,7 @@ async fn h2_is_negotiated_via_alpn() {
     assert_eq!(recorded.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(recorded.uri, "https://api.openai.com/echo");
     assert_eq!(upstream.requests().len(), 3);
-    assert_eq!(
-        upstream.connections(),
-        1,
-        "h2 requests share one connection"
-    );
+    assert_eq!(upstream.connections(), 1, "h2 requests share one connection");
 }
 
 #[tokio::test]
@@ -362,10 +315,7 @@ async fn bytes_route_streams_the_pattern() {
     let n = 100_003;
     let response = client.send(h2_get(&format!("/bytes/{n}"))).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/octet-stream"
-    );
+    assert_eq!(response.headers()["content-type"], "application/octet-stream");
     assert_eq!(response.headers()["content-length"], n.to_string().as_str());
     assert_eq!(body_bytes(response).await, pattern_bytes(n));
     assert_eq!(pattern_bytes(4), [7, 38, 69, 100]);
@@ -373,20 +323,11 @@ async fn bytes_route_streams_the_pattern() {
 
 #[tokio::test]
 async fn plain_status_not_found_and_too_large() {
-    let upstream = Upstream::builder()
-        .plain()
-        .start()
-        .await
-        .expect("start upstream");
+    let upstream = Upstream::builder().plain().start().await.expect("start upstream");
     assert!(!upstream.is_tls());
     let mut client = Client::plain(&upstream).await;
 
-    let get = |path: &str| {
-        Request::get(path)
-            .header("host", "upstream.test")
-            .body(Full::default())
-            .expect("request")
-    };
+    let get = |path: &str| Request::get(path).header("host", "upstream.test").body(Full::default()).expect("request");
     let response = client.send(get("/status/503")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(body_bytes(response).await.is_empty());
@@ -402,11 +343,9 @@ async fn plain_status_not_found_and_too_large() {
 
     // A declared oversize body is refused before it is read.
     let mut raw = TcpStream::connect(upstream.addr()).await.expect("connect");
-    raw.write_all(
-        b"POST /echo HTTP/1.1\r\nhost: upstream.test\r\ncontent-length: 40000000\r\n\r\n",
-    )
-    .await
-    .expect("write head");
+    raw.write_all(b"POST /echo HTTP/1.1\r\nhost: upstream.test\r\ncontent-length: 40000000\r\n\r\n")
+        .await
+        .expect("write head");
     let mut head = [0_u8; 12];
     raw.read_exact(&mut head).await.expect("read status line");
     assert_eq!(&head, b"HTTP/1.1 413");

@@ -1,0 +1,253 @@
+//! Bad input and failing upstreams: each gets a clear, contract-shaped answer, and the proxy keeps
+//! serving afterwards.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetforge_e2e::{Clients, ProxyProcess, TestCa, Upstream, install_crypto_provider};
+use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// Sends `request` raw to `addr` and returns everything read until the peer closes (or 10 s).
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses the JSON error envelope at the end of a raw response.
+fn error_body(response: &str) -> serde_json::Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not a JSON error body ({e}): {response}"))
+}
+
+fn status(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+async fn still_serves(proxy: &ProxyProcess, upstream: &Upstream) {
+    let clients = Clients::locate();
+    let url = proxy.proxy_url("run-after", "tok");
+    let out = clients
+        .curl(
+            &["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://plain.internal.test/status/204"],
+            &[("http_proxy", &url)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "204", "the proxy stopped serving: {}", out.stderr);
+    assert!(!upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_or_missing_credentials_get_407_with_a_challenge() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder().resolve("plain.internal.test", plain.addr()).start().unwrap();
+    for auth in ["Basic !!!not-base64", "Bearer abc", "Basic YmFkIHJ1bjp4"] {
+        let req = format!(
+            "GET http://plain.internal.test/echo HTTP/1.1\r\nHost: plain.internal.test\r\nProxy-Authorization: {auth}\r\nConnection: close\r\n\r\n"
+        );
+        let resp = raw(proxy.forward, req.as_bytes()).await;
+        assert_eq!(status(&resp), 407, "{auth}: {resp}");
+        assert!(resp.to_ascii_lowercase().contains("proxy-authenticate: basic realm=\"fleetforge\""), "{resp}");
+        let e = error_body(&resp);
+        assert_eq!(e["error"]["type"], "proxy_auth_required");
+        assert!(e["error"]["receipt_id"].as_str().is_some_and(|r| r.len() == 36));
+    }
+    // The same on CONNECT.
+    let resp = raw(
+        proxy.forward,
+        b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\nProxy-Authorization: Basic %%%\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&resp), 407, "{resp}");
+    assert!(plain.requests().is_empty(), "nothing was forwarded");
+    still_serves(&proxy, &plain).await;
+
+    // With credentials required, a call without them is refused, on CONNECT and absolute-form alike.
+    let strict = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .env("FLEETFORGE_REQUIRE_CREDENTIALS", "true")
+        .start()
+        .unwrap();
+    let resp = raw(strict.forward, b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n").await;
+    assert_eq!(status(&resp), 407, "{resp}");
+    assert_eq!(error_body(&resp)["error"]["reasons"][0], "missing_credentials");
+    let resp = raw(
+        strict.forward,
+        b"GET http://plain.internal.test/echo HTTP/1.1\r\nHost: plain.internal.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&resp), 407, "{resp}");
+    still_serves(&strict, &plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_hosts_ports_and_private_destinations_get_403_and_nothing_is_forwarded() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .env("FLEETFORGE_ALLOWED_HOSTS", "plain.internal.test,api.openai.com,*.example.com,127.0.0.1,10.1.2.3")
+        .start()
+        .unwrap();
+    let cases: [(&[u8], &str); 5] = [
+        (b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n", "host_not_allowed"),
+        (b"GET http://evil.test/ HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n", "host_not_allowed"),
+        (b"CONNECT mail.example.com:25 HTTP/1.1\r\nHost: mail.example.com:25\r\n\r\n", "port_not_allowed"),
+        // Literal private addresses: refused when the connection is made.
+        (b"CONNECT 10.1.2.3:443 HTTP/1.1\r\nHost: 10.1.2.3:443\r\n\r\n", "private_destination"),
+        (b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", "private_destination"),
+    ];
+    for (req, reason) in cases {
+        let resp = raw(proxy.forward, req).await;
+        assert_eq!(status(&resp), 403, "{}: {resp}", String::from_utf8_lossy(req));
+        let e = error_body(&resp);
+        assert_eq!(e["error"]["type"], "policy_denied");
+        assert_eq!(e["error"]["reasons"][0], reason, "{resp}");
+        assert!(e["error"]["message"].as_str().unwrap().len() > 20, "the message explains: {resp}");
+    }
+    assert!(plain.requests().is_empty());
+    assert!(proxy.metric("fleetforge_connect_total{mode=\"rejected\"}").unwrap() >= 3.0);
+    assert!(proxy.metric("fleetforge_errors_total{type=\"policy_denied\"}").unwrap() >= 5.0);
+    still_serves(&proxy, &plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_to_the_proxy_itself_is_refused() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .env("FLEETFORGE_ALLOW_PRIVATE", "true")
+        .env("FLEETFORGE_ALLOWED_PORTS", "*")
+        .start()
+        .unwrap();
+    let me = proxy.forward;
+    let req = format!("GET http://{me}/ HTTP/1.1\r\nHost: {me}\r\nConnection: close\r\n\r\n");
+    let resp = raw(me, req.as_bytes()).await;
+    assert_eq!(status(&resp), 403, "{resp}");
+    assert_eq!(error_body(&resp)["error"]["reasons"][0], "proxy_loop");
+    // An origin-form request is not a proxy request.
+    let resp = raw(me, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&resp), 400, "{resp}");
+    assert_eq!(error_body(&resp)["error"]["type"], "invalid_request");
+    still_serves(&proxy, &plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_after_connect_and_sni_mismatch_close_the_tunnel_only() {
+    install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path()).unwrap();
+    let up = Upstream::builder().tls(&ca, &["api.openai.com"]).start().await.unwrap();
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("api.openai.com", up.addr())
+        .resolve("plain.internal.test", plain.addr())
+        .upstream_ca(ca.pem_path())
+        .start()
+        .unwrap();
+
+    // Bytes that are neither TLS nor HTTP after the 200.
+    let resp = raw(
+        proxy.forward,
+        b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n\x00\x01\x02garbage\xff\xfe",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(!resp.contains("garbage"), "closed without echoing anything: {resp}");
+
+    // TLS whose SNI names another host than the CONNECT: refused (domain fronting).
+    let mut s = TcpStream::connect(proxy.forward).await.unwrap();
+    s.write_all(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 39];
+    s.read_exact(&mut head).await.unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_pki_types::CertificateDer::pem_file_iter(&proxy.ca_pem).unwrap().flatten());
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let handshake = connector.connect(ServerName::try_from("evil.test").unwrap(), s).await;
+    assert!(handshake.is_err(), "the proxy must not complete TLS for a fronted name");
+    assert!(up.requests().is_empty(), "nothing reached the upstream");
+    still_serves(&proxy, &plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_get_413_with_or_without_content_length() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .env("FLEETFORGE_MAX_BODY", "1KiB")
+        .start()
+        .unwrap();
+    let clients = Clients::locate();
+    let url = proxy.proxy_url("run-big", "tok");
+    let big = "x".repeat(2048);
+    for extra in [&[][..], &["-H", "Transfer-Encoding: chunked"][..]] {
+        let mut args = vec!["-s", "-w", "\n%{http_code}", "-X", "POST", "--data-binary", big.as_str()];
+        args.extend_from_slice(extra);
+        args.push("http://plain.internal.test/echo");
+        let out = clients.curl(&args, &[("http_proxy", &url)]).await.unwrap();
+        let (body, code) = out.stdout.rsplit_once('\n').unwrap();
+        assert_eq!(code, "413", "{}", out.stdout);
+        let e: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(e["error"]["type"], "body_too_large");
+        assert!(e["error"]["message"].as_str().unwrap().contains("1024"), "names the limit: {e}");
+    }
+    // Exactly at the limit passes.
+    let ok = "y".repeat(1024);
+    let out = clients
+        .curl(
+            &["-s", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", &ok, "http://plain.internal.test/echo"],
+            &[("http_proxy", &url)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "200");
+    assert_eq!(plain.requests().len(), 1, "only the allowed body reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_down_or_with_the_wrong_certificate_is_a_502_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path()).unwrap();
+    // A certificate for another name than the one the proxy dials.
+    let wrong = Upstream::builder().tls(&ca, &["someone-else.test"]).start().await.unwrap();
+    // A port with nothing listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("api.openai.com", wrong.addr())
+        .resolve("api.anthropic.com", closed)
+        .resolve("plain.internal.test", plain.addr())
+        .upstream_ca(ca.pem_path())
+        .start()
+        .unwrap();
+    let clients = Clients::locate();
+    let env =
+        [("HTTPS_PROXY", proxy.proxy_url("run-502", "tok")), ("CURL_CA_BUNDLE", proxy.bundle.display().to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (url, needle) in
+        [("https://api.openai.com/echo", "TLS"), ("https://api.anthropic.com/v1/messages", "cannot connect")]
+    {
+        let out = clients.curl(&["-s", "-w", "\n%{http_code}", url], &env).await.unwrap();
+        let (body, code) = out.stdout.rsplit_once('\n').unwrap();
+        assert_eq!(code, "502", "{url}: {}", out.stdout);
+        let e: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(e["error"]["type"], "upstream_error");
+        assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{url}: {e}");
+    }
+    assert!(wrong.requests().is_empty(), "no request went over the unverified TLS");
+    assert_eq!(proxy.metric("fleetforge_errors_total{type=\"upstream_error\"}").unwrap(), 2.0);
+    still_serves(&proxy, &plain).await;
+}
