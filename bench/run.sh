@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# bench/run.sh — direct vs FleetForge sidecar vs FleetForge forward (TLS interception), one run.
+#
+# usage: bench/run.sh [--duration S] [--rounds R] [--concurrency C] [--chunks N] [--chunk-delay-ms MS]
+#                     [--rss N] [--no-load]
+#
+# Starts the project's fake LLM upstream (tests/, HTTPS, api.llm.test) and one fleetforge-proxy
+# with a sidecar listener and the forward listener, then drives the same OpenAI-shaped load with
+# oha (JSON and SSE) straight at the upstream, through the sidecar, and through the forward proxy
+# (CONNECT + TLS interception, keep-alive inside the tunnel). Rounds alternate the scenario order.
+# Prints req/s, p50/p99 latency, TTFB, req/s relative to direct, and CPU µs per request of the
+# proxy and of the upstream (from /proc, per measured window). Compare ratios, not absolute
+# numbers: client, proxy and upstream share this machine's CPUs.
+# --rss N then opens N client connections (half intercepted TLS, half sidecar), each completing
+# a request and staying open, and reports the proxy's resident memory (bench/rss.py).
+#
+# For peers (nginx, squid, mitmproxy, LiteLLM) in the same run, use the shared harness with
+# bench/proxy-cmd.sh (see bench/README.md).
+#
+# Env: BENCH_STATE (default ~/.cache/fleetforge-bench: oha install, results), OHA (path to oha).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+DURATION=5 ROUNDS=2 CONC=16 CHUNKS=20 DELAY=0 WARMUP=1 RSS=0 LOAD=1
+while (($#)); do
+  case $1 in
+    --duration) DURATION=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --concurrency) CONC=$2; shift 2 ;;
+    --chunks) CHUNKS=$2; shift 2 ;;
+    --chunk-delay-ms) DELAY=$2; shift 2 ;;
+    --rss) RSS=$2; shift 2 ;;
+    --no-load) LOAD=0; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+BENCH_STATE=${BENCH_STATE:-$HOME/.cache/fleetforge-bench}
+mkdir -p "$BENCH_STATE/results"
+work=$(mktemp -d "${TMPDIR:-/tmp}/ffbench.XXXXXX")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+oha=${OHA:-$(command -v oha || true)}
+[[ -z $oha && -x $BENCH_STATE/.tools/bin/oha ]] && oha=$BENCH_STATE/.tools/bin/oha
+if [[ -z $oha ]]; then
+  log "installing oha 1.16.0 into $BENCH_STATE/.tools (cargo install, several minutes)"
+  cargo install --locked --root "$BENCH_STATE/.tools" oha --version 1.16.0 >"$work/oha-install.log" 2>&1
+  oha=$BENCH_STATE/.tools/bin/oha
+fi
+log "building release binaries"
+(cd "$root" && cargo build --release --locked -p fleetforge-proxy -p fleetforge-e2e --bins >"$work/build.log" 2>&1) \
+  || { tail -20 "$work/build.log" >&2; exit 1; }
+target=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/release
+
+# First line of a background command's stdout (its JSON ready line).
+ready_line() { # file
+  for _ in $(seq 200); do [[ -s $1 ]] && head -1 "$1" && return 0; sleep 0.05; done
+  echo "no ready line in $1" >&2; return 1
+}
+"$target/fleetforge-fake-upstream" --listen 127.0.0.1:0 --names api.llm.test --ca-dir "$work" --threads 1 >"$work/upstream.out" 2>"$work/upstream.err" &
+pids+=($!); up_pid=$!
+up=$(ready_line "$work/upstream.out" | python3 -c 'import json,sys;print(json.load(sys.stdin)["addr"])')
+up_port=${up##*:}
+"$target/fleetforge-proxy" --home "$work/home" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+  --sidecar "127.0.0.1:0=https://api.llm.test:$up_port" --resolve "api.llm.test=$up" \
+  --upstream-ca "$work/test-ca.pem" --intercept api.llm.test --log warn >"$work/proxy.out" 2>"$work/proxy.err" &
+pids+=($!); proxy_pid=$!
+ready=$(ready_line "$work/proxy.out")
+fwd=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["forward"])' "$ready")
+side=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["sidecars"][0])' "$ready")
+cat "$work/test-ca.pem" "$work/home/ca/ca.pem" >"$work/client-ca.pem"
+log "upstream $up, proxy forward $fwd sidecar $side, oha $($oha --version | head -1)"
+
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+url_direct="https://api.llm.test:$up_port/v1/chat/completions"
+rows=$work/rows.tsv
+: >"$rows"
+measure() { # scenario mode round
+  local s=$1 mode=$2 r=$3 args=()
+  case $s in
+    direct) args=(--connect-to "api.llm.test:$up_port:127.0.0.1:$up_port" --cacert "$work/test-ca.pem" "$url_direct") ;;
+    sidecar) args=("http://$side/v1/chat/completions") ;;
+    forward) args=(-x "http://$fwd" --no-pre-lookup --cacert "$work/client-ca.pem" "$url_direct") ;;
+  esac
+  local common=(-c "$CONC" --no-tui --output-format json -m POST -T application/json
+    -H "x-test-chunks: $CHUNKS" -H "x-test-chunk-delay-ms: $DELAY" -D "$here/bodies/body-$mode.json" -t 30s)
+  "$oha" -z "${WARMUP}s" "${common[@]}" "${args[@]}" >/dev/null 2>&1 || true
+  local p0 u0 p1 u1
+  p0=$(ticks "$proxy_pid"); u0=$(ticks "$up_pid")
+  "$oha" -z "${DURATION}s" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
+  p1=$(ticks "$proxy_pid"); u1=$(ticks "$up_pid")
+  [[ $s == direct ]] && p1=$p0
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$mode" "$r" "$work/$s-$mode-$r.json" "$((p1 - p0))" "$((u1 - u0))" >>"$rows"
+}
+((LOAD)) || ROUNDS=0
+for ((r = 1; r <= ROUNDS; r++)); do
+  order=(direct sidecar forward)
+  ((r % 2 == 0)) && order=(forward sidecar direct)
+  for s in "${order[@]}"; do
+    for mode in nonstream stream; do
+      log "round $r: $s/$mode"
+      measure "$s" "$mode" "$r"
+    done
+  done
+done
+out=$BENCH_STATE/results/fleetforge-$(date +%Y%m%d-%H%M%S).md
+: >"$out"
+if ((LOAD)); then
+  python3 "$here/summarize.py" "$rows" "$(getconf CLK_TCK)" \
+    "duration ${DURATION}s x $ROUNDS rounds, concurrency $CONC, $CHUNKS SSE chunks, chunk delay ${DELAY} ms" | tee -a "$out"
+fi
+if ((RSS > 0)); then
+  ulimit -n 8192 2>/dev/null || true
+  log "opening $RSS client connections"
+  { echo; echo "| memory | |"; echo "|---|---|"
+    python3 "$here/rss.py" "$proxy_pid" "$fwd" "$side" api.llm.test "$up_port" "$work/client-ca.pem" "$RSS"; } | tee -a "$out"
+fi
+log "report: $out (raw: $work)"
+trap - EXIT
+cleanup

@@ -1,0 +1,56 @@
+"""Summarize bench/run.sh results: one row per scenario and mode, ratios against direct.
+
+usage: summarize.py ROWS.tsv CLK_TCK NOTE
+ROWS.tsv lines: scenario, mode, round, oha JSON path, proxy CPU ticks, upstream CPU ticks.
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def main() -> None:
+    rows_path, clk_tck, note = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    runs = defaultdict(list)
+    for line in open(rows_path):
+        scenario, mode, rnd, path, proxy_ticks, up_ticks = line.rstrip("\n").split("\t")
+        with open(path) as f:
+            d = json.load(f)
+        ok = sum(v for k, v in d.get("statusCodeDistribution", {}).items() if k.startswith("2"))
+        bad = sum(v for k, v in d.get("statusCodeDistribution", {}).items() if not k.startswith("2"))
+        secs = d["summary"]["total"]
+        runs[(scenario, mode)].append(
+            {
+                "rps": ok / secs if secs else 0.0,
+                "p50": d["latencyPercentiles"]["p50"] * 1000,
+                "p99": d["latencyPercentiles"]["p99"] * 1000,
+                "ttfb": (d.get("firstBytePercentiles") or {}).get("p50"),
+                "proxy_us": int(proxy_ticks) * 1e6 / clk_tck / max(ok, 1),
+                "up_us": int(up_ticks) * 1e6 / clk_tck / max(ok, 1),
+                "errors": bad + sum(d.get("errorDistribution", {}).values()),
+            }
+        )
+    direct = {mode: statistics.mean(r["rps"] for r in runs[("direct", mode)]) for mode in ("nonstream", "stream")}
+    print(f"FleetForge bench ({note})\n")
+    print("| scenario | mode | req/s | spread | vs direct | p50 ms | p99 ms | TTFB p50 ms | proxy CPU µs/req | upstream CPU µs/req | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for scenario in ("direct", "sidecar", "forward"):
+        for mode in ("nonstream", "stream"):
+            rs = runs.get((scenario, mode))
+            if not rs:
+                continue
+            rps = [r["rps"] for r in rs]
+            mean = statistics.mean(rps)
+            spread = (max(rps) - min(rps)) / 2 / mean * 100 if mean else 0
+            ttfb = [r["ttfb"] for r in rs if r["ttfb"] is not None]
+            ttfb_s = f"{statistics.mean(ttfb) * 1000:.2f}" if ttfb else "-"
+            proxy = "-" if scenario == "direct" else f"{statistics.mean(r['proxy_us'] for r in rs):.1f}"
+            print(
+                f"| {scenario} | {mode} | {mean:,.0f} | ±{spread:.0f}% | {mean / direct[mode]:.3f} | "
+                f"{statistics.mean(r['p50'] for r in rs):.2f} | {statistics.mean(r['p99'] for r in rs):.2f} | {ttfb_s} | "
+                f"{proxy} | {statistics.mean(r['up_us'] for r in rs):.1f} | {sum(r['errors'] for r in rs)} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
