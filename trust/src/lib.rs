@@ -4,9 +4,17 @@
 //! that verifies and stores it — must agree on the same types byte for byte. It stays light: no
 //! async runtime, no network, no database.
 //!
-//! Today it holds the identifiers every call carries ([`RunId`], [`ReceiptId`]); the receipt
-//! schema, canonical digests and signatures join them as the evidence path lands.
+//! It holds the identifiers every call carries ([`RunId`], [`ReceiptId`]), the receipt schema
+//! ([`receipt`]), canonical JSON and digests ([`canonical`]), Merkle batches ([`merkle`]),
+//! signing keys and batch signatures ([`sign`]), and verification of receipts and chains
+//! ([`verify`]). Crypto is `ring` only: the same backend the proxy's TLS already uses.
 #![forbid(unsafe_code)]
+
+pub mod canonical;
+pub mod merkle;
+pub mod receipt;
+pub mod sign;
+pub mod verify;
 
 use std::fmt;
 use std::str::FromStr;

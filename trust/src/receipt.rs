@@ -1,0 +1,282 @@
+//! The receipt: one signed, hash-chained record per call (schema `fleetforge.receipt/v1`).
+//!
+//! A receipt says who called (run, step), what was called (upstream scheme, host, port, method,
+//! path), what was decided and why, what went over the wire (byte counts and SHA-256 digests of
+//! the request and response bodies — never the bodies), how it ended, and where it sits in its
+//! run's chain. It never carries credentials: no API keys, auth headers, cookies, run tokens, or
+//! bodies.
+//!
+//! Hashing: the receipt hash is SHA-256 over the JCS form of the receipt *without* its
+//! `signature` member (see [`crate::canonical`]). Chaining: each receipt names the hash of the
+//! previous receipt of the same run written by the same proxy key (its *lane*) and a gapless
+//! `seq`; the first receipt of a lane links to [`genesis`]. Signing: see [`crate::sign`].
+//!
+//! Struct fields are declared in the order JCS sorts them, so serializing a [`ReceiptBody`]
+//! directly yields its canonical form; [`ReceiptBody::canonical`] relies on that and a test
+//! checks it against the generic canonicalizer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical::{self, CanonicalError, hex, sha256};
+use crate::merkle::Hash;
+use crate::{ReceiptId, RunId};
+
+/// The schema id every v1 receipt carries.
+pub const SCHEMA: &str = "fleetforge.receipt/v1";
+
+/// Where the call went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// Host name (normalized: lowercase, no trailing dot).
+    pub host: String,
+    /// HTTP method (`CONNECT` for a tunnel).
+    pub method: String,
+    /// Path and query as sent upstream (`host:port` for a tunnel).
+    pub path: String,
+    /// Port.
+    pub port: u16,
+    /// `http` or `https`.
+    pub scheme: String,
+}
+
+/// The failure a call ended with, as the client was told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The message sent to the client.
+    pub message: String,
+    /// The contract error `type`, e.g. `policy_denied`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// What was decided about the call, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Whether the call was allowed to leave.
+    pub allow: bool,
+    /// The error the call ended with, if any (denials and failures alike).
+    pub error: Option<ErrorInfo>,
+    /// Digests of the policy packs that decided it.
+    pub policy_packs: Vec<String>,
+    /// Machine-readable reasons.
+    pub reasons: Vec<String>,
+}
+
+/// What went over the wire, by size and digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// Request body bytes sent upstream (tunnel: bytes from the client).
+    pub request_bytes: u64,
+    /// SHA-256 (hex) of the request body as sent upstream; `None` when nothing was sent.
+    pub request_digest: Option<String>,
+    /// Response body bytes delivered (tunnel: bytes to the client).
+    pub response_bytes: u64,
+    /// SHA-256 (hex) of the response body as received from the upstream.
+    pub response_digest: Option<String>,
+    /// Response status sent to the client.
+    pub status: Option<u16>,
+}
+
+/// Token usage of an LLM call, when the proxy could read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Cost in millionths of a US dollar.
+    pub cost_micro_usd: Option<u64>,
+    /// Input (prompt) tokens.
+    pub input_tokens: Option<u64>,
+    /// Model.
+    pub model: Option<String>,
+    /// Output (completion) tokens.
+    pub output_tokens: Option<u64>,
+    /// Provider, e.g. `openai`.
+    pub provider: Option<String>,
+}
+
+/// The receipt's place in its run's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The lane: the id of the proxy key that writes this run's chain on one proxy.
+    pub lane: String,
+    /// Hash (hex) of the previous receipt in this lane, or the lane's [`genesis`].
+    pub prev_hash: String,
+    /// Position in the lane: 1, 2, 3, … without gaps.
+    pub seq: u64,
+}
+
+/// Everything a receipt says; what its hash covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBody {
+    /// Agent label, when known.
+    pub agent: Option<String>,
+    /// Budget state around the call (reserved for budgets).
+    pub budget: Option<serde_json::Value>,
+    /// Capability token ids and expiry (reserved for capability tokens).
+    pub capability: Option<serde_json::Value>,
+    /// Place in the chain.
+    pub chain: Chain,
+    /// The decision.
+    pub decision: Decision,
+    /// When the call ended (RFC 3339, UTC, microseconds).
+    pub ended_at: String,
+    /// Receipt id (also sent to the client as `x-fleetforge-receipt`).
+    pub id: ReceiptId,
+    /// `call` (one HTTP exchange) or `tunnel` (a relayed CONNECT).
+    pub kind: String,
+    /// `completed`, `client_gone`, `upstream_aborted` or `failed`.
+    pub outcome: String,
+    /// The run.
+    pub run: RunId,
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// Sizes and digests.
+    pub seal: Seal,
+    /// When the call started (RFC 3339, UTC, microseconds).
+    pub started_at: String,
+    /// Step number: monotonic per run on one proxy, in the order calls started.
+    pub step: u64,
+    /// Step label from `x-fleetforge-step`.
+    pub step_label: Option<String>,
+    /// Tenant, when the proxy knows it.
+    pub tenant: Option<String>,
+    /// Trace and span ids (reserved for tracing).
+    pub trace: Option<serde_json::Value>,
+    /// Where the call went.
+    pub upstream: Upstream,
+    /// Token usage.
+    pub usage: Option<Usage>,
+}
+
+/// A batch inclusion proof: the receipt's leaf index in a signed batch, the batch size, the
+/// batch root and the audit path from the leaf to the root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchProof {
+    /// Leaf index.
+    pub index: u64,
+    /// Audit path (hex hashes), leaf side first.
+    pub path: Vec<String>,
+    /// Batch root (hex).
+    pub root: String,
+    /// Number of receipts in the batch.
+    pub size: u64,
+}
+
+/// How a receipt is signed: ed25519 over its batch's root (see [`crate::sign`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Always `ed25519`.
+    pub alg: String,
+    /// The receipt's inclusion in the signed batch.
+    pub batch: BatchProof,
+    /// Id of the signing key (`GET /v1/keys`).
+    pub key_id: String,
+    /// The signature, base64url without padding.
+    pub sig: String,
+}
+
+/// A complete receipt: the body and its signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// What the receipt says.
+    #[serde(flatten)]
+    pub body: ReceiptBody,
+    /// The signature.
+    pub signature: Signature,
+}
+
+impl ReceiptBody {
+    /// The canonical (JCS) bytes the hash covers.
+    pub fn canonical(&self) -> Result<Vec<u8>, CanonicalError> {
+        let free_form = self.budget.is_some() || self.capability.is_some() || self.trace.is_some();
+        if free_form {
+            // Free-form members: let the generic canonicalizer order their keys.
+            let value = serde_json::to_value(self).map_err(|e| CanonicalError::Number(e.to_string()))?;
+            return canonical::to_canonical(&value);
+        }
+        // Declared in JCS order, with only integers and ASCII member names: already canonical.
+        serde_json::to_vec(self).map_err(|e| CanonicalError::Number(e.to_string()))
+    }
+
+    /// The receipt hash.
+    pub fn hash(&self) -> Result<Hash, CanonicalError> {
+        Ok(sha256(&self.canonical()?))
+    }
+}
+
+/// The `prev_hash` of the first receipt of `run` in `lane`.
+pub fn genesis(run: &str, lane: &str) -> Hash {
+    sha256(format!("fleetforge.genesis/v1\n{run}\n{lane}").as_bytes())
+}
+
+/// [`genesis`] in hex.
+pub fn genesis_hex(run: &str, lane: &str) -> String {
+    hex(&genesis(run, lane))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::{Chain, Decision, ErrorInfo, ReceiptBody, SCHEMA, Seal, Upstream, genesis_hex};
+    use crate::canonical;
+    use crate::{ReceiptId, RunId};
+
+    pub(crate) fn sample(seq: u64, prev: &str) -> ReceiptBody {
+        ReceiptBody {
+            agent: None,
+            budget: None,
+            capability: None,
+            chain: Chain { lane: "ed25519:0011223344556677".into(), prev_hash: prev.into(), seq },
+            decision: Decision {
+                allow: false,
+                error: Some(ErrorInfo {
+                    message: "host évil.test is not allowed \"quoted\"\n".into(),
+                    kind: "policy_denied".into(),
+                }),
+                policy_packs: vec![],
+                reasons: vec!["host_not_allowed".into()],
+            },
+            ended_at: "2026-11-26T18:00:00.000002Z".into(),
+            id: ReceiptId::generate(),
+            kind: "call".into(),
+            outcome: "failed".into(),
+            run: RunId::new("run-1").unwrap(),
+            schema: SCHEMA.into(),
+            seal: Seal {
+                request_bytes: 0,
+                request_digest: None,
+                response_bytes: 0,
+                response_digest: None,
+                status: Some(403),
+            },
+            started_at: "2026-11-26T18:00:00.000001Z".into(),
+            step: seq,
+            step_label: Some("plan ✓".into()),
+            tenant: None,
+            trace: None,
+            upstream: Upstream {
+                host: "évil.test".into(),
+                method: "GET".into(),
+                path: "/x?q=1".into(),
+                port: 443,
+                scheme: "https".into(),
+            },
+            usage: None,
+        }
+    }
+
+    #[test]
+    fn direct_serialization_is_the_canonical_form() {
+        let body = sample(1, &genesis_hex("run-1", "lane"));
+        let generic = canonical::to_canonical(&serde_json::to_value(&body).unwrap()).unwrap();
+        assert_eq!(body.canonical().unwrap(), generic);
+        let mut with_free_form = body.clone();
+        with_free_form.trace = Some(serde_json::json!({"span_id": "b", "trace_id": "a"}));
+        let generic = canonical::to_canonical(&serde_json::to_value(&with_free_form).unwrap()).unwrap();
+        assert_eq!(with_free_form.canonical().unwrap(), generic);
+    }
+
+    #[test]
+    fn genesis_differs_per_run_and_lane() {
+        assert_ne!(genesis_hex("a", "l"), genesis_hex("b", "l"));
+        assert_ne!(genesis_hex("a", "l"), genesis_hex("a", "m"));
+        assert_eq!(genesis_hex("a", "l").len(), 64);
+    }
+}
