@@ -42,9 +42,10 @@ pin_project_lite::pin_project! {
 }
 
 /// Observes an upstream body on its way to the client; finishes the call exactly once.
-#[derive(Debug)]
 pub struct Tap {
     bytes: u64,
+    /// SHA-256 over the body as received from the upstream (the receipt's response digest).
+    digest: ring::digest::Context,
     finish: Option<Finish>,
     /// Data received and not yet passed on (see the module docs on coalescing).
     held: Vec<Bytes>,
@@ -56,10 +57,20 @@ pub struct Tap {
     spins: u32,
 }
 
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap").field("bytes", &self.bytes).field("held_len", &self.held_len).finish_non_exhaustive()
+    }
+}
+
 impl Tap {
     fn end(&mut self, outcome: Outcome) {
         if let Some(finish) = self.finish.take() {
-            finish.done(self.bytes, outcome);
+            let digest =
+                std::mem::replace(&mut self.digest, ring::digest::Context::new(&ring::digest::SHA256)).finish();
+            let mut sha = [0u8; 32];
+            sha.copy_from_slice(digest.as_ref());
+            finish.done(self.bytes, sha, outcome);
         }
     }
 
@@ -107,8 +118,16 @@ impl ProxyBody {
 
     /// Streams `inner` to the client and calls `finish` when it ends.
     pub fn tapped(inner: Incoming, finish: Finish) -> Self {
-        let mut tap =
-            Tap { bytes: 0, finish: Some(finish), held: Vec::new(), held_len: 0, grew: false, after: None, spins: 0 };
+        let mut tap = Tap {
+            bytes: 0,
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            finish: Some(finish),
+            held: Vec::new(),
+            held_len: 0,
+            grew: false,
+            after: None,
+            spins: 0,
+        };
         if inner.is_end_stream() {
             // Nothing will be polled: the call is complete now.
             tap.end(Outcome::Completed);
@@ -133,6 +152,7 @@ impl Body for ProxyBody {
                         Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                             Ok(data) => {
                                 tap.bytes += data.len() as u64;
+                                tap.digest.update(&data);
                                 tap.held_len += data.len();
                                 tap.held.push(data);
                                 tap.grew = true;

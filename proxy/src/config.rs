@@ -183,6 +183,51 @@ pub struct Config {
     pub default_run: Option<RunId>,
     /// Reject calls that carry no run credentials with 407.
     pub require_credentials: bool,
+    /// Receipts: recording, spool and signing.
+    pub receipts: ReceiptsConfig,
+    /// Where the control service is (`FLEETFORGE_CONTROL_URL`).
+    pub control_url: http::Uri,
+    /// Bearer token for the control service (`FLEETFORGE_CONTROL_TOKEN`; env only, never a file).
+    pub control_token: Option<Secret>,
+}
+
+/// A secret from the environment; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+
+    /// The secret, for sending where it belongs. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// How receipts are recorded and spooled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptsConfig {
+    /// Record a receipt for every call (off only for benchmarks of the bare proxy).
+    pub enabled: bool,
+    /// Spool size at which new calls are refused (or, with `fail_open`, go unrecorded).
+    pub spool_max_bytes: u64,
+    /// Size at which the active spool segment is closed and a new one started.
+    pub segment_bytes: u64,
+    /// How long the sealer gathers receipts before signing a batch.
+    pub seal_interval: Duration,
+    /// When the spool is full: `false` refuses calls (503), `true` forwards them unrecorded.
+    pub fail_open: bool,
+    /// `fdatasync` the spool after every sealed batch (group commit).
+    pub fsync: bool,
 }
 
 /// The TOML file, as written: shared keys at the top, one table per binary. Every FleetForge
@@ -221,6 +266,36 @@ pub struct FileConfig {
     pub limits: FileLimits,
     /// Sidecar listeners (`[[sidecar]]`).
     pub sidecar: Vec<FileSidecar>,
+    /// Receipt recording and the spool.
+    pub receipts: FileReceipts,
+    /// The control service the spool ships to (the token comes from the environment only).
+    pub control: FileControl,
+}
+
+/// `[proxy.receipts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileReceipts {
+    /// Record receipts (`FLEETFORGE_RECEIPTS`, default true).
+    pub enabled: Option<bool>,
+    /// Spool limit, e.g. `"1GiB"` (`FLEETFORGE_SPOOL_MAX`).
+    pub spool_max_bytes: Option<String>,
+    /// Segment size, e.g. `"16MiB"`.
+    pub segment_bytes: Option<String>,
+    /// Batch window, e.g. `"5ms"`.
+    pub seal_interval: Option<String>,
+    /// `"fail_closed"` (default: refuse calls with 503) or `"fail_open"` when the spool is full.
+    pub on_spool_full: Option<String>,
+    /// fdatasync after each sealed batch (default true).
+    pub fsync: Option<bool>,
+}
+
+/// `[proxy.control]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileControl {
+    /// Control service URL (`FLEETFORGE_CONTROL_URL`, default `http://127.0.0.1:7070`).
+    pub url: Option<String>,
 }
 
 /// `[tls]`
@@ -515,6 +590,70 @@ impl Builder<'_> {
             None => raw.identity.require_credentials.unwrap_or(false),
         };
 
+        let receipts = {
+            let r = &raw.receipts;
+            let enabled = match self.env("FLEETFORGE_RECEIPTS") {
+                Some(g) => parse_bool("proxy.receipts.enabled", g)?,
+                None => r.enabled.unwrap_or(true),
+            };
+            let size = |key: &'static str, env: Option<&'static str>, v: Option<String>, default: u64| match env
+                .and_then(|e| self.env(e))
+                .or_else(|| self.file(v))
+            {
+                Some(g) => parse_size(key, g),
+                None => Ok(default),
+            };
+            let fail_open = match self.file(r.on_spool_full.clone()) {
+                None => false,
+                Some(g) => match g.value.as_str() {
+                    "fail_closed" => false,
+                    "fail_open" => true,
+                    _ => {
+                        return Err(value_error(
+                            "proxy.receipts.on_spool_full",
+                            &g.value,
+                            g.origin,
+                            "expected fail_closed or fail_open",
+                        ));
+                    }
+                },
+            };
+            ReceiptsConfig {
+                enabled,
+                spool_max_bytes: size(
+                    "proxy.receipts.spool_max_bytes",
+                    Some("FLEETFORGE_SPOOL_MAX"),
+                    r.spool_max_bytes.clone(),
+                    1 << 30,
+                )?,
+                segment_bytes: size("proxy.receipts.segment_bytes", None, r.segment_bytes.clone(), 16 << 20)?,
+                seal_interval: duration(
+                    "proxy.receipts.seal_interval",
+                    r.seal_interval.clone(),
+                    Duration::from_millis(5),
+                )?,
+                fail_open,
+                fsync: r.fsync.unwrap_or(true),
+            }
+        };
+        let control_url = {
+            let given = self.env("FLEETFORGE_CONTROL_URL").or_else(|| self.file(raw.control.url.clone()));
+            let Given { value, origin } =
+                given.unwrap_or(Given { value: "http://127.0.0.1:7070".into(), origin: Origin::Default });
+            match value.trim().parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => uri,
+                _ => {
+                    return Err(value_error(
+                        "proxy.control.url",
+                        &value,
+                        origin,
+                        "expected an http:// or https:// URL such as http://127.0.0.1:7070",
+                    ));
+                }
+            }
+        };
+        let control_token = self.env("FLEETFORGE_CONTROL_TOKEN").map(|g| Secret::new(g.value.trim().to_owned()));
+
         let sidecars = if flags.sidecar.is_empty() {
             raw.sidecar
                 .into_iter()
@@ -563,6 +702,9 @@ impl Builder<'_> {
             drain_timeout,
             default_run,
             require_credentials,
+            receipts,
+            control_url,
+            control_token,
         };
         check_distinct_listeners(&config)?;
         Ok(config)

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use fleetforge_trust::{ReceiptId, RunId};
 use http::uri::{Authority, Scheme};
@@ -140,8 +140,12 @@ pub struct Identity {
 pub struct Call {
     /// The receipt id, minted when the call arrives so every response (errors too) can carry it.
     pub receipt_id: ReceiptId,
-    /// When the request arrived.
+    /// When the request arrived (monotonic, for durations).
     pub started: Instant,
+    /// When the request arrived (wall clock, for the receipt).
+    pub started_at: SystemTime,
+    /// One HTTP exchange, or a relayed tunnel.
+    pub kind: CallKind,
     /// Listener it arrived on.
     pub listener: ListenerKind,
     /// Worker thread serving it.
@@ -164,6 +168,10 @@ pub struct Call {
     pub reservation: Reservation,
     /// Request body bytes.
     pub request_bytes: u64,
+    /// SHA-256 of the request body as sent upstream.
+    pub request_digest: Option<[u8; 32]>,
+    /// SHA-256 of the response body as received from the upstream.
+    pub response_digest: Option<[u8; 32]>,
     /// Response status sent to the client.
     pub status: Option<StatusCode>,
     /// Response body bytes sent to the client.
@@ -176,6 +184,8 @@ impl Call {
         Self {
             receipt_id: ReceiptId::generate(),
             started: Instant::now(),
+            started_at: SystemTime::now(),
+            kind: CallKind::Exchange,
             listener: conn.listener,
             worker: conn.worker,
             peer: conn.peer,
@@ -187,6 +197,8 @@ impl Call {
             model: None,
             reservation: Reservation::default(),
             request_bytes: 0,
+            request_digest: None,
+            response_digest: None,
             status: None,
             response_bytes: 0,
         }
@@ -196,6 +208,15 @@ impl Call {
     pub fn run(&self) -> Option<&RunId> {
         self.identity.as_ref().map(|i| &i.run)
     }
+}
+
+/// What kind of call a receipt records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// One HTTP request and its response.
+    Exchange,
+    /// A `CONNECT` tunnel relayed byte for byte.
+    Tunnel,
 }
 
 /// How a call ended.

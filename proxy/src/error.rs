@@ -29,6 +29,8 @@ pub enum Phase {
     Meter,
     /// Sending the call upstream and receiving its response.
     Forward,
+    /// Writing the receipt.
+    Record,
 }
 
 /// Who caused the failure.
@@ -67,6 +69,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The proxy failed (500 `internal_error`).
     Internal,
+    /// The receipt spool is full and the proxy fails closed (503 `spool_full`).
+    SpoolFull,
 }
 
 impl ErrorKind {
@@ -82,6 +86,7 @@ impl ErrorKind {
             ErrorKind::UpstreamError => (StatusCode::BAD_GATEWAY, "upstream_error"),
             ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            ErrorKind::SpoolFull => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
         }
     }
 

@@ -44,12 +44,27 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming
     }
 }
 
+/// Whether a call may start: with a full spool and `fail_closed`, no call is served, because none
+/// could be recorded.
+pub fn recordable(proxy: &Proxy) -> Result<(), ProxyError> {
+    match &proxy.spool {
+        Some(spool) if spool.is_full() && !proxy.config.receipts.fail_open => Err(ProxyError::new(
+            ErrorKind::SpoolFull,
+            Phase::Record,
+            Side::Internal,
+            "the proxy cannot record receipts (its spool is full) and refuses calls until control catches up; retry later",
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn pipeline(
     proxy: &Proxy,
     conn: &ConnCtx,
     call: &mut Call,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, ProxyError> {
+    recordable(proxy)?;
     let target = target(conn, call, &req)?;
     call.target = Some(target.clone());
     // 1. identify first, so every later phase — and every error response — can name the run.
@@ -159,9 +174,13 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<Incoming>) -> R
 /// Ends a call with an error response; used by the pipeline and by refused `CONNECT`s.
 pub fn fail(proxy: &Proxy, mut call: Call, err: ProxyError) -> Response<ProxyBody> {
     let mut buf = [0u8; 36];
-    let mut response = err.to_response(Some(call.receipt_id.encode(&mut buf)));
+    // A call refused because nothing can be recorded has no receipt to name.
+    let has_receipt = err.kind != ErrorKind::SpoolFull;
+    let mut response = err.to_response(has_receipt.then(|| call.receipt_id.encode(&mut buf)));
     call.status = Some(response.status());
-    stamp(&call, response.headers_mut());
+    if has_receipt {
+        stamp(&call, response.headers_mut());
+    }
     finish(proxy, call, Outcome::Failed(err));
     response
 }
@@ -186,10 +205,12 @@ pub struct Finish {
 }
 
 impl Finish {
-    /// Completes the call: `bytes` of response body were delivered, and it ended as `outcome`.
-    pub fn done(self, bytes: u64, outcome: Outcome) {
+    /// Completes the call: `bytes` of response body with SHA-256 `digest` were passed on, and it
+    /// ended as `outcome`.
+    pub fn done(self, bytes: u64, digest: [u8; 32], outcome: Outcome) {
         let mut call = *self.call;
         call.response_bytes = bytes;
+        call.response_digest = Some(digest);
         finish(&self.proxy, call, outcome);
     }
 }

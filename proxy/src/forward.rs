@@ -26,10 +26,12 @@ use crate::upstream;
 /// Sends the call upstream; see the module docs for what the result means.
 pub async fn forward(
     proxy: &Proxy,
-    call: &Call,
+    call: &mut Call,
     mut parts: Parts,
     body: Bytes,
 ) -> Result<Response<Incoming>, ProxyError> {
+    // Seal: the digest of exactly the bytes the upstream will receive.
+    call.request_digest = Some(fleetforge_trust::canonical::sha256(&body));
     let Some(target) = call.target.as_ref() else {
         return Err(ProxyError::new(
             ErrorKind::Internal,

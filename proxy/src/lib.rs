@@ -29,7 +29,9 @@ pub mod proxy;
 pub mod record;
 pub mod runs;
 pub mod settle;
+pub mod ship;
 pub mod shutdown;
+pub mod spool;
 pub mod tls;
 pub mod upstream;
 

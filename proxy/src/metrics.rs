@@ -59,7 +59,7 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
 /// Error `type` strings counted separately.
-pub const ERROR_TYPES: [&str; 9] = [
+pub const ERROR_TYPES: [&str; 10] = [
     "policy_denied",
     "capability_denied",
     "proxy_auth_required",
@@ -69,6 +69,7 @@ pub const ERROR_TYPES: [&str; 9] = [
     "upstream_error",
     "upstream_timeout",
     "internal_error",
+    "spool_full",
 ];
 
 #[derive(Debug, Default)]
@@ -101,6 +102,23 @@ pub struct Metrics {
     tunnel_bytes_down: AtomicU64,
     leaf_certs_minted: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    receipts_recorded: AtomicU64,
+    receipts_dropped: AtomicU64,
+    receipts_shipped: [AtomicU64; 3],
+    ship_failures: AtomicU64,
+    spool_bytes: AtomicU64,
+    ship_backlog: AtomicU64,
+}
+
+/// What control said about a shipped receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShipResult {
+    /// Stored.
+    Accepted,
+    /// Already stored (a resend).
+    Duplicate,
+    /// Refused (kept in `spool/rejected.jsonl`).
+    Rejected,
 }
 
 /// Decrements the active-connection gauge when dropped.
@@ -155,6 +173,32 @@ impl Metrics {
     /// Counts a leaf certificate minted for interception.
     pub fn leaf_minted(&self) {
         self.leaf_certs_minted.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a receipt written to the spool.
+    pub fn receipt_recorded(&self) {
+        self.receipts_recorded.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a call whose receipt could not be written; returns the new total.
+    pub fn receipt_dropped(&self) -> u64 {
+        self.receipts_dropped.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Counts receipts control answered for.
+    pub fn receipts_shipped(&self, result: ShipResult, n: u64) {
+        self.receipts_shipped[result as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Counts a failed attempt to reach control.
+    pub fn ship_failed(&self) {
+        self.ship_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Sets the spool size and the number of receipts waiting to ship.
+    pub fn spool_state(&self, bytes: u64, backlog: u64) {
+        self.spool_bytes.store(bytes, Relaxed);
+        self.ship_backlog.store(backlog, Relaxed);
     }
 
     /// Counts a failed client-side TLS handshake.
@@ -240,6 +284,33 @@ impl Metrics {
         )?;
         writeln!(out, "# TYPE fleetforge_tls_handshake_failures_total counter")?;
         writeln!(out, "fleetforge_tls_handshake_failures_total {}", self.tls_handshake_failures.load(Relaxed))?;
+        writeln!(out, "# HELP fleetforge_receipts_recorded_total Receipts written to the spool.")?;
+        writeln!(out, "# TYPE fleetforge_receipts_recorded_total counter")?;
+        writeln!(out, "fleetforge_receipts_recorded_total {}", self.receipts_recorded.load(Relaxed))?;
+        writeln!(
+            out,
+            "# HELP fleetforge_receipts_dropped_total Calls whose receipt could not be written (spool full or failing)."
+        )?;
+        writeln!(out, "# TYPE fleetforge_receipts_dropped_total counter")?;
+        writeln!(out, "fleetforge_receipts_dropped_total {}", self.receipts_dropped.load(Relaxed))?;
+        writeln!(out, "# HELP fleetforge_receipts_shipped_total Receipts control answered for, by result.")?;
+        writeln!(out, "# TYPE fleetforge_receipts_shipped_total counter")?;
+        for (i, r) in ["accepted", "duplicate", "rejected"].iter().enumerate() {
+            writeln!(
+                out,
+                "fleetforge_receipts_shipped_total{{result=\"{r}\"}} {}",
+                self.receipts_shipped[i].load(Relaxed)
+            )?;
+        }
+        writeln!(out, "# HELP fleetforge_ship_failures_total Failed attempts to reach the control service.")?;
+        writeln!(out, "# TYPE fleetforge_ship_failures_total counter")?;
+        writeln!(out, "fleetforge_ship_failures_total {}", self.ship_failures.load(Relaxed))?;
+        writeln!(out, "# HELP fleetforge_spool_bytes Bytes in the receipt spool.")?;
+        writeln!(out, "# TYPE fleetforge_spool_bytes gauge")?;
+        writeln!(out, "fleetforge_spool_bytes {}", self.spool_bytes.load(Relaxed))?;
+        writeln!(out, "# HELP fleetforge_ship_backlog Sealed receipts waiting for control's acknowledgement.")?;
+        writeln!(out, "# TYPE fleetforge_ship_backlog gauge")?;
+        writeln!(out, "fleetforge_ship_backlog {}", self.ship_backlog.load(Relaxed))?;
         Ok(())
     }
 }

@@ -25,7 +25,9 @@ use crate::config::{Config, SidecarConfig};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::runs::Runs;
+use crate::ship::{self, Background};
 use crate::shutdown::Drain;
+use crate::spool::{Spool, SpoolLimits};
 use crate::tls::{self, Ca, TlsError};
 use crate::upstream::{self, Egress, HttpClient};
 
@@ -48,6 +50,12 @@ pub enum StartError {
     /// A worker thread or its runtime could not be created.
     #[error("cannot start worker threads: {0}")]
     Worker(std::io::Error),
+    /// The receipt signing key could not be loaded or created.
+    #[error("receipt signing key: {0}")]
+    Key(#[from] fleetforge_trust::sign::KeyError),
+    /// The receipt spool could not be opened.
+    #[error("receipt spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 /// State shared by every worker, connection and call.
@@ -62,7 +70,9 @@ pub struct Proxy {
     /// Egress rules (resolution, SSRF defence, loop guard), shared with the clients' connectors.
     pub egress: Arc<Egress>,
     /// Metrics served at `/metrics`.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// The receipt spool (`None` when receipts are off).
+    pub spool: Option<Arc<Spool>>,
     /// Per-run state (steps).
     pub runs: Runs,
     /// The run of calls that name none when no default run is configured.
@@ -90,6 +100,7 @@ pub struct Running {
     pub proxy: Arc<Proxy>,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    background: Option<Background>,
 }
 
 /// One listening socket per worker on the same address (`SO_REUSEPORT`: the kernel spreads
@@ -131,9 +142,36 @@ impl Proxy {
         let ca = Ca::load_or_create(&config.home, provider.clone())?;
         let client_tls = tls::upstream_client_config(provider, config.upstream_ca.as_deref())?;
         let egress = Arc::new(Egress::new(&config));
+        let spool = if config.receipts.enabled {
+            let key = fleetforge_trust::sign::SigningKey::load_or_create(&config.home.join("keys/proxy-ed25519.pem"))?;
+            let r = &config.receipts;
+            let limits = SpoolLimits {
+                max_bytes: r.spool_max_bytes,
+                segment_bytes: r.segment_bytes,
+                seal_interval: r.seal_interval,
+                fsync: r.fsync,
+            };
+            Some(Arc::new(Spool::open(&config.home.join("spool"), key, limits)?))
+        } else {
+            None
+        };
         let workers = config.workers.get();
         let clients =
             (0..workers).map(|_| upstream::client(egress.clone(), client_tls.clone(), config.upstream_http2)).collect();
+        let metrics = Arc::new(Metrics::default());
+        let background = match &spool {
+            Some(spool) => Some(
+                ship::start(
+                    spool.clone(),
+                    metrics.clone(),
+                    config.control_url.clone(),
+                    config.control_token.clone(),
+                    client_tls.clone(),
+                )
+                .map_err(StartError::Worker)?,
+            ),
+            None => None,
+        };
 
         let (forward_addr, forward) = bind_group("proxy.listen", config.listen, workers)?;
         let (admin_addr, mut admin) = bind_group("proxy.admin_listen", config.admin_listen, 1)?;
@@ -180,7 +218,8 @@ impl Proxy {
             ca,
             clients,
             egress,
-            metrics: Metrics::default(),
+            metrics,
+            spool,
             runs: Runs::default(),
             anonymous_run: RunId::new("anonymous").map_err(|e| StartError::Tls(TlsError::BadCa(e.to_string())))?,
             drain: Drain::new(),
@@ -205,7 +244,15 @@ impl Proxy {
                 .map_err(StartError::Worker)?;
             threads.push(thread);
         }
-        Ok(Running { forward: forward_addr, admin: admin_addr, sidecars: sidecar_addrs, proxy, stop, workers: threads })
+        Ok(Running {
+            forward: forward_addr,
+            admin: admin_addr,
+            sidecars: sidecar_addrs,
+            proxy,
+            stop,
+            workers: threads,
+            background,
+        })
     }
 
     /// The upstream client of `worker`.
@@ -258,10 +305,15 @@ impl Running {
         }
         let _ = self.stop.send(true);
         let workers = self.workers;
+        let background = self.background;
         // Joining blocks; keep it off the async threads.
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
+            }
+            // Every call has ended: seal the last receipts and give the shipper a moment.
+            if let Some(background) = background {
+                background.stop(drain_timeout);
             }
         })
         .await;

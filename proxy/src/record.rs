@@ -1,54 +1,214 @@
 //! Phase 6, record: the one place a finished call is written down.
 //!
-//! Runs exactly once per call, when the call has ended — after the response body's last byte,
-//! after an error response, or when the client went away. Today it updates the metrics and writes
-//! a debug log line (fields first, then a short sentence); the signed, hash-chained receipt and
-//! the durable spool are built here from the same [`Call`], so there is one place to audit for
-//! what a receipt contains and that it contains no secret.
+//! Runs exactly once per call, when the call has ended — while the last response bytes are still
+//! held (so a client never sees a complete response whose receipt is not yet on disk), after an
+//! error response, or when the client went away. It builds the receipt from the [`Call`] in
+//! [`receipt_body`] — the one function to audit for what a receipt contains, and that it contains
+//! no secret: no headers at all, no bodies (only their sizes and SHA-256 digests), no tokens —
+//! appends it to the spool (which chains and later signs it), updates the metrics and writes one
+//! log line (fields first, then a short sentence).
 
-use crate::context::{Call, Outcome};
-use crate::error::Side;
+use std::time::SystemTime;
+
+use fleetforge_trust::canonical::hex;
+use fleetforge_trust::receipt::{Chain, Decision, ErrorInfo, ReceiptBody, SCHEMA, Seal, Upstream};
+
+use crate::context::{Call, CallKind, Outcome};
+use crate::error::{ErrorKind, Side};
 use crate::proxy::Proxy;
+
+/// Formats a wall-clock time as RFC 3339 UTC with microseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// Query parameter names whose values are credentials (Gemini's `?key=`, OAuth `access_token`,
+/// presigned-URL signatures, …). Matched case-insensitively as substrings.
+const SECRET_PARAMS: &[&str] =
+    &["key", "token", "secret", "password", "passwd", "auth", "sig", "credential", "session"];
+
+/// The path and query with credential-like query values replaced by `[redacted]`, for receipts
+/// and logs.
+pub fn redact_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let Some((base, query)) = path.split_once('?') else { return path.into() };
+    let secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        SECRET_PARAMS.iter().any(|s| name.contains(s))
+    };
+    if !query.split('&').any(|pair| secret(pair.split_once('=').map_or(pair, |(k, _)| k))) {
+        return path.into();
+    }
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if secret(k) => format!("{k}=[redacted]"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", redacted.join("&")).into()
+}
+
+fn outcome_str(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Completed => "completed",
+        Outcome::UpstreamAborted(_) => "upstream_aborted",
+        Outcome::ClientGone => "client_gone",
+        Outcome::Failed(_) => "failed",
+    }
+}
+
+/// Builds the receipt body of a finished call at its place in the chain.
+pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforge_trust::RunId) -> ReceiptBody {
+    let (allow, error, reasons) = match outcome {
+        Outcome::Failed(err) => {
+            // An upstream failure happened after the call was allowed out; anything else stopped it.
+            let left = err.side == Side::Upstream;
+            (
+                left,
+                Some(ErrorInfo { message: err.message.clone(), kind: err.kind.type_str().to_owned() }),
+                err.reasons.clone(),
+            )
+        }
+        _ => (true, None, Vec::new()),
+    };
+    let (scheme, host, port) = match &call.target {
+        Some(t) => (t.scheme.as_str().to_owned(), t.host.clone(), t.port),
+        None => (String::new(), String::new(), 0),
+    };
+    ReceiptBody {
+        agent: None,
+        budget: None,
+        capability: None,
+        chain,
+        decision: Decision { allow, error, policy_packs: Vec::new(), reasons },
+        ended_at: rfc3339(SystemTime::now()),
+        id: call.receipt_id,
+        kind: match call.kind {
+            CallKind::Exchange => "call".into(),
+            CallKind::Tunnel => "tunnel".into(),
+        },
+        outcome: outcome_str(outcome).into(),
+        run,
+        schema: SCHEMA.into(),
+        seal: Seal {
+            request_bytes: call.request_bytes,
+            request_digest: call.request_digest.map(|d| hex(&d)),
+            response_bytes: call.response_bytes,
+            response_digest: call.response_digest.map(|d| hex(&d)),
+            status: call.status.map(|s| s.as_u16()),
+        },
+        started_at: rfc3339(call.started_at),
+        step: call.identity.as_ref().map_or(0, |i| i.step),
+        step_label: call.identity.as_ref().and_then(|i| i.step_label.clone()),
+        tenant: None,
+        trace: None,
+        upstream: Upstream {
+            host,
+            method: call.method.as_str().to_owned(),
+            path: redact_path(&call.path).into_owned(),
+            port,
+            scheme,
+        },
+        usage: None,
+    }
+}
 
 /// Records a finished call.
 pub fn record(proxy: &Proxy, call: &Call, outcome: &Outcome) {
     let status = call.status.map_or(0, |s| s.as_u16());
     let elapsed = call.started.elapsed();
     proxy.metrics.call_finished(call.listener, status, elapsed);
+    if let Outcome::Failed(err) = outcome {
+        proxy.metrics.error(err.kind.type_str());
+    }
+    let refused_unrecordable = matches!(outcome, Outcome::Failed(e) if e.kind == ErrorKind::SpoolFull);
+    if let Some(spool) = proxy.spool.as_ref().filter(|_| !refused_unrecordable) {
+        let run = call.run().cloned().unwrap_or_else(|| proxy.anonymous_run.clone());
+        let written = spool.append(run.as_str(), |chain| receipt_body(call, outcome, chain, run.clone()));
+        match written {
+            Ok(()) => proxy.metrics.receipt_recorded(),
+            Err(e) => {
+                // Rate-limited: a full spool in fail-open mode drops every receipt.
+                if proxy.metrics.receipt_dropped() % 1000 == 1 {
+                    tracing::error!(receipt = %call.receipt_id, error = %e, "receipt not recorded; check the spool's disk and the control service");
+                }
+            }
+        }
+    }
+    log(call, outcome, status, elapsed);
+}
+
+fn log(call: &Call, outcome: &Outcome, status: u16, elapsed: std::time::Duration) {
     let run = call.run().map(|r| r.as_str()).unwrap_or("-");
     let step = call.identity.as_ref().map_or(0, |i| i.step);
     let host = call.target.as_ref().map(|t| t.host.as_str()).unwrap_or("-");
     let ms = elapsed.as_secs_f64() * 1e3;
     match outcome {
         Outcome::Completed => tracing::debug!(
-            receipt = %call.receipt_id, run, step, method = %call.method, host, path = %call.path, status,
+            receipt = %call.receipt_id, run, step, method = %call.method, host, path = %redact_path(&call.path), status,
             request_bytes = call.request_bytes, response_bytes = call.response_bytes, ms, "call completed"
         ),
         Outcome::ClientGone => tracing::info!(
-            receipt = %call.receipt_id, run, step, host, path = %call.path, status, response_bytes = call.response_bytes, ms,
+            receipt = %call.receipt_id, run, step, host, path = %redact_path(&call.path), status, response_bytes = call.response_bytes, ms,
             "client went away before the response ended"
         ),
         Outcome::UpstreamAborted(reason) => tracing::warn!(
-            receipt = %call.receipt_id, run, step, host, path = %call.path, status, response_bytes = call.response_bytes, ms,
+            receipt = %call.receipt_id, run, step, host, path = %redact_path(&call.path), status, response_bytes = call.response_bytes, ms,
             reason = %reason, "upstream failed in the middle of the response"
         ),
         Outcome::Failed(err) => {
-            proxy.metrics.error(err.kind.type_str());
             let kind = err.kind.type_str();
             match err.side {
                 Side::Agent => tracing::info!(
-                    receipt = %call.receipt_id, run, step, host, path = %call.path, status, kind, phase = ?err.phase,
+                    receipt = %call.receipt_id, run, step, host, path = %redact_path(&call.path), status, kind, phase = ?err.phase,
                     message = %err.message, "call refused"
                 ),
                 Side::Upstream => tracing::warn!(
-                    receipt = %call.receipt_id, run, step, host, path = %call.path, status, kind, message = %err.message,
+                    receipt = %call.receipt_id, run, step, host, path = %redact_path(&call.path), status, kind, message = %err.message,
                     "upstream call failed"
                 ),
                 Side::Internal => tracing::error!(
-                    receipt = %call.receipt_id, run, step, host, path = %call.path, status, kind, message = %err.message,
+                    receipt = %call.receipt_id, run, step, host, path = %redact_path(&call.path), status, kind, message = %err.message,
                     "proxy failed a call; this is a bug or a resource problem on this host"
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::{redact_path, rfc3339};
+
+    #[test]
+    fn credential_query_values_are_redacted() {
+        assert_eq!(redact_path("/v1/models"), "/v1/models");
+        assert_eq!(redact_path("/v1/x?alt=sse&limit=3"), "/v1/x?alt=sse&limit=3");
+        assert_eq!(
+            redact_path("/v1beta/models/g:generateContent?key=AIzaSECRET&alt=sse"),
+            "/v1beta/models/g:generateContent?key=[redacted]&alt=sse"
+        );
+        assert_eq!(
+            redact_path("/cb?Access_Token=abc&X-Amz-Signature=def&q=1"),
+            "/cb?Access_Token=[redacted]&X-Amz-Signature=[redacted]&q=1"
+        );
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_microseconds() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_764_180_000_123_456);
+        assert_eq!(rfc3339(t), "2025-11-26T18:00:00.123456Z");
     }
 }

@@ -27,76 +27,61 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     sha256(&buf)
 }
 
-/// Largest power of two strictly less than `n` (n ≥ 2).
-fn split(n: usize) -> usize {
-    let mut k = 1;
-    while k << 1 < n {
-        k <<= 1;
-    }
-    k
-}
-
-/// The root over already-hashed leaves (`leaf_hash` applied). Empty trees have no root here.
-fn root_of(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => sha256(b""),
-        1 => leaves[0],
-        n => {
-            let k = split(n);
-            node_hash(&root_of(&leaves[..k]), &root_of(&leaves[k..]))
-        }
-    }
-}
-
-fn path_of(m: usize, leaves: &[Hash], out: &mut Vec<Hash>) {
-    let n = leaves.len();
-    if n <= 1 {
-        return;
-    }
-    let k = split(n);
-    if m < k {
-        path_of(m, &leaves[..k], out);
-        out.push(root_of(&leaves[k..]));
-    } else {
-        path_of(m - k, &leaves[k..], out);
-        out.push(root_of(&leaves[..k]));
-    }
-}
-
 /// A tree built over a batch of receipt hashes.
+///
+/// Built level by level, pairing nodes left to right and carrying an unpaired last node up
+/// unchanged: this yields exactly RFC 9162's `MTH` (left subtree = the largest power of two), and
+/// every audit path is read off the levels in O(log n).
 #[derive(Debug, Clone)]
 pub struct Tree {
-    leaves: Vec<Hash>,
-    root: Hash,
+    /// `levels[0]` are the leaf hashes; the last level holds the root alone.
+    levels: Vec<Vec<Hash>>,
 }
 
 impl Tree {
     /// Builds the tree over `data` (receipt hashes, in batch order). `data` must not be empty.
     pub fn new(data: &[Hash]) -> Self {
-        let leaves: Vec<Hash> = data.iter().map(leaf_hash).collect();
-        let root = root_of(&leaves);
-        Self { leaves, root }
+        let mut levels = vec![data.iter().map(leaf_hash).collect::<Vec<_>>()];
+        while levels.last().is_some_and(|l| l.len() > 1) {
+            let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+            let next = below
+                .chunks(2)
+                .map(|pair| match pair {
+                    [l, r] => node_hash(l, r),
+                    [only] => *only,
+                    _ => unreachable!("chunks(2) yields one or two"),
+                })
+                .collect();
+            levels.push(next);
+        }
+        Self { levels }
     }
 
     /// The root.
     pub fn root(&self) -> Hash {
-        self.root
+        self.levels.last().and_then(|l| l.first()).copied().unwrap_or_else(|| sha256(b""))
     }
 
     /// Number of leaves.
     pub fn len(&self) -> usize {
-        self.leaves.len()
+        self.levels[0].len()
     }
 
     /// Whether the tree is empty.
     pub fn is_empty(&self) -> bool {
-        self.leaves.is_empty()
+        self.levels[0].is_empty()
     }
 
     /// The audit path of leaf `index` (RFC 9162 §2.1.3.1), leaf side first.
     pub fn audit_path(&self, index: usize) -> Vec<Hash> {
-        let mut out = Vec::new();
-        path_of(index, &self.leaves, &mut out);
+        let mut out = Vec::with_capacity(self.levels.len());
+        let mut i = index;
+        for level in &self.levels[..self.levels.len() - 1] {
+            if let Some(sibling) = level.get(i ^ 1) {
+                out.push(*sibling);
+            }
+            i >>= 1;
+        }
         out
     }
 }

@@ -120,16 +120,20 @@ impl SigningKey {
         self.pair.public_key().as_ref()
     }
 
+    /// Signs a batch's tree: the signature (base64url) over its root and size.
+    pub fn sign_root(&self, tree: &Tree) -> String {
+        URL_SAFE_NO_PAD.encode(self.pair.sign(&batch_message(&tree.root(), tree.len() as u64)).as_ref())
+    }
+
     /// Signs a batch of receipt hashes; returns one [`Signature`] per hash, in order.
     pub fn sign_batch(&self, hashes: &[Hash]) -> Vec<Signature> {
         if hashes.is_empty() {
             return Vec::new();
         }
         let tree = Tree::new(hashes);
-        let root = tree.root();
         let size = hashes.len() as u64;
-        let sig = URL_SAFE_NO_PAD.encode(self.pair.sign(&batch_message(&root, size)).as_ref());
-        let root_hex = hex(&root);
+        let sig = self.sign_root(&tree);
+        let root_hex = hex(&tree.root());
         (0..hashes.len())
             .map(|i| Signature {
                 alg: "ed25519".into(),

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{ClientIo, intercept, tunnel};
 use crate::body::ProxyBody;
-use crate::context::{Call, ConnCtx, ConnMode, Target};
+use crate::context::{Call, CallKind, ConnCtx, ConnMode, Target};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 use crate::metrics::{ConnectMode, ListenerKind};
 use crate::pattern::normalize_host;
@@ -92,6 +92,9 @@ async fn connect(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming>) 
         proxy.metrics.connect(ConnectMode::Rejected);
         flow::fail(proxy, call, err)
     };
+    if let Err(e) = flow::recordable(&proxy) {
+        return refuse(&proxy, call, e);
+    }
     let target = match connect_target(&req) {
         Ok(t) => t,
         Err(e) => return refuse(&proxy, call, e),
@@ -152,6 +155,7 @@ async fn connect(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming>) 
         }
     };
     call.status = Some(StatusCode::OK);
+    call.kind = CallKind::Tunnel;
     let mut response = ok_response();
     let mut buf = [0u8; 36];
     if let Ok(v) = http::HeaderValue::from_str(call.receipt_id.encode(&mut buf)) {

@@ -1,0 +1,696 @@
+//! The durable receipt spool: nothing recorded is lost across crashes, restarts or control
+//! outages.
+//!
+//! Layout under `$FLEETFORGE_HOME/spool/`: append-only segment files `NNNNNNNNNNNNNNNN.seg`, a
+//! `heads.json` snapshot of chain heads, `rejected.jsonl` (receipts control refused, kept for an
+//! operator), and `.lock` (held while a proxy uses the spool, so two proxies never share one).
+//!
+//! Records are framed `[u32 length][u32 CRC-32 of payload][payload]` (little-endian), payload
+//! `[kind][bytes]`: kind 1 is a receipt body in canonical JSON (its SHA-256 is the receipt hash);
+//! kind 2 is a batch seal — the key id, Merkle root, signature and the leaf hashes it covers.
+//!
+//! Invariants:
+//! - A receipt is written (`write(2)`, so it survives `kill -9`) by the call's own thread before
+//!   the call's last response byte is released, under the same lock that assigns its chain
+//!   position: spool order is chain order.
+//! - The sealer signs what was written in the last few milliseconds as one batch, appends the
+//!   seal and then `fdatasync`s (group commit).
+//! - A segment is deleted only when it is closed and control has acknowledged every receipt in it;
+//!   `heads.json` is rewritten first, so chain heads survive the deletion.
+//! - On start, a torn tail (a frame cut short or failing its checksum) is cut off with a warning;
+//!   receipts without a seal are sealed again (a receipt's hash covers its body only, so a new
+//!   seal is as good as the lost one); every sealed receipt still on disk is shipped again —
+//!   control ingest is idempotent.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fleetforge_trust::canonical::{hex, sha256, unhex32};
+use fleetforge_trust::merkle::{Hash, Tree};
+use fleetforge_trust::receipt::{BatchProof, Chain, ReceiptBody, Signature, genesis_hex};
+use fleetforge_trust::sign::SigningKey;
+use serde::{Deserialize, Serialize};
+
+const KIND_RECEIPT: u8 = 1;
+const KIND_SEAL: u8 = 2;
+/// Frames larger than this are corruption, not receipts.
+const MAX_FRAME: u32 = 16 << 20;
+
+/// Spool failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// Disk IO failed.
+    #[error("spool {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The IO error.
+        source: io::Error,
+    },
+    /// Another process holds the spool.
+    #[error("spool {0} is in use by another fleetforge-proxy; give each proxy its own FLEETFORGE_HOME")]
+    Locked(PathBuf),
+    /// The spool is over its size limit.
+    #[error("the receipt spool is full ({bytes} of {max} bytes): control has not acknowledged receipts for a while")]
+    Full {
+        /// Bytes on disk.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A receipt could not be serialized.
+    #[error("cannot serialize a receipt: {0}")]
+    Encode(String),
+}
+
+/// Spool limits and timing.
+#[derive(Debug, Clone)]
+pub struct SpoolLimits {
+    /// Refuse appends above this many bytes on disk.
+    pub max_bytes: u64,
+    /// Roll to a new segment at this size.
+    pub segment_bytes: u64,
+    /// How long the sealer gathers receipts before signing.
+    pub seal_interval: Duration,
+    /// fdatasync after each seal.
+    pub fsync: bool,
+}
+
+/// A signed receipt ready to ship, and the segment holding it (for the acknowledgement).
+#[derive(Debug, Clone)]
+pub struct Shippable {
+    /// The receipt id (for matching control's per-item results).
+    pub id: String,
+    /// The complete receipt JSON (body + signature).
+    pub json: Vec<u8>,
+    /// The segment the receipt body lives in.
+    pub segment: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    #[serde(with = "hex_hash")]
+    hash: Hash,
+}
+
+mod hex_hash {
+    use fleetforge_trust::canonical::{hex, unhex32};
+    use fleetforge_trust::merkle::Hash;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex(h))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        let s = String::deserialize(d)?;
+        unhex32(&s).ok_or_else(|| serde::de::Error::custom("not a 32-byte hex hash"))
+    }
+}
+
+/// A seal record: which receipt hashes one signature covers.
+#[derive(Debug, Serialize, Deserialize)]
+struct SealRecord {
+    key_id: String,
+    root: String,
+    sig: String,
+    leaves: Vec<String>,
+}
+
+impl SealRecord {
+    /// The leaves and their tree, if the record is well formed and its root matches.
+    fn tree(&self) -> Option<(Vec<Hash>, Tree)> {
+        let leaves: Vec<Hash> = self.leaves.iter().map(|l| unhex32(l)).collect::<Option<_>>()?;
+        let tree = Tree::new(&leaves);
+        (!leaves.is_empty() && unhex32(&self.root) == Some(tree.root())).then_some((leaves, tree))
+    }
+}
+
+/// A receipt written and not yet sealed.
+#[derive(Debug)]
+struct Pending {
+    hash: Hash,
+    segment: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SegmentState {
+    bytes: u64,
+    receipts: u64,
+    acked: u64,
+    unsealed: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    active_id: u64,
+    active: File,
+    segments: BTreeMap<u64, SegmentState>,
+    heads: HashMap<String, Head>,
+    pending: Vec<Pending>,
+    /// Closed segments not yet synced to disk.
+    to_sync: Vec<File>,
+}
+
+/// The spool. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    key: SigningKey,
+    limits: SpoolLimits,
+    inner: Mutex<Inner>,
+    wake: Condvar,
+    /// Woken after every seal, for the shipper.
+    sealed: tokio::sync::Notify,
+    bytes: AtomicU64,
+    stopping: AtomicBool,
+    _lock: File,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io { path: path.to_owned(), source }
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016}.seg"))
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(payload.len() + 1);
+    body.push(kind);
+    body.extend_from_slice(payload);
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Parses frames from `data`; returns the records and the length of the valid prefix.
+fn parse_frames(data: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while data.len() - at >= 8 {
+        let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+        let end = at + 8 + len as usize;
+        if len == 0 || len > MAX_FRAME || end > data.len() {
+            break;
+        }
+        let body = &data[at + 8..end];
+        if crc32fast::hash(body) != crc {
+            break;
+        }
+        records.push((body[0], &body[1..]));
+        at = end;
+    }
+    (records, at)
+}
+
+/// Appends `,"signature":{…}` to a canonical body object.
+fn with_signature(body: &[u8], sig: &Signature) -> Result<Vec<u8>, SpoolError> {
+    let sig = serde_json::to_vec(sig).map_err(|e| SpoolError::Encode(e.to_string()))?;
+    let Some(open) = body.strip_suffix(b"}") else {
+        return Err(SpoolError::Encode("receipt body is not a JSON object".into()));
+    };
+    let mut out = Vec::with_capacity(body.len() + sig.len() + 16);
+    out.extend_from_slice(open);
+    out.extend_from_slice(b",\"signature\":");
+    out.extend_from_slice(&sig);
+    out.push(b'}');
+    Ok(out)
+}
+
+/// The signature block of leaf `index` of a sealed batch.
+fn signature_for(key_id: &str, sig: &str, tree: &Tree, index: usize) -> Signature {
+    Signature {
+        alg: "ed25519".into(),
+        batch: BatchProof {
+            index: index as u64,
+            path: tree.audit_path(index).iter().map(|h| hex(h)).collect(),
+            root: hex(&tree.root()),
+            size: tree.len() as u64,
+        },
+        key_id: key_id.to_owned(),
+        sig: sig.to_owned(),
+    }
+}
+
+/// `heads.json`: the chain heads of this proxy's lane, per run.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct HeadsFile {
+    lane: String,
+    heads: HashMap<String, Head>,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir` and recovers it: torn tails cut off, chain heads
+    /// rebuilt, receipts written but never sealed sealed now. Everything still on disk is then
+    /// shipped again by the [`Reader`].
+    pub fn open(dir: &Path, key: SigningKey, limits: SpoolLimits) -> Result<Spool, SpoolError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(".lock");
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(dir.to_owned())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+
+        let heads_path = dir.join("heads.json");
+        let saved: HeadsFile = match fs::read(&heads_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(path = %heads_path.display(), error = %e, "unreadable heads.json; chains continue from the spool alone");
+                HeadsFile::default()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HeadsFile::default(),
+            Err(e) => return Err(io_err(&heads_path)(e)),
+        };
+        // Heads belong to a lane (a key): a new key starts new chains.
+        let mut heads = if saved.lane == key.id() { saved.heads } else { HashMap::new() };
+
+        let mut ids: Vec<u64> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+
+        let mut segments = BTreeMap::new();
+        // Receipts in spool order, and the hashes some seal covers.
+        let mut receipts: Vec<Pending> = Vec::new();
+        let mut sealed: std::collections::HashSet<Hash> = std::collections::HashSet::new();
+        let mut total = 0u64;
+        for (n, &id) in ids.iter().enumerate() {
+            let path = segment_path(dir, id);
+            let mut data = Vec::new();
+            File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io_err(&path))?;
+            let (records, valid) = parse_frames(&data);
+            if valid < data.len() {
+                let last = n + 1 == ids.len();
+                tracing::warn!(
+                    path = %path.display(),
+                    kept = valid,
+                    dropped = data.len() - valid,
+                    "spool segment has a torn or corrupt tail; cutting it off{}",
+                    if last { " (an interrupted write)" } else { " (not the last segment: this is disk corruption)" }
+                );
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(valid as u64))
+                    .map_err(io_err(&path))?;
+            }
+            let mut state = SegmentState { bytes: valid as u64, ..SegmentState::default() };
+            for (kind, payload) in records {
+                match kind {
+                    KIND_RECEIPT => {
+                        let hash = sha256(payload);
+                        let Ok(body) = serde_json::from_slice::<ReceiptBody>(payload) else {
+                            tracing::error!(path = %path.display(), "unreadable receipt in the spool; skipped");
+                            continue;
+                        };
+                        if body.chain.lane == key.id() {
+                            let head = heads.entry(body.run.to_string()).or_insert(Head { seq: 0, hash });
+                            if body.chain.seq > head.seq {
+                                *head = Head { seq: body.chain.seq, hash };
+                            }
+                        }
+                        state.receipts += 1;
+                        receipts.push(Pending { hash, segment: id });
+                    }
+                    KIND_SEAL => {
+                        let Ok(seal) = serde_json::from_slice::<SealRecord>(payload) else {
+                            tracing::error!(path = %path.display(), "unreadable seal in the spool; its receipts will be sealed again");
+                            continue;
+                        };
+                        match seal.tree() {
+                            Some((leaves, _)) => sealed.extend(leaves),
+                            None => {
+                                tracing::error!(path = %path.display(), "a seal does not match its leaves; its receipts will be sealed again")
+                            }
+                        }
+                    }
+                    other => {
+                        tracing::error!(path = %path.display(), kind = other, "unknown spool record kind; skipped")
+                    }
+                }
+            }
+            total += state.bytes;
+            segments.insert(id, state);
+        }
+
+        // Receipts no seal covers were written just before a stop: seal them again.
+        let mut unsealed = Vec::new();
+        for p in receipts {
+            if !sealed.contains(&p.hash) {
+                if let Some(s) = segments.get_mut(&p.segment) {
+                    s.unsealed += 1;
+                }
+                unsealed.push(p);
+            }
+        }
+
+        let active_id = ids.last().map_or(1, |last| last + 1);
+        let active_path = segment_path(dir, active_id);
+        let active =
+            OpenOptions::new().create_new(true).append(true).open(&active_path).map_err(io_err(&active_path))?;
+        segments.insert(active_id, SegmentState::default());
+        let spool = Spool {
+            dir: dir.to_owned(),
+            key,
+            limits,
+            inner: Mutex::new(Inner { active_id, active, segments, heads, pending: unsealed, to_sync: Vec::new() }),
+            wake: Condvar::new(),
+            sealed: tokio::sync::Notify::new(),
+            bytes: AtomicU64::new(total),
+            stopping: AtomicBool::new(false),
+            _lock: lock,
+        };
+        let resealed = spool.seal()?;
+        if resealed > 0 {
+            tracing::info!(
+                receipts = resealed,
+                "sealed receipts that were written but not sealed before the last stop"
+            );
+        }
+        Ok(spool)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every mutation is a push or an
+        // increment after the write succeeded), so keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The signing key's id: this proxy's lane in every run's chain.
+    pub fn key_id(&self) -> &str {
+        self.key.id()
+    }
+
+    /// The signing key's public key.
+    pub fn public_key(&self) -> &[u8] {
+        self.key.public_key()
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the spool is over its limit.
+    pub fn is_full(&self) -> bool {
+        self.bytes() >= self.limits.max_bytes
+    }
+
+    /// Receipts written and not yet sealed.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Writes one receipt: `build` gets the receipt's chain position in `run` and returns the body.
+    pub fn append(&self, run: &str, build: impl FnOnce(Chain) -> ReceiptBody) -> Result<(), SpoolError> {
+        if self.is_full() {
+            return Err(SpoolError::Full { bytes: self.bytes(), max: self.limits.max_bytes });
+        }
+        let lane = self.key.id();
+        let mut inner = self.lock();
+        let head = inner.heads.get(run).copied();
+        let chain = Chain {
+            lane: lane.to_owned(),
+            prev_hash: head.map_or_else(|| genesis_hex(run, lane), |h| hex(&h.hash)),
+            seq: head.map_or(1, |h| h.seq + 1),
+        };
+        let seq = chain.seq;
+        let body = build(chain);
+        let bytes = body.canonical().map_err(|e| SpoolError::Encode(e.to_string()))?;
+        let hash = sha256(&bytes);
+        let record = frame(KIND_RECEIPT, &bytes);
+        let path = segment_path(&self.dir, inner.active_id);
+        inner.active.write_all(&record).map_err(io_err(&path))?;
+        let segment = inner.active_id;
+        if let Some(s) = inner.segments.get_mut(&segment) {
+            s.bytes += record.len() as u64;
+            s.receipts += 1;
+            s.unsealed += 1;
+        }
+        self.bytes.fetch_add(record.len() as u64, Ordering::Relaxed);
+        inner.heads.insert(run.to_owned(), Head { seq, hash });
+        let was_empty = inner.pending.is_empty();
+        inner.pending.push(Pending { hash, segment });
+        if inner.segments.get(&segment).is_some_and(|s| s.bytes >= self.limits.segment_bytes) {
+            self.roll(&mut inner)?;
+        }
+        drop(inner);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn roll(&self, inner: &mut Inner) -> Result<(), SpoolError> {
+        let next = inner.active_id + 1;
+        let path = segment_path(&self.dir, next);
+        let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
+        let old = std::mem::replace(&mut inner.active, file);
+        inner.to_sync.push(old);
+        inner.active_id = next;
+        inner.segments.insert(next, SegmentState::default());
+        Ok(())
+    }
+
+    /// Signs every pending receipt as one batch, writes the seal and syncs (group commit).
+    /// Returns how many receipts were sealed.
+    pub fn seal(&self) -> Result<usize, SpoolError> {
+        let (pending, to_sync, active) = {
+            let mut inner = self.lock();
+            if inner.pending.is_empty() {
+                return Ok(0);
+            }
+            let pending = std::mem::take(&mut inner.pending);
+            let to_sync = std::mem::take(&mut inner.to_sync);
+            let active = inner.active.try_clone().map_err(io_err(&self.dir))?;
+            (pending, to_sync, active)
+        };
+        // Sign outside the lock: calls keep appending while the batch is signed.
+        let hashes: Vec<Hash> = pending.iter().map(|p| p.hash).collect();
+        let tree = Tree::new(&hashes);
+        let sig = self.key.sign_root(&tree);
+        let seal = SealRecord {
+            key_id: self.key.id().to_owned(),
+            root: hex(&tree.root()),
+            sig,
+            leaves: hashes.iter().map(|h| hex(h)).collect(),
+        };
+        let record = frame(KIND_SEAL, &serde_json::to_vec(&seal).map_err(|e| SpoolError::Encode(e.to_string()))?);
+        {
+            let mut inner = self.lock();
+            let path = segment_path(&self.dir, inner.active_id);
+            inner.active.write_all(&record).map_err(io_err(&path))?;
+            let active_id = inner.active_id;
+            if let Some(s) = inner.segments.get_mut(&active_id) {
+                s.bytes += record.len() as u64;
+            }
+            for p in &pending {
+                if let Some(s) = inner.segments.get_mut(&p.segment) {
+                    s.unsealed = s.unsealed.saturating_sub(1);
+                }
+            }
+        }
+        self.bytes.fetch_add(record.len() as u64, Ordering::Relaxed);
+        if self.limits.fsync {
+            for f in to_sync.iter().chain(std::iter::once(&active)) {
+                f.sync_data().map_err(io_err(&self.dir))?;
+            }
+        }
+        self.sealed.notify_one();
+        Ok(pending.len())
+    }
+
+    /// Completes when a batch has been sealed since the last call (or one is already waiting).
+    pub async fn sealed(&self) {
+        self.sealed.notified().await;
+    }
+
+    /// The segment receipts are appended to now.
+    fn active_segment(&self) -> u64 {
+        self.lock().active_id
+    }
+
+    /// Receipts written and not yet acknowledged by control.
+    pub fn unacknowledged(&self) -> u64 {
+        self.lock().segments.values().map(|s| s.receipts.saturating_sub(s.acked)).sum()
+    }
+
+    /// A reader that yields every sealed receipt on disk, oldest first, for shipping.
+    pub fn reader(&self) -> Reader {
+        let first = self.lock().segments.keys().next().copied().unwrap_or(1);
+        Reader { dir: self.dir.clone(), segment: first, offset: 0, unsealed: HashMap::new() }
+    }
+
+    /// Blocks until receipts are pending (or `stop` is called), then waits the seal interval so
+    /// the batch fills. Returns `false` once stopping.
+    pub fn wait_for_batch(&self) -> bool {
+        {
+            let mut inner = self.lock();
+            while inner.pending.is_empty() && !self.stopping.load(Ordering::Relaxed) {
+                inner = self
+                    .wake
+                    .wait_timeout(inner, Duration::from_secs(1))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(self.limits.seal_interval);
+        true
+    }
+
+    /// Wakes the sealer for a last batch and makes it return.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+    }
+
+    /// Records control's acknowledgement of receipts (one entry per receipt: its segment), and
+    /// deletes segments that are closed and fully acknowledged.
+    pub fn ack(&self, segments: impl IntoIterator<Item = u64>) -> Result<(), SpoolError> {
+        let mut inner = self.lock();
+        for id in segments {
+            if let Some(s) = inner.segments.get_mut(&id) {
+                s.acked += 1;
+            }
+        }
+        let active_id = inner.active_id;
+        let done: Vec<u64> = inner
+            .segments
+            .iter()
+            .filter(|(id, s)| **id != active_id && s.unsealed == 0 && s.acked >= s.receipts)
+            .map(|(id, _)| *id)
+            .collect();
+        if done.is_empty() {
+            return Ok(());
+        }
+        // Heads first: the chain must continue after the receipts that carried it are gone.
+        let heads_path = self.dir.join("heads.json");
+        let tmp = self.dir.join("heads.json.tmp");
+        let file = HeadsFile { lane: self.key.id().to_owned(), heads: inner.heads.clone() };
+        let bytes = serde_json::to_vec(&file).map_err(|e| SpoolError::Encode(e.to_string()))?;
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &heads_path)
+        };
+        write().map_err(io_err(&heads_path))?;
+        for id in done {
+            let path = segment_path(&self.dir, id);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+            if let Some(s) = inner.segments.remove(&id) {
+                self.bytes.fetch_sub(s.bytes.min(self.bytes()), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a receipt control refused in `rejected.jsonl`, with the reason, for an operator.
+    pub fn reject(&self, receipt: &Shippable, reason: &str) -> Result<(), SpoolError> {
+        let path = self.dir.join("rejected.jsonl");
+        let line = serde_json::json!({ "reason": reason, "receipt": String::from_utf8_lossy(&receipt.json) });
+        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        writeln!(f, "{line}").map_err(io_err(&path))?;
+        Ok(())
+    }
+}
+
+/// Reads sealed receipts off the spool files in order, for the shipper. The files are the single
+/// source of truth: the shipper holds at most one chunk in memory however long control is away.
+#[derive(Debug)]
+pub struct Reader {
+    dir: PathBuf,
+    segment: u64,
+    offset: u64,
+    /// Receipts read whose seal has not been read yet: hash → (id, body, segment).
+    unsealed: HashMap<Hash, (String, Vec<u8>, u64)>,
+}
+
+impl Reader {
+    /// Reads up to `max` sealed receipts past the cursor. An empty result means nothing new yet.
+    pub fn next(&mut self, spool: &Spool, max: usize) -> Result<Vec<Shippable>, SpoolError> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let active = spool.active_segment();
+            let path = segment_path(&self.dir, self.segment);
+            let data = match File::open(&path) {
+                Ok(mut f) => {
+                    use std::io::Seek as _;
+                    let mut data = Vec::new();
+                    f.seek(io::SeekFrom::Start(self.offset))
+                        .and_then(|_| f.read_to_end(&mut data))
+                        .map_err(io_err(&path))?;
+                    data
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && self.segment < active => {
+                    self.segment += 1;
+                    self.offset = 0;
+                    continue;
+                }
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            let (records, valid) = parse_frames(&data);
+            for (kind, payload) in records {
+                match kind {
+                    KIND_RECEIPT => {
+                        let id = serde_json::from_slice::<IdOnly>(payload).map(|r| r.id).unwrap_or_default();
+                        self.unsealed.insert(sha256(payload), (id, payload.to_vec(), self.segment));
+                    }
+                    KIND_SEAL => {
+                        let Ok(seal) = serde_json::from_slice::<SealRecord>(payload) else { continue };
+                        let Some((leaves, tree)) = seal.tree() else { continue };
+                        for (i, leaf) in leaves.iter().enumerate() {
+                            if let Some((id, body, segment)) = self.unsealed.remove(leaf) {
+                                let signature = signature_for(&seal.key_id, &seal.sig, &tree, i);
+                                out.push(Shippable { id, json: with_signature(&body, &signature)?, segment });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.offset += valid as u64;
+            let at_end = valid == data.len();
+            if self.segment < active && (at_end || valid == 0) {
+                if !at_end {
+                    tracing::error!(path = %path.display(), offset = self.offset, "corrupt record in a closed spool segment; skipping the rest of it");
+                }
+                // A closed segment read to its end: move on.
+                self.segment += 1;
+                self.offset = 0;
+                continue;
+            }
+            // The active segment: a partial frame at its end is a write in progress.
+            break;
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}

@@ -1,0 +1,216 @@
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use fleetforge_trust::canonical::hex;
+use fleetforge_trust::receipt::{Chain, Decision, ReceiptBody, SCHEMA, Seal, Upstream};
+use fleetforge_trust::sign::SigningKey;
+use fleetforge_trust::verify::{Link, check_chain, verify};
+use fleetforge_trust::{ReceiptId, RunId};
+
+use super::{Shippable, Spool, SpoolError, SpoolLimits};
+
+fn limits() -> SpoolLimits {
+    SpoolLimits { max_bytes: 1 << 30, segment_bytes: 16 << 20, seal_interval: Duration::from_millis(1), fsync: true }
+}
+
+fn key(dir: &Path) -> SigningKey {
+    SigningKey::load_or_create(&dir.join("keys/proxy.pem")).unwrap()
+}
+
+fn body(run: &str, chain: Chain) -> ReceiptBody {
+    ReceiptBody {
+        agent: None,
+        budget: None,
+        capability: None,
+        step: chain.seq,
+        chain,
+        decision: Decision { allow: true, error: None, policy_packs: vec![], reasons: vec![] },
+        ended_at: "2026-11-26T18:00:00.000002Z".into(),
+        id: ReceiptId::generate(),
+        kind: "call".into(),
+        outcome: "completed".into(),
+        run: RunId::new(run).unwrap(),
+        schema: SCHEMA.into(),
+        seal: Seal {
+            request_bytes: 2,
+            request_digest: None,
+            response_bytes: 3,
+            response_digest: None,
+            status: Some(200),
+        },
+        started_at: "2026-11-26T18:00:00.000001Z".into(),
+        step_label: None,
+        tenant: None,
+        trace: None,
+        upstream: Upstream {
+            host: "api.openai.com".into(),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            port: 443,
+            scheme: "https".into(),
+        },
+        usage: None,
+    }
+}
+
+/// Verifies every shipped receipt and the chains they form; returns (run, seq) pairs.
+fn check(shipped: &[Shippable], public: &[u8]) -> Vec<(String, u64)> {
+    let mut links: Vec<(String, Link)> = Vec::new();
+    for s in shipped {
+        let value: serde_json::Value = serde_json::from_slice(&s.json).unwrap();
+        let v = verify(&value, |_| Some(public.to_vec())).unwrap();
+        let b = &v.receipt.body;
+        assert_eq!(b.id.to_string(), s.id);
+        links.push((
+            b.run.to_string(),
+            Link {
+                id: s.id.clone(),
+                lane: b.chain.lane.clone(),
+                seq: b.chain.seq,
+                hash: hex(&v.hash),
+                prev_hash: b.chain.prev_hash.clone(),
+            },
+        ));
+    }
+    links.sort_by(|a, b| (&a.0, &a.1.lane, a.1.seq).cmp(&(&b.0, &b.1.lane, b.1.seq)));
+    let mut runs: Vec<String> = links.iter().map(|(r, _)| r.clone()).collect();
+    runs.dedup();
+    for run in &runs {
+        let chain: Vec<Link> = links.iter().filter(|(r, _)| r == run).map(|(_, l)| l.clone()).collect();
+        assert!(check_chain(run, &chain).is_empty(), "chain of {run}: {:?}", check_chain(run, &chain));
+    }
+    links.into_iter().map(|(r, l)| (r, l.seq)).collect()
+}
+
+#[test]
+fn appended_receipts_seal_into_verifiable_chains() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool"), key(dir.path()), limits()).unwrap();
+    let mut reader = spool.reader();
+    assert!(reader.next(&spool, 100).unwrap().is_empty());
+    for i in 0..7 {
+        let run = if i % 2 == 0 { "run-a" } else { "run-b" };
+        spool.append(run, |chain| body(run, chain)).unwrap();
+    }
+    assert_eq!(spool.pending(), 7);
+    assert!(reader.next(&spool, 100).unwrap().is_empty(), "unsealed receipts are not shipped");
+    assert_eq!(spool.seal().unwrap(), 7);
+    let shipped = reader.next(&spool, 100).unwrap();
+    assert_eq!(shipped.len(), 7);
+    let seqs = check(&shipped, spool.public_key());
+    assert_eq!(seqs.iter().filter(|(r, _)| r == "run-a").count(), 4);
+    assert_eq!(spool.seal().unwrap(), 0, "nothing left to seal");
+    assert!(reader.next(&spool, 100).unwrap().is_empty(), "the reader moves on");
+    assert_eq!(spool.unacknowledged(), 7);
+}
+
+#[test]
+fn a_crash_loses_nothing_and_chains_continue_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let public;
+    {
+        let spool = Spool::open(&spool_dir, key(dir.path()), limits()).unwrap();
+        public = spool.public_key().to_vec();
+        for _ in 0..3 {
+            spool.append("run-a", |c| body("run-a", c)).unwrap();
+        }
+        spool.seal().unwrap();
+        for _ in 0..2 {
+            spool.append("run-a", |c| body("run-a", c)).unwrap();
+        }
+        // Dropped without sealing or acknowledging: as after kill -9.
+    }
+    let spool = Spool::open(&spool_dir, key(dir.path()), limits()).unwrap();
+    let mut reader = spool.reader();
+    let backlog = reader.next(&spool, 100).unwrap();
+    assert_eq!(backlog.len(), 5, "sealed and unsealed receipts all come back");
+    spool.append("run-a", |c| body("run-a", c)).unwrap();
+    spool.seal().unwrap();
+    let mut all = backlog;
+    all.extend(reader.next(&spool, 100).unwrap());
+    let seqs = check(&all, &public);
+    assert_eq!(seqs.iter().map(|(_, s)| *s).max(), Some(6), "the chain continues at 6 on the same lane");
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    {
+        let spool = Spool::open(&spool_dir, key(dir.path()), limits()).unwrap();
+        for _ in 0..3 {
+            spool.append("run-a", |c| body("run-a", c)).unwrap();
+        }
+        spool.seal().unwrap();
+    }
+    let segment = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap();
+    let good_len = std::fs::metadata(&segment).unwrap().len();
+    // Half a frame: a length that promises more than is there, as when power fails mid-write.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap()
+        .write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 1, b'{'])
+        .unwrap();
+    let spool = Spool::open(&spool_dir, key(dir.path()), limits()).unwrap();
+    assert_eq!(spool.reader().next(&spool, 100).unwrap().len(), 3);
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), good_len, "the torn tail was cut off");
+}
+
+#[test]
+fn acknowledged_closed_segments_are_deleted_and_heads_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let small = SpoolLimits { segment_bytes: 1500, ..limits() };
+    let segments = |d: &Path| {
+        std::fs::read_dir(d).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "seg")).count()
+    };
+    {
+        let spool = Spool::open(&spool_dir, key(dir.path()), small.clone()).unwrap();
+        for _ in 0..6 {
+            spool.append("run-a", |c| body("run-a", c)).unwrap();
+        }
+        spool.seal().unwrap();
+        let shipped = spool.reader().next(&spool, 100).unwrap();
+        assert_eq!(shipped.len(), 6);
+        assert!(segments(&spool_dir) >= 3, "small segments rolled");
+        let before = spool.bytes();
+        spool.ack(shipped.iter().map(|s| s.segment)).unwrap();
+        assert_eq!(segments(&spool_dir), 1, "only the active segment is left");
+        assert!(spool.bytes() < before);
+    }
+    let spool = Spool::open(&spool_dir, key(dir.path()), small).unwrap();
+    assert!(spool.reader().next(&spool, 100).unwrap().is_empty(), "acknowledged receipts are not shipped again");
+    spool
+        .append("run-a", |c| {
+            assert_eq!(c.seq, 7, "heads.json carried the chain across the deletion");
+            body("run-a", c)
+        })
+        .unwrap();
+}
+
+#[test]
+fn one_spool_per_proxy_and_a_full_spool_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let spool = Spool::open(&spool_dir, key(dir.path()), SpoolLimits { max_bytes: 2000, ..limits() }).unwrap();
+    let second = Spool::open(&spool_dir, key(dir.path()), limits());
+    assert!(matches!(second, Err(SpoolError::Locked(_))), "{second:?}");
+    let mut full = false;
+    for _ in 0..10 {
+        if let Err(e) = spool.append("run-a", |c| body("run-a", c)) {
+            assert!(matches!(e, SpoolError::Full { .. }), "{e}");
+            full = true;
+            break;
+        }
+    }
+    assert!(full && spool.is_full());
+}
