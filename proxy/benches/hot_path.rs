@@ -6,6 +6,9 @@
 //! - `call`: creating a call context (receipt id, clock), vs reading the clock;
 //! - `error`: building a contract error response;
 //! - `tls`: serving a cached interception config, vs minting a leaf (a cache miss);
+//! - `record`: building a call's receipt, chaining it and writing it to the spool, with a batch
+//!   seal (Merkle tree, one ed25519 signature, fdatasync) every 128 receipts, amortized — vs
+//!   building and serializing the receipt alone;
 //! - `roundtrip_cpu`: JSON calls through the sidecar listener vs the same calls straight to the
 //!   in-process upstream, over loopback, 16 in flight. Reported as *CPU time of the whole process*
 //!   (every thread, user + kernel) per call, not wall time: with client, proxy and upstream
@@ -262,5 +265,59 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Ite
     .await;
 }
 
-criterion_group!(benches, bench_pipeline_pieces, bench_roundtrip);
+fn bench_record(c: &mut Criterion) {
+    use fleetforge_proxy::context::{Identity, IdentitySource};
+    use fleetforge_proxy::record::receipt_body;
+    use fleetforge_proxy::spool::{Spool, SpoolLimits};
+    use fleetforge_trust::receipt::Chain;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = fleetforge_trust::sign::SigningKey::load_or_create(&dir.path().join("key.pem")).unwrap();
+    let limits = SpoolLimits {
+        max_bytes: 1 << 40,
+        segment_bytes: 16 << 20,
+        seal_interval: std::time::Duration::from_millis(5),
+        fsync: true,
+    };
+    let spool = Spool::open(&dir.path().join("spool"), key, limits).unwrap();
+    let run = fleetforge_trust::RunId::new("run-bench").unwrap();
+    let mut call = Call::new(&conn_ctx(), Method::POST);
+    call.target = Some(Target::new(http::uri::Scheme::HTTPS, "api.openai.com".into(), 443).unwrap());
+    call.path = "/v1/chat/completions".into();
+    call.identity = Some(Identity {
+        run: run.clone(),
+        token: None,
+        source: IdentitySource::ProxyAuthorization,
+        step: 7,
+        step_label: Some("plan".into()),
+    });
+    call.status = Some(http::StatusCode::OK);
+    call.request_bytes = 412;
+    call.response_bytes = 1830;
+    call.request_digest = Some([7; 32]);
+    call.response_digest = Some([9; 32]);
+    let outcome = fleetforge_proxy::context::Outcome::Completed;
+
+    let mut g = c.benchmark_group("record");
+    g.bench_function("build_chain_spool_and_sign_amortized", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for i in 0..iters {
+                spool.append(run.as_str(), |chain| receipt_body(&call, &outcome, chain, run.clone())).unwrap();
+                if i % 128 == 127 {
+                    spool.seal().unwrap();
+                }
+            }
+            spool.seal().unwrap();
+            start.elapsed()
+        })
+    });
+    let chain = Chain { lane: spool.key_id().to_owned(), prev_hash: "0".repeat(64), seq: 1 };
+    g.bench_function("baseline_build_and_serialize", |b| {
+        b.iter(|| receipt_body(&call, &outcome, chain.clone(), run.clone()).canonical().unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_pipeline_pieces, bench_record, bench_roundtrip);
 criterion_main!(benches);

@@ -273,6 +273,33 @@ pub(crate) mod tests {
         assert_eq!(with_free_form.canonical().unwrap(), generic);
     }
 
+    /// The published JSON Schema lists exactly the members the code writes.
+    #[test]
+    fn the_published_schema_matches_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference/receipt.schema.json");
+        let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut required: Vec<String> =
+            schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        required.sort();
+        let body = serde_json::to_value(sample(1, "x")).unwrap();
+        let mut written: Vec<String> = body.as_object().unwrap().keys().cloned().collect();
+        written.push("signature".into());
+        written.sort();
+        assert_eq!(required, written);
+        for member in ["upstream", "decision", "seal", "chain"] {
+            let mut req: Vec<String> = schema["properties"][member]["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
+            req.sort();
+            let mut keys: Vec<String> = body[member].as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            assert_eq!(req, keys, "{member}");
+        }
+    }
+
     #[test]
     fn genesis_differs_per_run_and_lane() {
         assert_ne!(genesis_hex("a", "l"), genesis_hex("b", "l"));
