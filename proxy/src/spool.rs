@@ -540,21 +540,24 @@ impl Spool {
     /// Blocks until receipts are pending (or `stop` is called), then waits the seal interval so
     /// the batch fills. Returns `false` once stopping.
     pub fn wait_for_batch(&self) -> bool {
-        {
-            let mut inner = self.lock();
-            while inner.pending.is_empty() && !self.stopping.load(Ordering::Relaxed) {
-                inner = self
-                    .wake
-                    .wait_timeout(inner, Duration::from_secs(1))
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
+        let stopping = || self.stopping.load(Ordering::Relaxed);
+        let wait = |inner, timeout| -> MutexGuard<'_, Inner> {
+            self.wake.wait_timeout(inner, timeout).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0)
+        };
+        let mut inner = self.lock();
+        while inner.pending.is_empty() && !stopping() {
+            inner = wait(inner, Duration::from_secs(1));
+        }
+        // Let the batch fill; `stop` cuts the wait short.
+        let deadline = std::time::Instant::now() + self.limits.seal_interval;
+        while !stopping() {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
             }
+            inner = wait(inner, deadline - now);
         }
-        if self.stopping.load(Ordering::Relaxed) {
-            return false;
-        }
-        std::thread::sleep(self.limits.seal_interval);
-        true
+        !stopping()
     }
 
     /// Wakes the sealer for a last batch and makes it return.

@@ -272,6 +272,209 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// Reads a child's first stdout line (its JSON ready line) within 30 s.
+fn ready_line(child: &mut Child, log_path: &Path, what: &str) -> anyhow::Result<serde_json::Value> {
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) if !line.trim().is_empty() => {
+            serde_json::from_str(&line).with_context(|| format!("{what} ready line {line:?}"))
+        }
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} printed no ready line; log:\n{}", std::fs::read_to_string(log_path).unwrap_or_default());
+        }
+    }
+}
+
+/// Which database a control service runs on.
+#[derive(Debug)]
+pub enum Database {
+    /// The embedded default: SQLite under `FLEETFORGE_HOME`.
+    Sqlite,
+    /// A fresh Postgres database on 127.0.0.1:5432, dropped when this value is dropped.
+    Postgres(PgDatabase),
+}
+
+impl Database {
+    /// A fresh Postgres database, or the SQLite default.
+    pub fn fresh(postgres: bool) -> anyhow::Result<Self> {
+        Ok(if postgres { Database::Postgres(PgDatabase::create()?) } else { Database::Sqlite })
+    }
+
+    /// Runs SQL against the database (Postgres via `psql`, SQLite via Python's sqlite3), for
+    /// tests that must reach under the API (tampering, dumps).
+    pub fn execute(&self, home: &Path, sql: &str) -> anyhow::Result<String> {
+        let out = match self {
+            Database::Postgres(db) => Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &db.name, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .output()?,
+            Database::Sqlite => Command::new("python3")
+                .args([
+                    "-c",
+                    "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor r in c.execute(sys.argv[2]):\n  print('|'.join(str(x) for x in r))\nc.commit()",
+                    &home.join("control.db").display().to_string(),
+                    sql,
+                ])
+                .output()?,
+        };
+        anyhow::ensure!(out.status.success(), "SQL failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A throwaway Postgres database.
+#[derive(Debug)]
+pub struct PgDatabase {
+    /// Database name.
+    pub name: String,
+}
+
+impl PgDatabase {
+    fn psql(sql: &str) -> anyhow::Result<()> {
+        let out = Command::new("psql").args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql]).output().context(
+            "running psql (Postgres must run on 127.0.0.1:5432: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)",
+        )?;
+        anyhow::ensure!(
+            out.status.success(),
+            "psql {sql}: {} (Postgres must run on 127.0.0.1:5432: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Creates `ff_e2e_<random>`.
+    pub fn create() -> anyhow::Result<Self> {
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("ff_e2e_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
+        Self::psql(&format!("CREATE DATABASE {name}"))?;
+        Ok(Self { name })
+    }
+
+    /// The connection URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Self::psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// A running `fleetforge-control`; killed when dropped.
+#[derive(Debug)]
+pub struct ControlProcess {
+    /// Its API address.
+    pub addr: SocketAddr,
+    /// Its `FLEETFORGE_HOME`.
+    pub home: PathBuf,
+    /// The bootstrap admin token it accepts.
+    pub token: String,
+    log_path: PathBuf,
+    child: Option<Child>,
+    _tmp: tempfile::TempDir,
+}
+
+impl ControlProcess {
+    /// Starts control on `db` (a fresh home) with a bootstrap admin token, on an ephemeral port
+    /// or on `listen` (to restart on the same address).
+    pub fn start(db: &Database, home: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let log_path = tmp.path().join("control.log");
+        let token = "fft_e2e-bootstrap-admin-token".to_owned();
+        let mut cmd = base_command(&binary("fleetforge-control"));
+        cmd.env("FLEETFORGE_HOME", home)
+            .env("FLEETFORGE_CONTROL_LISTEN", listen.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()))
+            .env("FLEETFORGE_CONTROL_TOKEN", &token)
+            .env("FLEETFORGE_LOG", "debug");
+        if let Database::Postgres(pg) = db {
+            cmd.env("DATABASE_URL", pg.url());
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(&log_path)?);
+        let mut child = cmd.spawn().context("spawning fleetforge-control")?;
+        let ready = ready_line(&mut child, &log_path, "fleetforge-control")?;
+        let addr = ready["listen"].as_str().context("listen address")?.parse()?;
+        Ok(Self { addr, home: home.to_owned(), token, log_path, child: Some(child), _tmp: tmp })
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything control has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Stops the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A blocking API request with a bearer token; returns (status, JSON body or null).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut stream = TcpStream::connect(self.addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let body = body.unwrap_or("");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw)?;
+        let raw = String::from_utf8_lossy(&raw);
+        let (head, rest) = raw.split_once("\r\n\r\n").context("no header end")?;
+        let status = head.split_whitespace().nth(1).context("no status")?.parse()?;
+        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+        let text = if chunked { dechunk(rest) } else { rest.to_owned() };
+        let json = if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("body {text}"))?
+        };
+        Ok((status, json))
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A minimal blocking HTTP/1.1 GET (for admin endpoints); returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
