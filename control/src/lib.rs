@@ -1,9 +1,99 @@
-//! FleetForge control plane and operator CLI.
+//! FleetForge control service and operator CLI.
 //!
-//! Today this crate holds the operator commands that work without the control service — `up`,
-//! which runs the proxy in-process with the embedded defaults and prints the lines to paste into an
-//! agent's shell. The control service itself (receipts on Postgres or SQLite, the API, the web
-//! page) lands here with the evidence path.
+//! The control service keeps the evidence: runs, receipts (verified on ingest — signature,
+//! Merkle proof, chain, seq — and stored idempotently), proxy keys, and on-demand verification of a
+//! whole run. It runs on Postgres (`DATABASE_URL`) or, by default, on SQLite under
+//! `$FLEETFORGE_HOME`. Start reading at [`api::router`]; storage is [`store`], ingest is
+//! [`ingest`]. The CLI's HTTP client is [`client`]; `fleetforge-ctl up` is [`up`].
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod store;
 pub mod up;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::App;
+use crate::config::ControlConfig;
+use crate::store::{Backend, Store, StoreError};
+
+/// Why control could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The state directory or the listener failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+}
+
+/// A running control service.
+#[derive(Debug)]
+pub struct Running {
+    /// The API address.
+    pub addr: SocketAddr,
+    /// The database engine.
+    pub backend: Backend,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Connects the store, migrates it (unless disabled), binds the listener and serves.
+pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.home).map_err(|source| StartError::Io {
+        what: format!("cannot create FLEETFORGE_HOME {}", config.home.display()),
+        source,
+    })?;
+    let store = Store::connect(&config.database()).await?;
+    if config.migrate {
+        store.migrate().await?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Io {
+        what: format!("cannot listen on {} (control.listen)", config.listen),
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Io { what: "listener address".into(), source })?;
+    let backend = store.backend();
+    let app = Arc::new(App {
+        store,
+        bootstrap: config.bootstrap_token.as_ref().map(|t| auth::token_hash(t.expose())),
+        signatures: Default::default(),
+        keys: Default::default(),
+        metrics: Default::default(),
+        max_batch: config.max_batch,
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = api::router(app);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "control API server failed");
+        }
+    });
+    Ok(Running { addr, backend, stop, task })
+}
+
+impl Running {
+    /// Stops accepting, finishes requests in flight, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}

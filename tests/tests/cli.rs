@@ -101,7 +101,17 @@ async fn ctl_up_prints_working_exports_and_stops_cleanly() {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("FLEETFORGE_HOME", home.path())
         .env("FLEETFORGE_RESOLVE", format!("plain.internal.test={}", plain.addr()))
-        .args(["up", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--run", "hello-fleet"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--run",
+            "hello-fleet",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -5,14 +5,24 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use fleetforge_control::client::{ClientError, ControlClient};
+use fleetforge_control::config::{ControlConfig, Flags as ControlFlags};
 use fleetforge_control::up;
 use fleetforge_proxy::config::Flags;
 use fleetforge_proxy::{Config, Proxy};
+use serde_json::{Value, json};
 
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "fleetforge-ctl", version, about = "FleetForge operator CLI")]
+#[command(
+    name = "fleetforge-ctl",
+    version,
+    about = "FleetForge operator CLI",
+    long_about = "FleetForge operator CLI.\n\n\
+Commands other than `up` talk to the control service at FLEETFORGE_CONTROL_URL (default http://127.0.0.1:7070)\n\
+with FLEETFORGE_CONTROL_TOKEN, or the token `up` keeps in $FLEETFORGE_HOME/control.token."
+)]
 struct Cli {
     /// TOML config file shared by the FleetForge binaries (examples in configs/).
     #[arg(long, global = true, value_name = "FILE")]
@@ -26,8 +36,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run FleetForge locally in this process (the proxy with the embedded defaults) and print the
-    /// lines to paste into an agent's shell.
+    /// Run FleetForge locally in this process — the control service (SQLite unless DATABASE_URL)
+    /// and the proxy shipping receipts to it — and print the lines to paste into an agent's shell.
     Up {
         /// Forward-proxy listen address [env FLEETFORGE_PROXY_LISTEN; default 127.0.0.1:8080].
         #[arg(long, value_name = "ADDR")]
@@ -35,8 +45,58 @@ enum Command {
         /// Admin listen address [env FLEETFORGE_ADMIN_LISTEN; default 127.0.0.1:9901].
         #[arg(long, value_name = "ADDR")]
         admin_listen: Option<String>,
+        /// Control API listen address [env FLEETFORGE_CONTROL_LISTEN; default 127.0.0.1:7070].
+        #[arg(long, value_name = "ADDR")]
+        control_listen: Option<String>,
         /// Run id the printed proxy URL carries.
         #[arg(long, default_value = "hello-fleet")]
+        run: String,
+    },
+    /// Runs: create, list, show.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// A run's receipts, in chain order: a table, or JSON lines with --json.
+    Receipts {
+        /// The run id.
+        run: String,
+        /// Print each receipt as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a run's receipts (signatures, proofs, chain, seq); exit 0 only if all check out.
+    Verify {
+        /// The run id.
+        run: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RunsCommand {
+    /// Create a run; prints its id and token.
+    Create {
+        /// A label, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Token budget.
+        #[arg(long)]
+        budget_tokens: Option<u64>,
+        /// Cost budget in USD.
+        #[arg(long)]
+        budget_cost_usd: Option<f64>,
+        /// Call budget.
+        #[arg(long)]
+        budget_calls: Option<u64>,
+        /// Rate SLO in tokens per minute.
+        #[arg(long)]
+        budget_tokens_per_minute: Option<u64>,
+    },
+    /// List runs, newest first.
+    List,
+    /// Show one run.
+    Show {
+        /// The run id.
         run: String,
     },
 }
@@ -52,37 +112,53 @@ fn main() -> ExitCode {
         .with(targets)
         .init();
 
-    let (listen, admin_listen, run) = match &cli.command {
-        Some(Command::Up { listen, admin_listen, run }) => (listen.clone(), admin_listen.clone(), run.clone()),
-        None => (None, None, String::new()),
-    };
-    let flags = Flags { listen, admin_listen, ..Flags::default() };
-    let config = match Config::load(cli.config.as_deref(), &|k| std::env::var(k).ok(), &flags) {
-        Ok(c) => c,
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
         Err(e) => {
-            eprintln!("fleetforge-ctl: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            eprintln!("fleetforge-ctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    if cli.check_config {
-        println!("config ok");
-        return ExitCode::SUCCESS;
-    }
-    let Some(Command::Up { .. }) = cli.command else {
-        eprintln!("fleetforge-ctl: no command given; try `fleetforge-ctl up` or `fleetforge-ctl --help`");
-        return ExitCode::from(2);
+    let command = match (cli.check_config, cli.command) {
+        (true, command) => {
+            let (listen, admin_listen, control_listen) = match &command {
+                Some(Command::Up { listen, admin_listen, control_listen, .. }) => {
+                    (listen.clone(), admin_listen.clone(), control_listen.clone())
+                }
+                _ => (None, None, None),
+            };
+            return match load(cli.config.as_deref(), listen, admin_listen, control_listen) {
+                Ok(_) => {
+                    println!("config ok");
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            };
+        }
+        (false, Some(command)) => command,
+        (false, None) => {
+            eprintln!("fleetforge-ctl: no command given; try `fleetforge-ctl up` or `fleetforge-ctl --help`");
+            return ExitCode::from(2);
+        }
     };
-    if let Err(e) = fleetforge_trust::RunId::new(&run) {
-        eprintln!("fleetforge-ctl: --run {run:?}: {e}");
-        return ExitCode::from(2);
-    }
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(run_up(config, &run)));
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
+        match command {
+            Command::Up { listen, admin_listen, control_listen, run } => {
+                fleetforge_trust::RunId::new(&run).map_err(|e| anyhow::anyhow!("--run {run:?}: {e}"))?;
+                let (proxy, control) = match load(cli.config.as_deref(), listen, admin_listen, control_listen) {
+                    Ok(c) => c,
+                    Err(code) => return Ok(code),
+                };
+                run_up(proxy, control, &run).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Runs { command } => runs(command).await,
+            Command::Receipts { run, json } => receipts(&run, json).await,
+            Command::Verify { run } => verify(&run).await,
+        }
+    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("fleetforge-ctl: {e:#}");
             ExitCode::FAILURE
@@ -90,9 +166,37 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_up(config: Config, run: &str) -> anyhow::Result<()> {
-    let running = Proxy::start(config).context("cannot start the proxy")?;
-    up::print_banner(&mut std::io::stdout().lock(), &running, run).context("cannot write to stdout")?;
+fn load(
+    file: Option<&std::path::Path>,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    control_listen: Option<String>,
+) -> Result<(Config, ControlConfig), ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    let proxy = Config::load(file, &env, &Flags { listen, admin_listen, ..Flags::default() }).map_err(|e| {
+        eprintln!("fleetforge-ctl: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })?;
+    let control = ControlConfig::load(file, &env, &ControlFlags { listen: control_listen, no_migrate: false })
+        .map_err(|e| {
+            eprintln!("fleetforge-ctl: {e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        })?;
+    Ok((proxy, control))
+}
+
+async fn run_up(mut proxy: Config, mut control: ControlConfig, run: &str) -> anyhow::Result<()> {
+    // One home for both, as the contract allows.
+    control.home = proxy.home.clone();
+    let token = up::control_token(&control.home, control.bootstrap_token.as_ref().or(proxy.control_token.as_ref()))
+        .context("keeping the control token in FLEETFORGE_HOME")?;
+    control.bootstrap_token = Some(token.clone());
+    let control_running = fleetforge_control::start(&control).await.context("cannot start the control service")?;
+    proxy.control_url = format!("http://{}", control_running.addr).parse().context("control address")?;
+    proxy.control_token = Some(token);
+    let running = Proxy::start(proxy).context("cannot start the proxy")?;
+    up::print_banner(&mut std::io::stdout().lock(), &running, &control_running, &control.home, run)
+        .context("cannot write to stdout")?;
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
@@ -100,5 +204,139 @@ async fn run_up(config: Config, run: &str) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     running.shutdown().await;
+    control_running.shutdown().await;
     Ok(())
+}
+
+fn client() -> anyhow::Result<ControlClient> {
+    Ok(ControlClient::from_env()?)
+}
+
+async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
+    let c = client()?;
+    match command {
+        RunsCommand::Create { labels, budget_tokens, budget_cost_usd, budget_calls, budget_tokens_per_minute } => {
+            let mut map = serde_json::Map::new();
+            for l in labels {
+                let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+                map.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            let body = json!({
+                "labels": map,
+                "budget": {"tokens": budget_tokens, "cost_usd": budget_cost_usd, "calls": budget_calls, "tokens_per_minute": budget_tokens_per_minute},
+            });
+            let created = c.post("/v1/runs", &body).await?;
+            println!("run    {}", created["id"].as_str().unwrap_or_default());
+            println!("token  {}", created["token"].as_str().unwrap_or_default());
+            eprintln!(
+                "the token is shown only now; agents use it as the proxy password: HTTPS_PROXY=http://RUN:TOKEN@HOST:PORT"
+            );
+        }
+        RunsCommand::List => {
+            let list = c.get("/v1/runs?limit=500").await?;
+            println!(
+                "{:<20} {:<12} {:<26} {:>7} {:<26} VERIFIED",
+                "RUN", "TENANT", "CREATED", "CALLS", "LAST ACTIVITY"
+            );
+            for r in list["runs"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<12} {:<26} {:>7} {:<26} {}",
+                    r["id"].as_str().unwrap_or_default(),
+                    r["tenant"].as_str().unwrap_or_default(),
+                    r["created_at"].as_str().unwrap_or_default(),
+                    r["calls"],
+                    r["last_activity"].as_str().unwrap_or("-"),
+                    r["verification"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        RunsCommand::Show { run } => {
+            let r = c.get(&format!("/v1/runs/{run}")).await.map_err(not_found(&run))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn not_found(run: &str) -> impl FnOnce(ClientError) -> anyhow::Error + '_ {
+    move |e| match e {
+        ClientError::NotFound(_) => anyhow::anyhow!("run {run} not found (or not visible to this token's tenant)"),
+        e => e.into(),
+    }
+}
+
+async fn receipts(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let c = client()?;
+    let mut after = 0i64;
+    if !as_json {
+        println!(
+            "{:>5} {:>5}  {:<26} {:<28} {:<40} {:<6} {:>6} {:>9} {:>9}",
+            "STEP", "SEQ", "TIME", "HOST", "METHOD PATH", "ALLOW", "STATUS", "BYTES", "MS"
+        );
+    }
+    loop {
+        let page = c.get(&format!("/v1/runs/{run}/receipts?after={after}&limit=1000")).await.map_err(not_found(run))?;
+        let items = page["receipts"].as_array().cloned().unwrap_or_default();
+        for r in &items {
+            if as_json {
+                println!("{r}");
+                continue;
+            }
+            let ms = match (r["started_at"].as_str(), r["ended_at"].as_str()) {
+                (Some(a), Some(b)) => millis_between(a, b).map_or_else(|| "-".into(), |m| format!("{m:.1}")),
+                _ => "-".into(),
+            };
+            let mut target = format!(
+                "{} {}",
+                r["upstream"]["method"].as_str().unwrap_or_default(),
+                r["upstream"]["path"].as_str().unwrap_or_default()
+            );
+            if target.len() > 40 {
+                target.truncate(37);
+                target.push_str("...");
+            }
+            let decision = if r["decision"]["allow"] == true {
+                "yes".to_owned()
+            } else {
+                r["decision"]["error"]["type"].as_str().unwrap_or("no").to_owned()
+            };
+            println!(
+                "{:>5} {:>5}  {:<26} {:<28} {:<40} {:<6} {:>6} {:>9} {:>9}",
+                r["step"],
+                r["chain"]["seq"],
+                r["started_at"].as_str().unwrap_or_default(),
+                r["upstream"]["host"].as_str().unwrap_or_default(),
+                target,
+                decision,
+                r["seal"]["status"].as_u64().map_or_else(|| "-".into(), |s| s.to_string()),
+                r["seal"]["response_bytes"],
+                ms
+            );
+        }
+        match page["next_after"].as_i64() {
+            Some(next) if !items.is_empty() => after = next,
+            _ => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn millis_between(a: &str, b: &str) -> Option<f64> {
+    let parse = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok();
+    Some((parse(b)? - parse(a)?).as_seconds_f64() * 1e3)
+}
+
+async fn verify(run: &str) -> anyhow::Result<ExitCode> {
+    let c = client()?;
+    let report = c.get(&format!("/v1/runs/{run}/verify")).await.map_err(not_found(run))?;
+    let checked = report["checked"].as_u64().unwrap_or(0);
+    if report["ok"] == true {
+        println!("run {run}: {checked} receipts verified (signatures, proofs, chain, seq)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("run {run}: verification FAILED ({checked} receipts checked)");
+    for p in report["problems"].as_array().into_iter().flatten() {
+        println!("  receipt {}: {}", p["receipt_id"].as_str().unwrap_or("?"), p["problem"].as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::from(1))
 }

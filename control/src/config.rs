@@ -1,0 +1,169 @@
+//! Configuration of the control service: one typed [`ControlConfig`], validated before any port
+//! is bound.
+//!
+//! Sources, by precedence: flags, environment (`FLEETFORGE_CONTROL_LISTEN`, `DATABASE_URL`,
+//! `FLEETFORGE_CONTROL_TOKEN`, `FLEETFORGE_HOME`), the `[control]` table of the shared TOML file
+//! (`deny_unknown_fields`; the file's `[proxy]` table belongs to the proxy and is not read here),
+//! then defaults. Secrets — the database URL and the bootstrap token — come from the environment
+//! only, never from the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fleetforge_proxy::config::Secret;
+use serde::Deserialize;
+
+/// A configuration error naming the key, the value and what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The shared file, as far as control is concerned.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ConfigFile {
+    /// State directory.
+    home: Option<PathBuf>,
+    /// The proxy's table: not validated here.
+    proxy: Option<toml::Table>,
+    /// `[control]`.
+    control: FileControl,
+}
+
+/// `[control]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileControl {
+    /// Listen address (`FLEETFORGE_CONTROL_LISTEN`, default `127.0.0.1:7070`).
+    listen: Option<String>,
+    /// Most receipts accepted in one `POST /v1/receipts` (default 1000).
+    max_batch: Option<usize>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// State directory (SQLite database, `control.token`).
+    pub home: PathBuf,
+    /// API listen address.
+    pub listen: SocketAddr,
+    /// `postgres://…`; `None` = SQLite at `$home/control.db`.
+    pub database_url: Option<Secret>,
+    /// Bootstrap admin token.
+    pub bootstrap_token: Option<Secret>,
+    /// Apply migrations on start.
+    pub migrate: bool,
+    /// Most receipts per ingest batch.
+    pub max_batch: usize,
+}
+
+/// Flags that override everything.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--no-migrate`.
+    pub no_migrate: bool,
+}
+
+impl ControlConfig {
+    /// Loads file, environment and flags.
+    pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>, flags: &Flags) -> Result<Self, ConfigError> {
+        let raw: ConfigFile = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| {
+                    ConfigError(format!("invalid config file {}: {}", path.display(), e.to_string().trim_end()))
+                })?
+            }
+            None => ConfigFile::default(),
+        };
+        let _ = raw.proxy;
+        let env_nonempty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let home = env_nonempty("FLEETFORGE_HOME")
+            .map(PathBuf::from)
+            .or(raw.home)
+            .unwrap_or_else(|| PathBuf::from(".fleetforge"));
+        let (listen, origin) = match (&flags.listen, env_nonempty("FLEETFORGE_CONTROL_LISTEN"), raw.control.listen) {
+            (Some(l), _, _) => (l.clone(), "flag --listen".to_owned()),
+            (None, Some(l), _) => (l, "environment variable FLEETFORGE_CONTROL_LISTEN".to_owned()),
+            (None, None, Some(l)) => (l, "config file".to_owned()),
+            (None, None, None) => ("127.0.0.1:7070".to_owned(), "default".to_owned()),
+        };
+        let listen = listen.trim().parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid value for `control.listen` ({origin}): {listen:?}: not a socket address; expected IP:PORT such as 127.0.0.1:7070"
+            ))
+        })?;
+        let database_url = env_nonempty("DATABASE_URL").map(Secret::new);
+        if let Some(url) = &database_url {
+            let u = url.expose();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://") || u.starts_with("sqlite:")) {
+                return Err(ConfigError(
+                    "invalid value for DATABASE_URL: expected postgres://… (or sqlite:PATH); unset it to use SQLite under FLEETFORGE_HOME".into(),
+                ));
+            }
+        }
+        let max_batch = raw.control.max_batch.unwrap_or(1000);
+        if max_batch == 0 || max_batch > 10_000 {
+            return Err(ConfigError(format!(
+                "invalid value for `control.max_batch`: {max_batch}: expected 1 to 10000"
+            )));
+        }
+        Ok(Self {
+            home,
+            listen,
+            database_url,
+            bootstrap_token: env_nonempty("FLEETFORGE_CONTROL_TOKEN").map(|t| Secret::new(t.trim().to_owned())),
+            migrate: !flags.no_migrate,
+            max_batch,
+        })
+    }
+
+    /// The database URL to connect to (SQLite under `home` when `DATABASE_URL` is unset).
+    pub fn database(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}?mode=rwc", self.home.join("control.db").display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ControlConfig, Flags};
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn defaults_env_and_errors() {
+        let c = ControlConfig::load(None, &env(&[]), &Flags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert!(c.database().starts_with("sqlite://.fleetforge/control.db"));
+        let c = ControlConfig::load(
+            None,
+            &env(&[("DATABASE_URL", "postgres://u@h/db"), ("FLEETFORGE_CONTROL_LISTEN", "127.0.0.1:0")]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.database(), "postgres://u@h/db");
+        assert_eq!(c.listen.port(), 0);
+        let e =
+            ControlConfig::load(None, &env(&[("FLEETFORGE_CONTROL_LISTEN", "nope")]), &Flags::default()).unwrap_err();
+        assert!(
+            e.0.contains("control.listen") && e.0.contains("nope") && e.0.contains("FLEETFORGE_CONTROL_LISTEN"),
+            "{e}"
+        );
+        let e = ControlConfig::load(None, &env(&[("DATABASE_URL", "mysql://x")]), &Flags::default()).unwrap_err();
+        assert!(!e.0.contains("mysql://x"), "the URL may hold a password: never echo it");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[proxy]\nlisten = \"127.0.0.1:1\"\n[control]\nlisten = \"127.0.0.1:2\"\n").unwrap();
+        assert_eq!(ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap().listen.port(), 2);
+        std::fs::write(&f, "[control]\nlistn = \"127.0.0.1:2\"\n").unwrap();
+        assert!(ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap_err().0.contains("listn"));
+    }
+}

@@ -1,0 +1,338 @@
+//! Receipt ingest: verify a batch, then store what verifies in one transaction.
+//!
+//! Per receipt, in order: hash and Merkle proof ([`fleetforge_trust::verify::prove`]); the
+//! signing key must be registered by the caller's tenant (or the caller sees every tenant); the
+//! batch signature (checked once per distinct batch root, with a bounded cache across requests,
+//! since a proxy signs about a hundred receipts per root); duplicates by id change nothing (a
+//! different receipt under a stored id is rejected); the run must belong to the caller's tenant
+//! (an unknown run is created in it); and the receipt must continue its lane's chain: next seq,
+//! previous hash. A receipt that fails any check is rejected with a per-item error and the rest of
+//! the batch still lands. Accepted receipts, lane heads and run counters are written in one
+//! transaction; a concurrent ingest of the same lane (another control replica) is serialized by a
+//! row lock on Postgres and, as a last resort, by the unique `(run_id, lane, seq)` constraint — the
+//! batch is then retried once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use fleetforge_trust::canonical::hex;
+use fleetforge_trust::receipt::genesis_hex;
+use fleetforge_trust::sign::verify_batch;
+use fleetforge_trust::verify::prove;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::auth::Principal;
+use crate::store::{self, ReceiptRow, Store, StoreError};
+
+/// The verdict on one receipt of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ItemResult {
+    /// Receipt id (or `""` when the item had none).
+    pub id: String,
+    /// `accepted`, `duplicate` or `rejected`.
+    pub status: String,
+    /// Why it was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer to `POST /v1/receipts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct IngestResponse {
+    /// One result per submitted receipt, in submission order.
+    pub results: Vec<ItemResult>,
+    /// How many were stored.
+    pub accepted: usize,
+    /// How many were already stored.
+    pub duplicates: usize,
+    /// How many were refused.
+    pub rejected: usize,
+}
+
+/// Batch roots whose signature verified, so each is checked once.
+#[derive(Debug, Default)]
+pub struct SignatureCache {
+    verified: Mutex<HashSet<(String, String)>>,
+}
+
+const CACHE_MAX: usize = 100_000;
+
+impl SignatureCache {
+    fn check(&self, key_id: &str, public_key: &[u8], root: &[u8; 32], size: u64, sig: &str) -> bool {
+        let entry = (key_id.to_owned(), format!("{}:{size}:{sig}", hex(root)));
+        if self.verified.lock().unwrap_or_else(|e| e.into_inner()).contains(&entry) {
+            return true;
+        }
+        if !verify_batch(public_key, root, size, sig) {
+            return false;
+        }
+        let mut set = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= CACHE_MAX {
+            set.clear();
+        }
+        set.insert(entry);
+        true
+    }
+}
+
+/// Registered keys by id, loaded on first use and refreshed when an unknown id shows up.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: std::sync::RwLock<HashMap<String, (Vec<u8>, String)>>,
+}
+
+impl KeyCache {
+    /// The public key and tenant of `key_id`, from the cache or the store.
+    pub async fn get(&self, store: &Store, key_id: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        if let Some(hit) = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(key_id) {
+            return Ok(Some(hit.clone()));
+        }
+        let Some(row) = store.key(key_id).await? else { return Ok(None) };
+        let Ok(public) = URL_SAFE_NO_PAD.decode(&row.public_key) else { return Ok(None) };
+        let entry = (public, row.tenant);
+        self.keys.write().unwrap_or_else(|e| e.into_inner()).insert(key_id.to_owned(), entry.clone());
+        Ok(Some(entry))
+    }
+}
+
+struct Candidate {
+    index: usize,
+    row: ReceiptRow,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost: i64,
+    ended_micros: i64,
+}
+
+fn micros_of(rfc3339: &str) -> i64 {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Verifies and stores a batch. Store failures are errors of the whole batch (nothing is half
+/// written); everything about individual receipts is in the per-item results.
+pub async fn ingest(
+    store: &Store,
+    cache: &SignatureCache,
+    keys: &KeyCache,
+    principal: &Principal,
+    items: Vec<Value>,
+) -> Result<IngestResponse, StoreError> {
+    let items = std::sync::Arc::new(items);
+    // Parsing, canonicalizing and hashing a thousand receipts is CPU work: off the async workers.
+    let proofs = {
+        let items = items.clone();
+        tokio::task::spawn_blocking(move || items.iter().map(prove).collect::<Vec<_>>())
+            .await
+            .map_err(|e| StoreError::Url(format!("ingest worker failed: {e}")))?
+    };
+    let mut attempt = 0;
+    loop {
+        match ingest_once(store, cache, keys, principal, &items, &proofs).await {
+            Err(StoreError::Db(e)) if is_conflict(&e) && attempt == 0 => {
+                tracing::info!(error = %e, "concurrent ingest of the same lane; retrying the batch once");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Unique violation, deadlock or serialization failure: another writer got there first.
+fn is_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation() || matches!(db.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
+
+async fn ingest_once(
+    store: &Store,
+    cache: &SignatureCache,
+    keys: &KeyCache,
+    principal: &Principal,
+    items: &[Value],
+    proofs: &[Result<fleetforge_trust::verify::Proven, fleetforge_trust::verify::VerifyError>],
+) -> Result<IngestResponse, StoreError> {
+    let mut results: Vec<ItemResult> = items
+        .iter()
+        .map(|v| ItemResult { id: v["id"].as_str().unwrap_or_default().to_owned(), status: String::new(), error: None })
+        .collect();
+    let reject = |r: &mut ItemResult, why: String| {
+        r.status = "rejected".into();
+        r.error = Some(why);
+    };
+
+    // 1. Stateless checks: hash and proof (done above), key, signature.
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut early_rejects: BTreeMap<String, i64> = BTreeMap::new();
+    for (index, (value, proof)) in items.iter().zip(proofs).enumerate() {
+        let proven = match proof {
+            Ok(p) => p,
+            Err(e) => {
+                reject(&mut results[index], e.to_string());
+                if let Some(run) = value["run"].as_str() {
+                    *early_rejects.entry(run.to_owned()).or_default() += 1;
+                }
+                continue;
+            }
+        };
+        let sig = &proven.receipt.signature;
+        let run = proven.receipt.body.run.to_string();
+        let Some((public_key, key_tenant)) = keys.get(store, &sig.key_id).await? else {
+            *early_rejects.entry(run).or_default() += 1;
+            reject(
+                &mut results[index],
+                format!("unknown signing key {}; register it with PUT /v1/keys/{{key_id}}", sig.key_id),
+            );
+            continue;
+        };
+        if !principal.can_read(&key_tenant) {
+            reject(&mut results[index], format!("signing key {} is not registered in this tenant", sig.key_id));
+            continue;
+        }
+        if !cache.check(&sig.key_id, &public_key, &proven.root, sig.batch.size, &sig.sig) {
+            *early_rejects.entry(run).or_default() += 1;
+            reject(&mut results[index], format!("the batch signature does not verify with key {}", sig.key_id));
+            continue;
+        }
+        let body = &proven.receipt.body;
+        let usage = body.usage.as_ref();
+        let as_i64 = |v: Option<u64>| v.and_then(|n| i64::try_from(n).ok()).unwrap_or(0);
+        candidates.push(Candidate {
+            index,
+            input_tokens: as_i64(usage.and_then(|u| u.input_tokens)),
+            output_tokens: as_i64(usage.and_then(|u| u.output_tokens)),
+            cost: as_i64(usage.and_then(|u| u.cost_micro_usd)),
+            ended_micros: micros_of(&body.ended_at),
+            row: ReceiptRow {
+                id: body.id.to_string(),
+                run_id: body.run.to_string(),
+                tenant: String::new(),
+                lane: body.chain.lane.clone(),
+                seq: i64::try_from(body.chain.seq).unwrap_or(i64::MAX),
+                step: i64::try_from(body.step).unwrap_or(i64::MAX),
+                hash: hex(&proven.hash),
+                prev_hash: body.chain.prev_hash.clone(),
+                kind: body.kind.clone(),
+                started_at: body.started_at.clone(),
+                ended_at: body.ended_at.clone(),
+                method: body.upstream.method.clone(),
+                host: body.upstream.host.clone(),
+                path: body.upstream.path.clone(),
+                status: body.seal.status.map(i64::from),
+                allow: body.decision.allow,
+                outcome: body.outcome.clone(),
+                request_bytes: i64::try_from(body.seal.request_bytes).unwrap_or(i64::MAX),
+                response_bytes: i64::try_from(body.seal.response_bytes).unwrap_or(i64::MAX),
+                request_digest: body.seal.request_digest.clone(),
+                response_digest: body.seal.response_digest.clone(),
+                body: value.to_string(),
+            },
+        });
+    }
+
+    // 2. Stateful checks and the write, in one transaction.
+    let mut tx = store.begin().await?;
+    let ids: Vec<&str> = candidates.iter().map(|c| c.row.id.as_str()).collect();
+    let existing = store::existing(&mut tx, &ids).await?;
+    let mut seen_in_batch: HashMap<String, String> = HashMap::new();
+    let mut fresh: Vec<Candidate> = Vec::new();
+    for c in candidates {
+        let prior = existing.get(&c.row.id).or_else(|| seen_in_batch.get(&c.row.id));
+        match prior {
+            Some(hash) if *hash == c.row.hash => results[c.index].status = "duplicate".into(),
+            Some(_) => reject(&mut results[c.index], "a different receipt with this id is already stored".into()),
+            None => {
+                seen_in_batch.insert(c.row.id.clone(), c.row.hash.clone());
+                fresh.push(c);
+            }
+        }
+    }
+    // Runs: their tenant decides where receipts belong.
+    let mut run_tenants: HashMap<String, String> = HashMap::new();
+    for c in &fresh {
+        if !run_tenants.contains_key(&c.row.run_id) {
+            let tenant = store::run_tenant_or_create(&mut tx, &c.row.run_id, principal.write_tenant()).await?;
+            run_tenants.insert(c.row.run_id.clone(), tenant);
+        }
+    }
+    // Chains: in (run, lane, seq) order, each continuing its lane's head.
+    fresh.sort_by(|a, b| (&a.row.run_id, &a.row.lane, a.row.seq).cmp(&(&b.row.run_id, &b.row.lane, b.row.seq)));
+    let mut heads: HashMap<(String, String), (i64, String)> = HashMap::new();
+    let mut accepted: Vec<Candidate> = Vec::new();
+    let mut per_run: BTreeMap<String, (i64, i64, i64, i64, i64, i64)> = BTreeMap::new();
+    for mut c in fresh {
+        let tenant = run_tenants.get(&c.row.run_id).cloned().unwrap_or_default();
+        let stats = per_run.entry(c.row.run_id.clone()).or_default();
+        if !principal.can_read(&tenant) {
+            reject(&mut results[c.index], format!("run {} is not in this tenant", c.row.run_id));
+            continue;
+        }
+        let key = (c.row.run_id.clone(), c.row.lane.clone());
+        if !heads.contains_key(&key) {
+            let head = store::lane_head(&mut tx, store.backend(), &c.row.run_id, &c.row.lane).await?;
+            heads.insert(key.clone(), head.unwrap_or((0, genesis_hex(&c.row.run_id, &c.row.lane))));
+        }
+        let (head_seq, head_hash) = heads.get(&key).cloned().unwrap_or_default();
+        if c.row.seq != head_seq + 1 || c.row.prev_hash != head_hash {
+            stats.4 += 1;
+            reject(
+                &mut results[c.index],
+                format!(
+                    "chain break in lane {}: expected seq {} after {}, got seq {} after {}",
+                    c.row.lane,
+                    head_seq + 1,
+                    head_hash,
+                    c.row.seq,
+                    c.row.prev_hash
+                ),
+            );
+            continue;
+        }
+        heads.insert(key, (c.row.seq, c.row.hash.clone()));
+        c.row.tenant = tenant;
+        stats.0 += 1;
+        stats.1 += c.input_tokens;
+        stats.2 += c.output_tokens;
+        stats.3 += c.cost;
+        stats.5 = stats.5.max(c.ended_micros);
+        results[c.index].status = "accepted".into();
+        accepted.push(c);
+    }
+    let rows: Vec<ReceiptRow> = accepted.iter().map(|c| c.row.clone()).collect();
+    store::insert_receipts(&mut tx, &rows).await?;
+    for ((run, lane), (seq, hash)) in &heads {
+        if accepted.iter().any(|c| &c.row.run_id == run && &c.row.lane == lane) {
+            store::set_lane_head(&mut tx, run, lane, *seq, hash).await?;
+        }
+    }
+    for (run, (calls, input, output, cost, rejected, last)) in per_run {
+        if calls > 0 || rejected > 0 {
+            store::bump_run(&mut tx, &run, calls, input, output, cost, rejected, last).await?;
+        }
+    }
+    tx.commit().await?;
+    // Refusals of receipts naming a run this principal may see, counted on the run.
+    for (run, n) in early_rejects {
+        if let Some(r) = store.run(&run).await?
+            && principal.can_read(&r.tenant)
+        {
+            store.count_rejected(&run, n).await?;
+        }
+    }
+
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    Ok(IngestResponse {
+        accepted: count("accepted"),
+        duplicates: count("duplicate"),
+        rejected: count("rejected"),
+        results,
+    })
+}
