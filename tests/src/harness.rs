@@ -40,6 +40,11 @@ fn newest_source(dir: &Path) -> SystemTime {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for e in entries.flatten() {
             let path = e.path();
+            // Unit-test files (`tests.rs`, `tests/`) are not part of a binary: cargo does not
+            // relink it when they change.
+            if path.file_name().is_some_and(|n| n == "tests" || n == "tests.rs") {
+                continue;
+            }
             if path.is_dir() {
                 stack.push(path);
             } else if let Ok(modified) = e.metadata().and_then(|m| m.modified()) {
