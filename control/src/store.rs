@@ -259,6 +259,12 @@ impl Store {
         Ok(())
     }
 
+    /// Runs one administrative statement (e.g. `CREATE DATABASE` for tests and benchmarks).
+    pub async fn execute_admin(&self, sql: &str) -> Result<(), StoreError> {
+        sqlx::query(sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

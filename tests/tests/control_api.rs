@@ -10,9 +10,10 @@ use fleetforge_e2e::harness::{ControlProcess, Database, binary, http_get};
 
 fn token(db: &Database, home: &std::path::Path, role: &str, tenant: &str) -> String {
     let mut cmd = std::process::Command::new(binary("fleetforge-control"));
-    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("FLEETFORGE_HOME", home).args([
-        "token", "create", "--role", role, "--tenant", tenant,
-    ]);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FLEETFORGE_HOME", home)
+        .args(["token", "create", "--role", role, "--tenant", tenant]);
     if let Database::Postgres(pg) = db {
         cmd.env("DATABASE_URL", pg.url());
     }
@@ -39,7 +40,16 @@ fn contract(postgres: bool) {
     let (status, doc) = http_get(c.addr, "/openapi.json").unwrap();
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
-    for path in ["/v1/runs", "/v1/runs/{id}", "/v1/runs/{id}/receipts", "/v1/runs/{id}/verify", "/v1/receipts", "/v1/receipts/{id}", "/v1/keys", "/v1/keys/{key_id}"] {
+    for path in [
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/receipts",
+        "/v1/runs/{id}/verify",
+        "/v1/receipts",
+        "/v1/receipts/{id}",
+        "/v1/keys",
+        "/v1/keys/{key_id}",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "openapi.json documents {path}");
     }
 
@@ -54,7 +64,8 @@ fn contract(postgres: bool) {
     assert_eq!(c.api("POST", "/v1/receipts", &reader, Some(r#"{"receipts":[]}"#)).unwrap().0, 403);
 
     // Runs: created by an admin, visible to its tenant only.
-    let (status, created) = c.api("POST", "/v1/runs", admin, Some(r#"{"labels":{"team":"search"},"budget":{"tokens":1000}}"#)).unwrap();
+    let (status, created) =
+        c.api("POST", "/v1/runs", admin, Some(r#"{"labels":{"team":"search"},"budget":{"tokens":1000}}"#)).unwrap();
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("run-") && created["token"].as_str().unwrap().starts_with("ffr_"));
@@ -63,7 +74,11 @@ fn contract(postgres: bool) {
     assert_eq!(run["labels"]["team"], "search");
     assert_eq!(run["budget"]["tokens"], 1000);
     assert_eq!(run["verification"], "unverified");
-    assert_eq!(c.api("GET", &format!("/v1/runs/{id}"), &other_admin, None).unwrap().0, 404, "another tenant's run is not found");
+    assert_eq!(
+        c.api("GET", &format!("/v1/runs/{id}"), &other_admin, None).unwrap().0,
+        404,
+        "another tenant's run is not found"
+    );
     let (_, list) = c.api("GET", "/v1/runs", &other_admin, None).unwrap();
     assert_eq!(list["runs"].as_array().unwrap().len(), 0);
     let (status, verify) = c.api("GET", &format!("/v1/runs/{id}/verify"), &reader, None).unwrap();

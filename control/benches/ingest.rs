@@ -1,0 +1,213 @@
+//! Ingest throughput into Postgres (and SQLite), in one run, against a baseline.
+//!
+//! Starts the control service in-process on a fresh Postgres database (127.0.0.1:5432), registers
+//! a proxy key, pre-builds 50,000 signed receipts across 50 runs (as one proxy's spool would ship
+//! them), then POSTs them over HTTP in batches of 500, one batch at a time like the proxy's
+//! shipper: the figure includes JSON parsing, hashing, Merkle proofs, signature checks (once per
+//! batch root), chain checks and the inserts. Baseline: the same rows inserted with the same
+//! multi-row INSERTs and no verification, straight into the store. Then the same on SQLite.
+//!
+//! Run: `cargo bench -p fleetforge-control --bench ingest` (Postgres must be running).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use fleetforge_control::config::{ControlConfig, Flags};
+use fleetforge_control::store::{self, ReceiptRow, Store};
+use fleetforge_proxy::config::Secret;
+use fleetforge_trust::canonical::hex;
+use fleetforge_trust::receipt::{Chain, Decision, Receipt, ReceiptBody, SCHEMA, Seal, Upstream, genesis_hex};
+use fleetforge_trust::sign::SigningKey;
+use fleetforge_trust::{ReceiptId, RunId};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+const RUNS: usize = 50;
+const RECEIPTS: usize = 50_000;
+const BATCH: usize = 500;
+
+fn body(run: &str, lane: &str, seq: u64, prev: String) -> ReceiptBody {
+    ReceiptBody {
+        agent: None,
+        budget: None,
+        capability: None,
+        chain: Chain { lane: lane.into(), prev_hash: prev, seq },
+        decision: Decision { allow: true, error: None, policy_packs: vec![], reasons: vec![] },
+        ended_at: "2026-11-26T18:00:00.000250Z".into(),
+        id: ReceiptId::generate(),
+        kind: "call".into(),
+        outcome: "completed".into(),
+        run: RunId::new(run).unwrap(),
+        schema: SCHEMA.into(),
+        seal: Seal {
+            request_bytes: 412,
+            request_digest: Some(hex(&[7; 32])),
+            response_bytes: 1830,
+            response_digest: Some(hex(&[9; 32])),
+            status: Some(200),
+        },
+        started_at: "2026-11-26T18:00:00.000001Z".into(),
+        step: seq,
+        step_label: None,
+        tenant: None,
+        trace: None,
+        upstream: Upstream {
+            host: "api.openai.com".into(),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            port: 443,
+            scheme: "https".into(),
+        },
+        usage: None,
+    }
+}
+
+/// Signed receipts in shipping order, in batches of `BATCH` (each batch signed once, as the
+/// sealer does).
+fn receipts(key: &SigningKey) -> Vec<Vec<Value>> {
+    let mut heads: Vec<(u64, String)> =
+        (0..RUNS).map(|r| (0, genesis_hex(&format!("run-bench-{r}"), key.id()))).collect();
+    let mut batches = Vec::new();
+    let mut i = 0;
+    while i < RECEIPTS {
+        let mut bodies = Vec::with_capacity(BATCH);
+        for _ in 0..BATCH.min(RECEIPTS - i) {
+            let r = i % RUNS;
+            let (seq, prev) = heads[r].clone();
+            let b = body(&format!("run-bench-{r}"), key.id(), seq + 1, prev);
+            heads[r] = (seq + 1, hex(&b.hash().unwrap()));
+            bodies.push(b);
+            i += 1;
+        }
+        let hashes: Vec<_> = bodies.iter().map(|b| b.hash().unwrap()).collect();
+        batches.push(
+            bodies
+                .into_iter()
+                .zip(key.sign_batch(&hashes))
+                .map(|(body, signature)| serde_json::to_value(Receipt { body, signature }).unwrap())
+                .collect(),
+        );
+    }
+    batches
+}
+
+async fn through_api(database_url: String, batches: &[Vec<Value>], key: &SigningKey) -> f64 {
+    let home = tempfile::tempdir().unwrap();
+    let env = |k: &str| match k {
+        "FLEETFORGE_HOME" => Some(home.path().display().to_string()),
+        "FLEETFORGE_CONTROL_LISTEN" => Some("127.0.0.1:0".into()),
+        _ => None,
+    };
+    let mut config = ControlConfig::load(None, &env, &Flags::default()).unwrap();
+    config.database_url = Some(Secret::new(database_url));
+    config.bootstrap_token = Some(Secret::new("bench-token".into()));
+    let running = fleetforge_control::start(&config).await.unwrap();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let send = |method: &str, path: &str, body: String| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", running.addr))
+            .header("authorization", "Bearer bench-token")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&body));
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+    let pk = URL_SAFE_NO_PAD.encode(key.public_key());
+    send("PUT", &format!("/v1/keys/{}", key.id()), format!(r#"{{"alg":"ed25519","public_key":"{pk}"}}"#)).await;
+    let bodies: Vec<String> = batches.iter().map(|b| serde_json::json!({ "receipts": b }).to_string()).collect();
+    let start = Instant::now();
+    let mut accepted = 0;
+    for b in bodies {
+        accepted += send("POST", "/v1/receipts", b).await["accepted"].as_u64().unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(accepted as usize, RECEIPTS, "every receipt accepted");
+    running.shutdown().await;
+    RECEIPTS as f64 / secs
+}
+
+async fn baseline(database_url: String, batches: &[Vec<Value>]) -> f64 {
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let rows: Vec<Vec<ReceiptRow>> = batches
+        .iter()
+        .map(|b| {
+            b.iter()
+                .map(|v| ReceiptRow {
+                    id: v["id"].as_str().unwrap().into(),
+                    run_id: v["run"].as_str().unwrap().into(),
+                    tenant: "default".into(),
+                    lane: v["chain"]["lane"].as_str().unwrap().into(),
+                    seq: v["chain"]["seq"].as_i64().unwrap(),
+                    step: v["step"].as_i64().unwrap(),
+                    hash: "h".repeat(64),
+                    prev_hash: v["chain"]["prev_hash"].as_str().unwrap().into(),
+                    kind: "call".into(),
+                    started_at: v["started_at"].as_str().unwrap().into(),
+                    ended_at: v["ended_at"].as_str().unwrap().into(),
+                    method: "POST".into(),
+                    host: "api.openai.com".into(),
+                    path: "/v1/chat/completions".into(),
+                    status: Some(200),
+                    allow: true,
+                    outcome: "completed".into(),
+                    request_bytes: 412,
+                    response_bytes: 1830,
+                    request_digest: None,
+                    response_digest: None,
+                    body: v.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    for batch in &rows {
+        let mut tx = store.begin().await.unwrap();
+        store::insert_receipts(&mut tx, batch).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    RECEIPTS as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn fresh_postgres() -> String {
+    let admin = "postgres://postgres@127.0.0.1:5432/postgres";
+    let name = format!("ff_bench_{}", fleetforge_control::auth::new_id(8));
+    let store = Store::connect(admin).await.expect("Postgres on 127.0.0.1:5432 (pg_ctlcluster … main start)");
+    store.execute_admin(&format!("CREATE DATABASE {name}")).await.unwrap();
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (key, _) = SigningKey::generate().unwrap();
+        println!("building {RECEIPTS} signed receipts across {RUNS} runs, batches of {BATCH}…");
+        let batches = receipts(&key);
+        let pg_api = through_api(fresh_postgres().await, &batches, &key).await;
+        let pg_base = baseline(fresh_postgres().await, &batches).await;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = |n: &str| format!("sqlite://{}?mode=rwc", dir.path().join(n).display());
+        let lite_api = through_api(sqlite("api.db"), &batches, &key).await;
+        let lite_base = baseline(sqlite("base.db"), &batches).await;
+        println!();
+        println!(
+            "| store | verified ingest over HTTP (receipts/s) | baseline: plain multi-row INSERT (receipts/s) | ratio |"
+        );
+        println!("|---|---:|---:|---:|");
+        println!("| Postgres | {pg_api:.0} | {pg_base:.0} | {:.2} |", pg_api / pg_base);
+        println!("| SQLite | {lite_api:.0} | {lite_base:.0} | {:.2} |", lite_api / lite_base);
+    });
+}
