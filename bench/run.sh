@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# bench/run.sh — direct vs FleetForge sidecar vs FleetForge forward (TLS interception), one run.
+# bench/run.sh — direct vs FleetForge sidecar vs FleetForge forward (TLS interception), one run,
+# with receipts recorded and shipped to a control service, and the sidecar again with recording off.
 #
 # usage: bench/run.sh [--duration S] [--rounds R] [--concurrency C] [--chunks N] [--chunk-delay-ms MS]
 #                     [--rss N] [--no-load]
 #
-# Starts the project's fake LLM upstream (tests/, HTTPS, api.llm.test) and one fleetforge-proxy
-# with a sidecar listener and the forward listener, then drives the same OpenAI-shaped load with
-# oha (JSON and SSE) straight at the upstream, through the sidecar, and through the forward proxy
-# (CONNECT + TLS interception, keep-alive inside the tunnel). Rounds alternate the scenario order.
-# Prints req/s, p50/p99 latency, TTFB, req/s relative to direct, and CPU µs per request of the
-# proxy and of the upstream (from /proc, per measured window). Compare ratios, not absolute
-# numbers: client, proxy and upstream share this machine's CPUs.
+# Starts the project's fake LLM upstream (tests/, HTTPS, api.llm.test), fleetforge-control
+# (SQLite under the work dir, or Postgres when BENCH_DATABASE_URL is set), one fleetforge-proxy
+# with a sidecar listener and the forward listener that records every call and ships the receipts
+# to that control, and a second proxy with recording off (FLEETFORGE_RECEIPTS=false, sidecar
+# only). Then drives the same OpenAI-shaped load with oha (JSON and SSE) straight at the upstream,
+# through both sidecars, and through the forward proxy (CONNECT + TLS interception, keep-alive
+# inside the tunnel). Rounds alternate the scenario order. Prints req/s, p50/p99 latency, TTFB,
+# req/s relative to direct, CPU µs per request of the proxy, of control (ingest) and of the
+# upstream (from /proc, per measured window), and the ingest drain: how long after the load
+# stops control has acknowledged every receipt the proxy recorded (the lag of the last receipt).
+# Compare ratios, not absolute numbers: client, proxies, control and upstream share the CPUs.
 # --rss N then opens N client connections (half intercepted TLS, half sidecar), each completing
 # a request and staying open, and reports the proxy's resident memory (bench/rss.py).
 #
@@ -51,7 +56,7 @@ if [[ -z $oha ]]; then
   oha=$BENCH_STATE/.tools/bin/oha
 fi
 log "building release binaries"
-(cd "$root" && cargo build --release --locked -p fleetforge-proxy -p fleetforge-e2e --bins >"$work/build.log" 2>&1) \
+(cd "$root" && cargo build --release --locked -p fleetforge-proxy -p fleetforge-control -p fleetforge-e2e --bins >"$work/build.log" 2>&1) \
   || { tail -20 "$work/build.log" >&2; exit 1; }
 target=$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/release
 
@@ -64,17 +69,50 @@ ready_line() { # file
 pids+=($!); up_pid=$!
 up=$(ready_line "$work/upstream.out" | python3 -c 'import json,sys;print(json.load(sys.stdin)["addr"])')
 up_port=${up##*:}
-"$target/fleetforge-proxy" --home "$work/home" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-  --sidecar "127.0.0.1:0=https://api.llm.test:$up_port" --resolve "api.llm.test=$up" \
-  --upstream-ca "$work/test-ca.pem" --intercept api.llm.test --log warn >"$work/proxy.out" 2>"$work/proxy.err" &
+token=fft_bench-$RANDOM$RANDOM
+# Control on SQLite under the work dir, or on BENCH_DATABASE_URL.
+env -u DATABASE_URL ${BENCH_DATABASE_URL:+DATABASE_URL=$BENCH_DATABASE_URL} FLEETFORGE_HOME="$work/control" \
+  FLEETFORGE_CONTROL_LISTEN=127.0.0.1:0 FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_LOG=warn \
+  "$target/fleetforge-control" >"$work/control.out" 2>"$work/control.err" &
+pids+=($!); control_pid=$!
+control=$(ready_line "$work/control.out" | python3 -c 'import json,sys;print(json.load(sys.stdin)["listen"])')
+proxy_args=(--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --sidecar "127.0.0.1:0=https://api.llm.test:$up_port"
+  --resolve "api.llm.test=$up" --upstream-ca "$work/test-ca.pem" --intercept api.llm.test --log warn)
+FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB \
+  "$target/fleetforge-proxy" --home "$work/home" "${proxy_args[@]}" >"$work/proxy.out" 2>"$work/proxy.err" &
 pids+=($!); proxy_pid=$!
+FLEETFORGE_RECEIPTS=false "$target/fleetforge-proxy" --home "$work/home-norec" "${proxy_args[@]}" \
+  >"$work/proxy-norec.out" 2>"$work/proxy-norec.err" &
+pids+=($!); norec_pid=$!
 ready=$(ready_line "$work/proxy.out")
-fwd=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["forward"])' "$ready")
-side=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["sidecars"][0])' "$ready")
+field() { python3 -c 'import json,sys;v=json.loads(sys.argv[1])[sys.argv[2]];print(v[0] if isinstance(v,list) else v)' "$@"; }
+fwd=$(field "$ready" forward)
+side=$(field "$ready" sidecars)
+admin=$(field "$ready" admin)
+side_norec=$(field "$(ready_line "$work/proxy-norec.out")" sidecars)
 cat "$work/test-ca.pem" "$work/home/ca/ca.pem" >"$work/client-ca.pem"
-log "upstream $up, proxy forward $fwd sidecar $side, oha $($oha --version | head -1)"
+log "upstream $up, control $control ($([[ -n ${BENCH_DATABASE_URL:-} ]] && echo postgres || echo sqlite)), proxy forward $fwd" \
+  "sidecar $side (recording), sidecar $side_norec (recording off), oha $($oha --version | head -1)"
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# Seconds until control has acknowledged every receipt the proxy recorded (max 120 s).
+drain() {
+  python3 - "$admin" <<'PY'
+import re, sys, time, urllib.request
+def counts():
+    text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+    rec = sum(float(v) for v in re.findall(r"^fleetforge_receipts_recorded_total (\S+)$", text, re.M))
+    shipped = sum(float(v) for v in re.findall(r"^fleetforge_receipts_shipped_total\{[^}]*\} (\S+)$", text, re.M))
+    return rec, shipped
+start = time.monotonic()
+while True:
+    rec, shipped = counts()
+    if shipped >= rec or time.monotonic() - start > 120:
+        break
+    time.sleep(0.01)
+print(f"{time.monotonic() - start:.3f}")
+PY
+}
 url_direct="https://api.llm.test:$up_port/v1/chat/completions"
 rows=$work/rows.tsv
 : >"$rows"
@@ -83,22 +121,27 @@ measure() { # scenario mode round
   case $s in
     direct) args=(--connect-to "api.llm.test:$up_port:127.0.0.1:$up_port" --cacert "$work/test-ca.pem" "$url_direct") ;;
     sidecar) args=("http://$side/v1/chat/completions") ;;
+    sidecar-norec) args=("http://$side_norec/v1/chat/completions") ;;
     forward) args=(-x "http://$fwd" --no-pre-lookup --cacert "$work/client-ca.pem" "$url_direct") ;;
   esac
   local common=(-c "$CONC" --no-tui --output-format json -m POST -T application/json
     -H "x-test-chunks: $CHUNKS" -H "x-test-chunk-delay-ms: $DELAY" -D "$here/bodies/body-$mode.json" -t 30s)
   "$oha" -z "${WARMUP}s" "${common[@]}" "${args[@]}" >/dev/null 2>&1 || true
-  local p0 u0 p1 u1
-  p0=$(ticks "$proxy_pid"); u0=$(ticks "$up_pid")
+  local pid=$proxy_pid lag=- p0 u0 c0 p1 u1 c1
+  [[ $s == sidecar-norec ]] && pid=$norec_pid
+  [[ $s != direct && $s != sidecar-norec ]] && drain >/dev/null # the warm-up's receipts are in before we count
+  p0=$(ticks "$pid"); u0=$(ticks "$up_pid"); c0=$(ticks "$control_pid")
   "$oha" -z "${DURATION}s" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
-  p1=$(ticks "$proxy_pid"); u1=$(ticks "$up_pid")
+  [[ $s != direct && $s != sidecar-norec ]] && lag=$(drain)
+  p1=$(ticks "$pid"); u1=$(ticks "$up_pid"); c1=$(ticks "$control_pid")
   [[ $s == direct ]] && p1=$p0
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$mode" "$r" "$work/$s-$mode-$r.json" "$((p1 - p0))" "$((u1 - u0))" >>"$rows"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$mode" "$r" "$work/$s-$mode-$r.json" "$((p1 - p0))" "$((u1 - u0))" \
+    "$((c1 - c0))" "$lag" >>"$rows"
 }
 ((LOAD)) || ROUNDS=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  order=(direct sidecar forward)
-  ((r % 2 == 0)) && order=(forward sidecar direct)
+  order=(direct sidecar sidecar-norec forward)
+  ((r % 2 == 0)) && order=(forward sidecar-norec sidecar direct)
   for s in "${order[@]}"; do
     for mode in nonstream stream; do
       log "round $r: $s/$mode"
@@ -110,7 +153,7 @@ out=$BENCH_STATE/results/fleetforge-$(date +%Y%m%d-%H%M%S).md
 : >"$out"
 if ((LOAD)); then
   python3 "$here/summarize.py" "$rows" "$(getconf CLK_TCK)" \
-    "duration ${DURATION}s x $ROUNDS rounds, concurrency $CONC, $CHUNKS SSE chunks, chunk delay ${DELAY} ms" | tee -a "$out"
+    "duration ${DURATION}s x $ROUNDS rounds, concurrency $CONC, $CHUNKS SSE chunks, chunk delay ${DELAY} ms, control on $([[ -n ${BENCH_DATABASE_URL:-} ]] && echo Postgres || echo SQLite)" | tee -a "$out"
 fi
 if ((RSS > 0)); then
   ulimit -n 8192 2>/dev/null || true

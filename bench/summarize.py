@@ -1,7 +1,8 @@
 """Summarize bench/run.sh results: one row per scenario and mode, ratios against direct.
 
 usage: summarize.py ROWS.tsv CLK_TCK NOTE
-ROWS.tsv lines: scenario, mode, round, oha JSON path, proxy CPU ticks, upstream CPU ticks.
+ROWS.tsv lines: scenario, mode, round, oha JSON path, proxy CPU ticks, upstream CPU ticks,
+control CPU ticks, drain seconds ("-" where nothing is recorded).
 """
 import json
 import statistics
@@ -13,7 +14,7 @@ def main() -> None:
     rows_path, clk_tck, note = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     runs = defaultdict(list)
     for line in open(rows_path):
-        scenario, mode, rnd, path, proxy_ticks, up_ticks = line.rstrip("\n").split("\t")
+        scenario, mode, rnd, path, proxy_ticks, up_ticks, control_ticks, drain = line.rstrip("\n").split("\t")
         with open(path) as f:
             d = json.load(f)
         ok = sum(v for k, v in d.get("statusCodeDistribution", {}).items() if k.startswith("2"))
@@ -27,6 +28,8 @@ def main() -> None:
                 "ttfb": (d.get("firstBytePercentiles") or {}).get("p50"),
                 "proxy_us": int(proxy_ticks) * 1e6 / clk_tck / max(ok, 1),
                 "up_us": int(up_ticks) * 1e6 / clk_tck / max(ok, 1),
+                "control_us": int(control_ticks) * 1e6 / clk_tck / max(ok, 1),
+                "drain": None if drain == "-" else float(drain),
                 # oha cancels requests in flight at the deadline; those are not errors.
                 "errors": bad
                 + sum(v for k, v in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k),
@@ -34,9 +37,12 @@ def main() -> None:
         )
     direct = {mode: statistics.mean(r["rps"] for r in runs[("direct", mode)]) for mode in ("nonstream", "stream")}
     print(f"FleetForge bench ({note})\n")
-    print("| scenario | mode | req/s | spread | vs direct | p50 ms | p99 ms | TTFB p50 ms | proxy CPU µs/req | upstream CPU µs/req | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for scenario in ("direct", "sidecar", "forward"):
+    print(
+        "| scenario | mode | req/s | spread | vs direct | p50 ms | p99 ms | TTFB p50 ms | proxy CPU µs/req "
+        "| control CPU µs/req | upstream CPU µs/req | ingest drain s (max) | errors |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for scenario in ("direct", "sidecar", "sidecar-norec", "forward"):
         for mode in ("nonstream", "stream"):
             rs = runs.get((scenario, mode))
             if not rs:
@@ -47,10 +53,15 @@ def main() -> None:
             ttfb = [r["ttfb"] for r in rs if r["ttfb"] is not None]
             ttfb_s = f"{statistics.mean(ttfb) * 1000:.2f}" if ttfb else "-"
             proxy = "-" if scenario == "direct" else f"{statistics.mean(r['proxy_us'] for r in rs):.1f}"
+            recorded = scenario not in ("direct", "sidecar-norec")
+            control = f"{statistics.mean(r['control_us'] for r in rs):.1f}" if recorded else "-"
+            drains = [r["drain"] for r in rs if r["drain"] is not None]
+            drain = f"{max(drains):.2f}" if drains else "-"
             print(
                 f"| {scenario} | {mode} | {mean:,.0f} | ±{spread:.0f}% | {mean / direct[mode]:.3f} | "
                 f"{statistics.mean(r['p50'] for r in rs):.2f} | {statistics.mean(r['p99'] for r in rs):.2f} | {ttfb_s} | "
-                f"{proxy} | {statistics.mean(r['up_us'] for r in rs):.1f} | {sum(r['errors'] for r in rs)} |"
+                f"{proxy} | {control} | {statistics.mean(r['up_us'] for r in rs):.1f} | {drain} | "
+                f"{sum(r['errors'] for r in rs)} |"
             )
 
 

@@ -1,11 +1,13 @@
 //! Ingest throughput into Postgres (and SQLite), in one run, against a baseline.
 //!
 //! Starts the control service in-process on a fresh Postgres database (127.0.0.1:5432), registers
-//! a proxy key, pre-builds 50,000 signed receipts across 50 runs (as one proxy's spool would ship
-//! them), then POSTs them over HTTP in batches of 500, one batch at a time like the proxy's
-//! shipper: the figure includes JSON parsing, hashing, Merkle proofs, signature checks (once per
-//! batch root), chain checks and the inserts. Baseline: the same rows inserted with the same
-//! multi-row INSERTs and no verification, straight into the store. Then the same on SQLite.
+//! a proxy key, pre-builds 50,000 signed receipts in four streams of 50 runs each (as four
+//! proxies' spools would ship them), then POSTs them over HTTP in batches of 500, each stream one
+//! batch at a time like the proxy's shipper: first all four streams one after the other (one
+//! proxy), then the four streams at once (four proxies). The figure includes JSON parsing,
+//! hashing, Merkle proofs, signature checks (once per batch root), chain checks and the inserts.
+//! Baseline: the same rows inserted with the portable multi-row INSERTs and no verification,
+//! straight into the store, one batch at a time. Then the same on SQLite.
 //!
 //! Run: `cargo bench -p fleetforge-control --bench ingest` (Postgres must be running).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -28,6 +30,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 const RUNS: usize = 50;
+const STREAMS: usize = 4;
 const RECEIPTS: usize = 50_000;
 const BATCH: usize = 500;
 
@@ -69,17 +72,18 @@ fn body(run: &str, lane: &str, seq: u64, prev: String) -> ReceiptBody {
 
 /// Signed receipts in shipping order, in batches of `BATCH` (each batch signed once, as the
 /// sealer does).
-fn receipts(key: &SigningKey) -> Vec<Vec<Value>> {
-    let mut heads: Vec<(u64, String)> =
-        (0..RUNS).map(|r| (0, genesis_hex(&format!("run-bench-{r}"), key.id()))).collect();
+fn receipts(key: &SigningKey, stream: usize) -> Vec<Vec<Value>> {
+    let run = |r: usize| format!("run-bench-{stream}-{r}");
+    let mut heads: Vec<(u64, String)> = (0..RUNS).map(|r| (0, genesis_hex(&run(r), key.id()))).collect();
     let mut batches = Vec::new();
     let mut i = 0;
-    while i < RECEIPTS {
+    let total = RECEIPTS / STREAMS;
+    while i < total {
         let mut bodies = Vec::with_capacity(BATCH);
-        for _ in 0..BATCH.min(RECEIPTS - i) {
+        for _ in 0..BATCH.min(total - i) {
             let r = i % RUNS;
             let (seq, prev) = heads[r].clone();
-            let b = body(&format!("run-bench-{r}"), key.id(), seq + 1, prev);
+            let b = body(&run(r), key.id(), seq + 1, prev);
             heads[r] = (seq + 1, hex(&b.hash().unwrap()));
             bodies.push(b);
             i += 1;
@@ -96,7 +100,9 @@ fn receipts(key: &SigningKey) -> Vec<Vec<Value>> {
     batches
 }
 
-async fn through_api(database_url: String, batches: &[Vec<Value>], key: &SigningKey) -> f64 {
+/// Receipts per second through `POST /v1/receipts`, the streams shipped one after the other or
+/// all at once.
+async fn through_api(database_url: String, streams: &[Vec<Vec<Value>>], key: &SigningKey, parallel: bool) -> f64 {
     let home = tempfile::tempdir().unwrap();
     let env = |k: &str| match k {
         "FLEETFORGE_HOME" => Some(home.path().display().to_string()),
@@ -127,23 +133,42 @@ async fn through_api(database_url: String, batches: &[Vec<Value>], key: &Signing
     };
     let pk = URL_SAFE_NO_PAD.encode(key.public_key());
     send("PUT", &format!("/v1/keys/{}", key.id()), format!(r#"{{"alg":"ed25519","public_key":"{pk}"}}"#)).await;
-    let bodies: Vec<String> = batches.iter().map(|b| serde_json::json!({ "receipts": b }).to_string()).collect();
+    let bodies: Vec<Vec<String>> = streams
+        .iter()
+        .map(|batches| batches.iter().map(|b| serde_json::json!({ "receipts": b }).to_string()).collect())
+        .collect();
+    let ship = |stream: Vec<String>| {
+        let send = &send;
+        async move {
+            let mut accepted = 0;
+            for b in stream {
+                accepted += send("POST", "/v1/receipts", b).await["accepted"].as_u64().unwrap();
+            }
+            accepted
+        }
+    };
     let start = Instant::now();
-    let mut accepted = 0;
-    for b in bodies {
-        accepted += send("POST", "/v1/receipts", b).await["accepted"].as_u64().unwrap();
-    }
+    let accepted: u64 = if parallel {
+        futures_util::future::join_all(bodies.into_iter().map(ship)).await.into_iter().sum()
+    } else {
+        let mut sum = 0;
+        for stream in bodies {
+            sum += ship(stream).await;
+        }
+        sum
+    };
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(accepted as usize, RECEIPTS, "every receipt accepted");
     running.shutdown().await;
     RECEIPTS as f64 / secs
 }
 
-async fn baseline(database_url: String, batches: &[Vec<Value>]) -> f64 {
+async fn baseline(database_url: String, streams: &[Vec<Vec<Value>>]) -> f64 {
     let store = Store::connect(&database_url).await.unwrap();
     store.migrate().await.unwrap();
-    let rows: Vec<Vec<ReceiptRow>> = batches
+    let rows: Vec<Vec<ReceiptRow>> = streams
         .iter()
+        .flatten()
         .map(|b| {
             b.iter()
                 .map(|v| ReceiptRow {
@@ -190,24 +215,40 @@ async fn fresh_postgres() -> String {
     format!("postgres://postgres@127.0.0.1:5432/{name}")
 }
 
+async fn drop_postgres(url: &str) {
+    let name = url.rsplit('/').next().unwrap();
+    let store = Store::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+    let _ = store.execute_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let (key, _) = SigningKey::generate().unwrap();
         println!("building {RECEIPTS} signed receipts across {RUNS} runs, batches of {BATCH}…");
-        let batches = receipts(&key);
-        let pg_api = through_api(fresh_postgres().await, &batches, &key).await;
-        let pg_base = baseline(fresh_postgres().await, &batches).await;
+        let streams: Vec<_> = (0..STREAMS).map(|s| receipts(&key, s)).collect();
+        let mut pg = Vec::new();
+        for db in [fresh_postgres().await, fresh_postgres().await, fresh_postgres().await] {
+            pg.push(db);
+        }
+        let pg_one = through_api(pg[0].clone(), &streams, &key, false).await;
+        let pg_four = through_api(pg[1].clone(), &streams, &key, true).await;
+        let pg_base = baseline(pg[2].clone(), &streams).await;
+        for db in &pg {
+            drop_postgres(db).await;
+        }
         let dir = tempfile::tempdir().unwrap();
         let sqlite = |n: &str| format!("sqlite://{}?mode=rwc", dir.path().join(n).display());
-        let lite_api = through_api(sqlite("api.db"), &batches, &key).await;
-        let lite_base = baseline(sqlite("base.db"), &batches).await;
+        let lite_one = through_api(sqlite("one.db"), &streams, &key, false).await;
+        let lite_four = through_api(sqlite("four.db"), &streams, &key, true).await;
+        let lite_base = baseline(sqlite("base.db"), &streams).await;
         println!();
         println!(
-            "| store | verified ingest over HTTP (receipts/s) | baseline: plain multi-row INSERT (receipts/s) | ratio |"
+            "| store | verified ingest, 1 shipper (receipts/s) | verified ingest, {STREAMS} shippers (receipts/s) | \
+             baseline: unverified multi-row INSERT (receipts/s) | 1 shipper / baseline |"
         );
-        println!("|---|---:|---:|---:|");
-        println!("| Postgres | {pg_api:.0} | {pg_base:.0} | {:.2} |", pg_api / pg_base);
-        println!("| SQLite | {lite_api:.0} | {lite_base:.0} | {:.2} |", lite_api / lite_base);
+        println!("|---|---:|---:|---:|---:|");
+        println!("| Postgres | {pg_one:.0} | {pg_four:.0} | {pg_base:.0} | {:.2} |", pg_one / pg_base);
+        println!("| SQLite | {lite_one:.0} | {lite_four:.0} | {lite_base:.0} | {:.2} |", lite_one / lite_base);
     });
 }

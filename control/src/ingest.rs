@@ -239,9 +239,9 @@ async fn ingest_once(
     }
 
     // 2. Stateful checks and the write, in one transaction.
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_ingest().await?;
     let ids: Vec<&str> = candidates.iter().map(|c| c.row.id.as_str()).collect();
-    let existing = store::existing(&mut tx, &ids).await?;
+    let existing = tx.existing(&ids).await?;
     let mut seen_in_batch: HashMap<String, String> = HashMap::new();
     let mut fresh: Vec<Candidate> = Vec::new();
     for c in candidates {
@@ -256,18 +256,16 @@ async fn ingest_once(
         }
     }
     // Runs: their tenant decides where receipts belong.
-    let mut run_tenants: HashMap<String, String> = HashMap::new();
-    for c in &fresh {
-        if !run_tenants.contains_key(&c.row.run_id) {
-            let tenant = store::run_tenant_or_create(&mut tx, &c.row.run_id, principal.write_tenant()).await?;
-            run_tenants.insert(c.row.run_id.clone(), tenant);
-        }
-    }
+    let mut runs: Vec<&str> = fresh.iter().map(|c| c.row.run_id.as_str()).collect();
+    runs.sort_unstable();
+    runs.dedup();
+    let run_tenants = tx.run_tenants_or_create(&runs, principal.write_tenant()).await?;
     // Chains: in (run, lane, seq) order, each continuing its lane's head.
+    let mut heads = tx.lane_heads(&runs).await?;
     fresh.sort_by(|a, b| (&a.row.run_id, &a.row.lane, a.row.seq).cmp(&(&b.row.run_id, &b.row.lane, b.row.seq)));
-    let mut heads: HashMap<(String, String), (i64, String)> = HashMap::new();
+    let mut moved: HashSet<(String, String)> = HashSet::new();
     let mut accepted: Vec<Candidate> = Vec::new();
-    let mut per_run: BTreeMap<String, (i64, i64, i64, i64, i64, i64)> = BTreeMap::new();
+    let mut per_run: BTreeMap<String, store::RunDelta> = BTreeMap::new();
     for mut c in fresh {
         let tenant = run_tenants.get(&c.row.run_id).cloned().unwrap_or_default();
         let stats = per_run.entry(c.row.run_id.clone()).or_default();
@@ -276,13 +274,10 @@ async fn ingest_once(
             continue;
         }
         let key = (c.row.run_id.clone(), c.row.lane.clone());
-        if !heads.contains_key(&key) {
-            let head = store::lane_head(&mut tx, store.backend(), &c.row.run_id, &c.row.lane).await?;
-            heads.insert(key.clone(), head.unwrap_or((0, genesis_hex(&c.row.run_id, &c.row.lane))));
-        }
-        let (head_seq, head_hash) = heads.get(&key).cloned().unwrap_or_default();
+        let (head_seq, head_hash) =
+            heads.get(&key).cloned().unwrap_or_else(|| (0, genesis_hex(&c.row.run_id, &c.row.lane)));
         if c.row.seq != head_seq + 1 || c.row.prev_hash != head_hash {
-            stats.4 += 1;
+            stats.rejected += 1;
             reject(
                 &mut results[c.index],
                 format!(
@@ -296,28 +291,30 @@ async fn ingest_once(
             );
             continue;
         }
-        heads.insert(key, (c.row.seq, c.row.hash.clone()));
+        heads.insert(key.clone(), (c.row.seq, c.row.hash.clone()));
+        moved.insert(key);
         c.row.tenant = tenant;
-        stats.0 += 1;
-        stats.1 += c.input_tokens;
-        stats.2 += c.output_tokens;
-        stats.3 += c.cost;
-        stats.5 = stats.5.max(c.ended_micros);
+        stats.calls += 1;
+        stats.input_tokens += c.input_tokens;
+        stats.output_tokens += c.output_tokens;
+        stats.cost_micro_usd += c.cost;
+        stats.last_activity = stats.last_activity.max(c.ended_micros);
         results[c.index].status = "accepted".into();
         accepted.push(c);
     }
     let rows: Vec<ReceiptRow> = accepted.iter().map(|c| c.row.clone()).collect();
-    store::insert_receipts(&mut tx, &rows).await?;
-    for ((run, lane), (seq, hash)) in &heads {
-        if accepted.iter().any(|c| &c.row.run_id == run && &c.row.lane == lane) {
-            store::set_lane_head(&mut tx, run, lane, *seq, hash).await?;
-        }
-    }
-    for (run, (calls, input, output, cost, rejected, last)) in per_run {
-        if calls > 0 || rejected > 0 {
-            store::bump_run(&mut tx, &run, calls, input, output, cost, rejected, last).await?;
-        }
-    }
+    tx.insert_receipts(&rows).await?;
+    let new_heads: Vec<(&str, &str, i64, &str)> = moved
+        .iter()
+        .filter_map(|key| heads.get(key).map(|(seq, hash)| (key.0.as_str(), key.1.as_str(), *seq, hash.as_str())))
+        .collect();
+    tx.set_lane_heads(&new_heads).await?;
+    let deltas: Vec<(&str, store::RunDelta)> = per_run
+        .iter()
+        .filter(|(_, d)| d.calls > 0 || d.rejected > 0)
+        .map(|(run, d)| (run.as_str(), d.clone()))
+        .collect();
+    tx.bump_runs(&deltas).await?;
     tx.commit().await?;
     // Refusals of receipts naming a run this principal may see, counted on the run.
     for (run, n) in early_rejects {

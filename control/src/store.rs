@@ -9,6 +9,7 @@
 //! Functions that must run inside an ingest transaction take `&mut AnyConnection`, so a caller
 //! can pass a transaction (`&mut *tx`) or a pooled connection alike.
 
+mod pg;
 #[cfg(test)]
 mod tests;
 
@@ -179,7 +180,81 @@ pub struct StoredReceipt {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// On Postgres, a native pool for the ingest transaction (see [`IngestTx`]).
+    pg: Option<sqlx::PgPool>,
     backend: Backend,
+}
+
+/// An open ingest transaction: portable statements on SQLite, array-bound statements over the
+/// native driver on Postgres (the hot path of `POST /v1/receipts`).
+pub enum IngestTx {
+    /// SQLite (or any engine) through the `Any` driver.
+    Any(sqlx::Transaction<'static, sqlx::Any>),
+    /// Postgres, native.
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl IngestTx {
+    /// Hashes of the receipts among `ids` that are already stored.
+    pub async fn existing(&mut self, ids: &[&str]) -> Result<HashMap<String, String>, StoreError> {
+        match self {
+            IngestTx::Any(tx) => existing(tx, ids).await,
+            IngestTx::Pg(tx) => pg::existing(tx, ids).await,
+        }
+    }
+
+    /// The tenant of each of `runs`, creating the missing ones in `tenant`.
+    pub async fn run_tenants_or_create(
+        &mut self,
+        runs: &[&str],
+        tenant: &str,
+    ) -> Result<HashMap<String, String>, StoreError> {
+        match self {
+            IngestTx::Any(tx) => run_tenants_or_create(tx, runs, tenant).await,
+            IngestTx::Pg(tx) => pg::run_tenants_or_create(tx, runs, tenant).await,
+        }
+    }
+
+    /// The heads of every lane of `runs`, locked against concurrent ingests.
+    pub async fn lane_heads(&mut self, runs: &[&str]) -> Result<HashMap<(String, String), (i64, String)>, StoreError> {
+        match self {
+            IngestTx::Any(tx) => lane_heads(tx, Backend::Sqlite, runs).await,
+            IngestTx::Pg(tx) => pg::lane_heads(tx, runs).await,
+        }
+    }
+
+    /// Moves lane heads: `(run, lane, seq, hash)` each.
+    pub async fn set_lane_heads(&mut self, heads: &[(&str, &str, i64, &str)]) -> Result<(), StoreError> {
+        match self {
+            IngestTx::Any(tx) => set_lane_heads(tx, heads).await,
+            IngestTx::Pg(tx) => pg::set_lane_heads(tx, heads).await,
+        }
+    }
+
+    /// Inserts receipts.
+    pub async fn insert_receipts(&mut self, rows: &[ReceiptRow]) -> Result<(), StoreError> {
+        match self {
+            IngestTx::Any(tx) => insert_receipts(tx, rows).await,
+            IngestTx::Pg(tx) => pg::insert_receipts(tx, rows).await,
+        }
+    }
+
+    /// Adds a batch's figures to its runs.
+    pub async fn bump_runs(&mut self, deltas: &[(&str, RunDelta)]) -> Result<(), StoreError> {
+        match self {
+            IngestTx::Any(tx) => bump_runs(tx, deltas).await,
+            IngestTx::Pg(tx) => pg::bump_runs(tx, deltas).await,
+        }
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            IngestTx::Any(tx) => tx.commit().await?,
+            IngestTx::Pg(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
 }
 
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -242,7 +317,18 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool, backend })
+        let pg = match backend {
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(
+                        url.parse().map_err(|e: sqlx::Error| StoreError::Url(format!("invalid database URL: {e}")))?,
+                    )
+                    .await?,
+            ),
+            Backend::Sqlite => None,
+        };
+        Ok(Self { pool, pg, backend })
     }
 
     /// Which engine this is.
@@ -277,6 +363,14 @@ impl Store {
         Ok(match self.backend {
             Backend::Postgres => self.pool.begin().await?,
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
+    /// Starts an ingest transaction (see [`IngestTx`]).
+    pub async fn begin_ingest(&self) -> Result<IngestTx, StoreError> {
+        Ok(match &self.pg {
+            Some(pg) => IngestTx::Pg(pg.begin().await?),
+            None => IngestTx::Any(self.begin().await?),
         })
     }
 
@@ -512,8 +606,7 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<StoredReceipt, StoreError> {
 pub async fn existing(conn: &mut AnyConnection, ids: &[&str]) -> Result<HashMap<String, String>, StoreError> {
     let mut out = HashMap::new();
     for chunk in ids.chunks(500) {
-        let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("SELECT id, hash FROM receipts WHERE id IN ({})", params.join(", "));
+        let sql = format!("SELECT id, hash FROM receipts WHERE id IN ({})", placeholders(conn, chunk.len()));
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(*id);
@@ -525,57 +618,108 @@ pub async fn existing(conn: &mut AnyConnection, ids: &[&str]) -> Result<HashMap<
     Ok(out)
 }
 
-/// The tenant of `run`, creating the run in `tenant` if it does not exist.
-pub async fn run_tenant_or_create(conn: &mut AnyConnection, run: &str, tenant: &str) -> Result<String, StoreError> {
-    sqlx::query(
-        "INSERT INTO runs (id, tenant, labels, budget, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(run)
-    .bind(tenant)
-    .bind(r#"{"created_by":"ingest"}"#)
-    .bind("{}")
-    .bind(now_micros())
-    .execute(&mut *conn)
-    .await?;
-    let row = sqlx::query("SELECT tenant FROM runs WHERE id = $1").bind(run).fetch_one(&mut *conn).await?;
-    Ok(row.try_get("tenant")?)
+/// Placeholders for `rows` tuples of `width` values each, every value bound once, in order:
+/// `($1, $2), ($3, $4)` on Postgres, `(?, ?), (?, ?)` on SQLite. (SQLite looks up each named
+/// parameter by a linear scan, which makes a 10,000-parameter `$N` statement quadratic; plain
+/// `?` parameters bind by position.)
+fn tuples(conn: &AnyConnection, rows: usize, width: usize) -> String {
+    let sqlite = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let mut out = String::with_capacity(rows * width * 6);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=width {
+            if c > 1 {
+                out.push_str(", ");
+            }
+            if sqlite {
+                out.push('?');
+            } else {
+                out.push_str(&format!("${}", r * width + c));
+            }
+        }
+        out.push(')');
+    }
+    out
 }
 
-/// The head of a lane, locked for this transaction on Postgres (SQLite has one writer anyway).
-pub async fn lane_head(
+/// `$1, $2, …` (or `?, ?, …` on SQLite) for an `IN (…)` list of `n` values.
+fn placeholders(conn: &AnyConnection, n: usize) -> String {
+    let list = tuples(conn, 1, n);
+    list[1..list.len() - 1].to_owned()
+}
+
+/// The tenant of each of `runs`, creating the missing ones in `tenant`.
+pub async fn run_tenants_or_create(
+    conn: &mut AnyConnection,
+    runs: &[&str],
+    tenant: &str,
+) -> Result<HashMap<String, String>, StoreError> {
+    let now = now_micros();
+    let mut out = HashMap::new();
+    for chunk in runs.chunks(500) {
+        let sql = format!(
+            "INSERT INTO runs (id, tenant, labels, budget, created_at) VALUES {} ON CONFLICT (id) DO NOTHING",
+            tuples(conn, chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for run in chunk {
+            q = q.bind(*run).bind(tenant).bind(r#"{"created_by":"ingest"}"#).bind("{}").bind(now);
+        }
+        q.execute(&mut *conn).await?;
+        let sql = format!("SELECT id, tenant FROM runs WHERE id IN ({})", placeholders(conn, chunk.len()));
+        let mut q = sqlx::query(&sql);
+        for run in chunk {
+            q = q.bind(*run);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            out.insert(row.try_get("id")?, row.try_get("tenant")?);
+        }
+    }
+    Ok(out)
+}
+
+/// The heads of every lane of `runs`, locked for this transaction on Postgres, in one key order
+/// so two writers cannot deadlock (SQLite has one writer anyway).
+pub async fn lane_heads(
     conn: &mut AnyConnection,
     backend: Backend,
-    run: &str,
-    lane: &str,
-) -> Result<Option<(i64, String)>, StoreError> {
-    let sql = match backend {
-        Backend::Postgres => "SELECT seq, hash FROM lanes WHERE run_id = $1 AND lane = $2 FOR UPDATE",
-        Backend::Sqlite => "SELECT seq, hash FROM lanes WHERE run_id = $1 AND lane = $2",
-    };
-    let row = sqlx::query(sql).bind(run).bind(lane).fetch_optional(&mut *conn).await?;
-    Ok(row
-        .map(|r| -> Result<(i64, String), sqlx::Error> { Ok((r.try_get("seq")?, r.try_get("hash")?)) })
-        .transpose()?)
+    runs: &[&str],
+) -> Result<HashMap<(String, String), (i64, String)>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in runs.chunks(500) {
+        let lock = match backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT run_id, lane, seq, hash FROM lanes WHERE run_id IN ({}) ORDER BY run_id, lane{lock}",
+            placeholders(conn, chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for run in chunk {
+            q = q.bind(*run);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            out.insert((row.try_get("run_id")?, row.try_get("lane")?), (row.try_get("seq")?, row.try_get("hash")?));
+        }
+    }
+    Ok(out)
 }
 
-/// Moves a lane's head.
-pub async fn set_lane_head(
-    conn: &mut AnyConnection,
-    run: &str,
-    lane: &str,
-    seq: i64,
-    hash: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO lanes (run_id, lane, seq, hash) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (run_id, lane) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-    )
-    .bind(run)
-    .bind(lane)
-    .bind(seq)
-    .bind(hash)
-    .execute(&mut *conn)
-    .await?;
+/// Moves lane heads: `(run, lane, seq, hash)` each.
+pub async fn set_lane_heads(conn: &mut AnyConnection, heads: &[(&str, &str, i64, &str)]) -> Result<(), StoreError> {
+    for chunk in heads.chunks(500) {
+        let sql = format!(
+            "INSERT INTO lanes (run_id, lane, seq, hash) VALUES {} \
+             ON CONFLICT (run_id, lane) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            tuples(conn, chunk.len(), 4)
+        );
+        let mut q = sqlx::query(&sql);
+        for (run, lane, seq, hash) in chunk {
+            q = q.bind(*run).bind(*lane).bind(*seq).bind(*hash);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -610,10 +754,8 @@ pub async fn insert_receipts(conn: &mut AnyConnection, rows: &[ReceiptRow]) -> R
     let now = now_micros();
     let n = RECEIPT_COLUMNS.len();
     for chunk in rows.chunks(500) {
-        let tuples: Vec<String> = (0..chunk.len())
-            .map(|r| format!("({})", (1..=n).map(|c| format!("${}", r * n + c)).collect::<Vec<_>>().join(", ")))
-            .collect();
-        let sql = format!("INSERT INTO receipts ({}) VALUES {}", RECEIPT_COLUMNS.join(", "), tuples.join(", "));
+        let sql =
+            format!("INSERT INTO receipts ({}) VALUES {}", RECEIPT_COLUMNS.join(", "), tuples(conn, chunk.len(), n));
         let mut q = sqlx::query(&sql);
         for r in chunk {
             q = q
@@ -646,32 +788,48 @@ pub async fn insert_receipts(conn: &mut AnyConnection, rows: &[ReceiptRow]) -> R
     Ok(())
 }
 
-/// Adds a batch's figures to a run.
-#[allow(clippy::too_many_arguments)]
-pub async fn bump_run(
-    conn: &mut AnyConnection,
-    run: &str,
-    calls: i64,
-    input_tokens: i64,
-    output_tokens: i64,
-    cost_micro_usd: i64,
-    rejected: i64,
-    last_activity: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE runs SET calls = calls + $1, input_tokens = input_tokens + $2, output_tokens = output_tokens + $3, \
-         cost_micro_usd = cost_micro_usd + $4, rejected = rejected + $5, \
-         last_activity = CASE WHEN last_activity IS NULL OR last_activity < $6 THEN $6 ELSE last_activity END \
-         WHERE id = $7",
-    )
-    .bind(calls)
-    .bind(input_tokens)
-    .bind(output_tokens)
-    .bind(cost_micro_usd)
-    .bind(rejected)
-    .bind(last_activity)
-    .bind(run)
-    .execute(&mut *conn)
-    .await?;
+/// A batch's figures for one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunDelta {
+    /// Receipts accepted.
+    pub calls: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cost in micro-USD.
+    pub cost_micro_usd: i64,
+    /// Receipts refused.
+    pub rejected: i64,
+    /// Latest `ended_at`, unix microseconds.
+    pub last_activity: i64,
+}
+
+/// Adds a batch's figures to its runs, in one statement per 500 runs.
+pub async fn bump_runs(conn: &mut AnyConnection, deltas: &[(&str, RunDelta)]) -> Result<(), StoreError> {
+    for chunk in deltas.chunks(500) {
+        // VALUES columns are named column1, column2, … on both engines.
+        let sql = format!(
+            "UPDATE runs SET calls = runs.calls + v.column2, input_tokens = runs.input_tokens + v.column3, \
+             output_tokens = runs.output_tokens + v.column4, cost_micro_usd = runs.cost_micro_usd + v.column5, \
+             rejected = runs.rejected + v.column6, \
+             last_activity = CASE WHEN runs.last_activity IS NULL OR runs.last_activity < v.column7 \
+             THEN v.column7 ELSE runs.last_activity END \
+             FROM (VALUES {}) AS v WHERE runs.id = v.column1",
+            tuples(conn, chunk.len(), 7)
+        );
+        let mut q = sqlx::query(&sql);
+        for (run, d) in chunk {
+            q = q
+                .bind(*run)
+                .bind(d.calls)
+                .bind(d.input_tokens)
+                .bind(d.output_tokens)
+                .bind(d.cost_micro_usd)
+                .bind(d.rejected)
+                .bind(d.last_activity);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }

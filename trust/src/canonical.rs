@@ -35,6 +35,14 @@ pub fn digest(value: &Value) -> Result<[u8; 32], CanonicalError> {
     Ok(sha256(&to_canonical(value)?))
 }
 
+/// SHA-256 of the JCS form of `object` with its top-level member `skip` left out (a receipt's
+/// hash is that of the receipt without its `signature`), without copying the object.
+pub fn digest_without(object: &serde_json::Map<String, Value>, skip: &str) -> Result<[u8; 32], CanonicalError> {
+    let mut out = Vec::with_capacity(1024);
+    write_object(object.iter().filter(|(k, _)| k.as_str() != skip), &mut out)?;
+    Ok(sha256(&out))
+}
+
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);
@@ -100,21 +108,27 @@ fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| utf16_cmp(a.0, b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                let _ = serde_json::to_writer(&mut *out, k);
-                out.push(b':');
-                write(v, out)?;
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map.iter(), out)?,
     }
+    Ok(())
+}
+
+fn write_object<'a>(
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+    out: &mut Vec<u8>,
+) -> Result<(), CanonicalError> {
+    let mut entries: Vec<(&String, &Value)> = members.collect();
+    entries.sort_by(|a, b| utf16_cmp(a.0, b.0));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        write(v, out)?;
+    }
+    out.push(b'}');
     Ok(())
 }
 
@@ -122,7 +136,19 @@ fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
 mod tests {
     use serde_json::json;
 
-    use super::{hex, sha256, to_canonical, unhex32};
+    use super::{digest_without, hex, sha256, to_canonical, unhex32};
+
+    #[test]
+    fn digest_without_equals_digest_of_the_object_minus_the_member() {
+        let full = json!({"b": [1, {"z": null, "a": "é"}], "signature": {"sig": "x"}, "a": true});
+        let mut expected = full.clone();
+        expected.as_object_mut().unwrap().remove("signature");
+        assert_eq!(
+            digest_without(full.as_object().unwrap(), "signature").unwrap(),
+            sha256(&to_canonical(&expected).unwrap())
+        );
+        assert_ne!(digest_without(full.as_object().unwrap(), "a").unwrap(), sha256(&to_canonical(&expected).unwrap()));
+    }
 
     fn canon(v: serde_json::Value) -> String {
         String::from_utf8(to_canonical(&v).unwrap()).unwrap()

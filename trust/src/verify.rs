@@ -53,15 +53,13 @@ pub struct Proven {
 
 /// Parses and hashes a receipt and checks its inclusion proof.
 pub fn prove(value: &Value) -> Result<Proven, VerifyError> {
-    let receipt: Receipt = serde_json::from_value(value.clone()).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    use serde::Deserialize as _;
+    let receipt = Receipt::deserialize(value).map_err(|e| VerifyError::Malformed(e.to_string()))?;
     if receipt.body.schema != crate::receipt::SCHEMA {
         return Err(VerifyError::Malformed(format!("schema is {:?}", receipt.body.schema)));
     }
-    let mut body = value.clone();
-    if let Some(map) = body.as_object_mut() {
-        map.remove("signature");
-    }
-    let hash = canonical::digest(&body).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    let object = value.as_object().ok_or_else(|| VerifyError::Malformed("a receipt is a JSON object".into()))?;
+    let hash = canonical::digest_without(object, "signature").map_err(|e| VerifyError::Malformed(e.to_string()))?;
     let batch = &receipt.signature.batch;
     let path = batch
         .path

@@ -179,6 +179,7 @@ async fn ingest_accepts_dedups_rejects_and_continues_chains(postgres: bool) {
     assert_eq!(stored.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7]);
     let run = s.run("run-x").await.unwrap().unwrap();
     assert_eq!(run.calls, 7);
+    assert_eq!(run.last_activity, Some(1795716000000002), "last activity is the latest ended_at");
     assert_eq!(run.tenant, "default", "an unknown run is created in the ingesting tenant");
     assert!(run.rejected >= 1);
     db.drop_pg().await;
