@@ -201,6 +201,13 @@ async fn receipts_arrive_in_order_and_tampering_is_caught(postgres: bool) {
     let (code, out, err) = s.ctl(&["receipts", "run-r1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("api.openai.com") && out.contains("evil.example"), "{out}");
+    let header = out.lines().next().unwrap_or_default();
+    for column in ["STEP", "TIME", "HOST", "METHOD PATH", "DECISION", "STATUS", "TOKENS", "MS"] {
+        assert!(header.contains(column), "table header has {column}: {header}");
+    }
+    let row = |host: &str| out.lines().find(|l| l.contains(host)).unwrap_or_default().to_owned();
+    assert!(row("api.openai.com").contains(" allow "), "{out}");
+    assert!(row("evil.example").contains("policy_denied"), "{out}");
 
     // Tamper with one stored receipt under the API: verification names it.
     let victim = receipts[1]["id"].as_str().unwrap().to_owned();

@@ -270,8 +270,8 @@ async fn receipts(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let mut after = 0i64;
     if !as_json {
         println!(
-            "{:>5} {:>5}  {:<26} {:<28} {:<40} {:<6} {:>6} {:>9} {:>9}",
-            "STEP", "SEQ", "TIME", "HOST", "METHOD PATH", "ALLOW", "STATUS", "BYTES", "MS"
+            "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}",
+            "STEP", "SEQ", "TIME", "HOST", "METHOD PATH", "DECISION", "STATUS", "TOKENS", "MS"
         );
     }
     loop {
@@ -296,12 +296,17 @@ async fn receipts(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
                 target.push_str("...");
             }
             let decision = if r["decision"]["allow"] == true {
-                "yes".to_owned()
+                "allow".to_owned()
             } else {
-                r["decision"]["error"]["type"].as_str().unwrap_or("no").to_owned()
+                r["decision"]["error"]["type"].as_str().unwrap_or("deny").to_owned()
+            };
+            // Tokens are counted once the usage of known LLM APIs is parsed; "-" until then.
+            let tokens = match (r["usage"]["input_tokens"].as_u64(), r["usage"]["output_tokens"].as_u64()) {
+                (None, None) => "-".to_owned(),
+                (i, o) => (i.unwrap_or(0) + o.unwrap_or(0)).to_string(),
             };
             println!(
-                "{:>5} {:>5}  {:<26} {:<28} {:<40} {:<6} {:>6} {:>9} {:>9}",
+                "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}",
                 r["step"],
                 r["chain"]["seq"],
                 r["started_at"].as_str().unwrap_or_default(),
@@ -309,7 +314,7 @@ async fn receipts(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
                 target,
                 decision,
                 r["seal"]["status"].as_u64().map_or_else(|| "-".into(), |s| s.to_string()),
-                r["seal"]["response_bytes"],
+                tokens,
                 ms
             );
         }
