@@ -6,14 +6,16 @@
 //!
 //! It holds the identifiers every call carries ([`RunId`], [`ReceiptId`]), the receipt schema
 //! ([`receipt`]), canonical JSON and digests ([`canonical`]), Merkle batches ([`merkle`]),
-//! signing keys and batch signatures ([`sign`]), and verification of receipts and chains
-//! ([`verify`]). Crypto is `ring` only: the same backend the proxy's TLS already uses.
+//! signing keys and batch signatures ([`sign`]), verification of receipts and chains
+//! ([`verify`]), and W3C Verifiable Credentials with `eddsa-jcs-2022` proofs and `did:key`
+//! issuers ([`vc`]). Crypto is `ring` only: the same backend the proxy's TLS already uses.
 #![forbid(unsafe_code)]
 
 pub mod canonical;
 pub mod merkle;
 pub mod receipt;
 pub mod sign;
+pub mod vc;
 pub mod verify;
 
 use std::fmt;
