@@ -1,0 +1,45 @@
+//! Helpers for unit-testing packs on the host: the documented example input and a call-document
+//! builder, so a test can run a pack through [`run`](crate::run) exactly as the Wasm export does.
+
+use crate::input::Input;
+
+/// The full example input document from `docs/reference/policy-input.md`.
+pub const EXAMPLE_INPUT: &str = r#"{
+  "version": 1,
+  "time": "2026-11-26T18:00:00.123Z",
+  "run": {"id": "run-1", "agent": "planner", "tenant": "default", "step": 3},
+  "request": {"method": "POST", "scheme": "https", "host": "api.openai.com", "port": 443,
+              "path": "/v1/chat/completions", "query": "", "headers": {"content-type": "application/json"}},
+  "llm": {"provider": "openai", "model": "gpt-4o-mini", "max_tokens": 512, "stream": false, "messages": 2,
+          "tools": ["get_weather"]},
+  "mcp": {"method": "tools/call", "tool": "read_file", "argument_keys": ["path"]},
+  "state": {"calls": 2, "tokens": 1200, "cost_micro_usd": 3400, "hosts": ["api.openai.com"], "tools": ["read_file"]}
+}"#;
+
+/// [`EXAMPLE_INPUT`], parsed; tests change the fields they care about.
+pub fn example_input() -> Input {
+    // The constant is checked by this module's tests; a failure here is a bug in the SDK.
+    serde_json::from_str(EXAMPLE_INPUT).unwrap_or_else(|err| panic!("EXAMPLE_INPUT does not parse: {err}"))
+}
+
+/// The call document the host would write for `config` (JSON text) and `input`.
+pub fn document(config: &str, input: &Input) -> Vec<u8> {
+    let input = serde_json::to_string(input).unwrap_or_else(|err| panic!("input does not serialize: {err}"));
+    format!(r#"{{"config":{config},"input":{input}}}"#).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{document, example_input};
+    use crate::{Input, Verdict, run};
+
+    #[test]
+    fn example_round_trips_through_a_document() {
+        let input = example_input();
+        let verdict = run(&document("null", &input), |_: &(), seen: &Input| {
+            assert_eq!(seen, &input);
+            Verdict::allow()
+        });
+        assert!(verdict.allow);
+    }
+}
