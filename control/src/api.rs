@@ -26,7 +26,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::auth::{self, Principal, Role};
 use crate::ingest::{self, IngestResponse, KeyCache, SignatureCache};
 use crate::metrics::Metrics;
-use crate::store::{RunRow, Store, StoreError};
+use crate::store::{self, RunRow, Store, StoreError};
 
 /// Shared state of the API.
 #[derive(Debug)]
@@ -43,6 +43,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Most receipts per ingest batch.
     pub max_batch: usize,
+    /// Capability root keys (the newest signs run tokens).
+    pub roots: crate::capability::KeyRing,
 }
 
 /// An API error: status, contract `type`, message.
@@ -150,6 +152,17 @@ pub struct CreateRun {
     /// Tenant; only an all-tenant admin may name one.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The agent this run is for (a fact in the run token).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// What the run may do: `hosts` (`*`, `*.example.com`, exact), `methods`, `paths`
+    /// (prefixes), `models` (`*`, `gpt-4o*`, exact); empty = unrestricted.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub grants: Option<fleetforge_trust::capability::Grants>,
+    /// Run token lifetime in seconds (default 86400, at most 30 days).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
 }
 
 /// A run's budget.
@@ -171,8 +184,13 @@ pub struct Budget {
 pub struct CreatedRun {
     /// Run id.
     pub id: String,
-    /// The run token (shown once; agents send it as the proxy password).
+    /// The run token: a Biscuit, base64url (shown once; agents send it as the proxy password
+    /// or `x-fleetforge-token`).
     pub token: String,
+    /// The token's revocation id (hex), for `POST /v1/capabilities/revoke`.
+    pub token_id: String,
+    /// When the token expires (RFC 3339).
+    pub expires_at: String,
 }
 
 /// A run as the API shows it.
@@ -198,6 +216,16 @@ pub struct RunView {
     verified_at: Option<String>,
     /// Receipts that verification checked.
     verified_receipts: Option<i64>,
+    /// The agent named at creation.
+    agent: Option<String>,
+    /// What the run's token allows.
+    grants: Value,
+    /// Run token expiry.
+    expires_at: Option<String>,
+    /// The run token's revocation id.
+    token_id: Option<String>,
+    /// When the token was revoked.
+    revoked_at: Option<String>,
 }
 
 fn rfc3339(micros: i64) -> String {
@@ -225,6 +253,11 @@ fn view(r: RunRow) -> RunView {
         },
         verified_at: r.verified_at.map(rfc3339),
         verified_receipts: r.verify_checked,
+        agent: r.agent,
+        grants: serde_json::from_str(&r.grants).unwrap_or(Value::Null),
+        expires_at: r.expires_at.map(|s| rfc3339(s.saturating_mul(1_000_000))),
+        token_id: r.token_id,
+        revoked_at: r.revoked_at.map(rfc3339),
         rejected: r.rejected,
         id: r.id,
         tenant: r.tenant,
@@ -251,12 +284,40 @@ async fn create_run(
     if fleetforge_trust::RunId::new(&tenant).is_err() {
         return Err(ApiError::bad_request("tenant must be 1 to 128 characters of A-Z a-z 0-9 . _ -"));
     }
+    let ttl = body.ttl_seconds.unwrap_or(86_400);
+    if ttl == 0 || ttl > 30 * 86_400 {
+        return Err(ApiError::bad_request(format!("ttl_seconds is {ttl}; expected 1 to 2592000 (30 days)")));
+    }
     let id = format!("run-{}", auth::new_id(12));
-    let token = auth::new_token("ffr_");
+    let mut grants = body.grants.unwrap_or_default();
+    if grants.max_tokens.is_none() {
+        grants.max_tokens = body.budget.as_ref().and_then(|b| b.tokens);
+    }
+    let expires = fleetforge_trust::capability::unix_now() + ttl;
+    let claims = fleetforge_trust::capability::RunClaims {
+        run: id.clone(),
+        tenant: tenant.clone(),
+        agent: body.agent.clone(),
+        expires,
+        grants: grants.clone(),
+    };
+    let root = app.roots.newest().ok_or_else(|| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "no capability root key is loaded")
+    })?;
+    let token = fleetforge_trust::capability::mint(&root.pair, root.id, &claims)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let token_id = fleetforge_trust::capability::RunToken::verify(&token, &app.root_public_keys())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()))?
+        .id()
+        .to_owned();
     let labels = Value::Object(body.labels).to_string();
     let budget = serde_json::to_string(&body.budget.unwrap_or_default()).unwrap_or_else(|_| "{}".into());
     app.store.create_run(&id, &tenant, &labels, &budget, &auth::token_hash(&token)).await?;
-    Ok((StatusCode::CREATED, Json(CreatedRun { id, token })).into_response())
+    let grants_json = serde_json::to_string(&grants).unwrap_or_else(|_| "{}".into());
+    let expires_i64 = i64::try_from(expires).unwrap_or(i64::MAX);
+    app.store.set_capability(&id, body.agent.as_deref(), &grants_json, expires_i64, &token_id).await?;
+    let expires_at = rfc3339(expires_i64.saturating_mul(1_000_000));
+    Ok((StatusCode::CREATED, Json(CreatedRun { id, token, token_id, expires_at })).into_response())
 }
 
 /// Listing parameters.
@@ -460,6 +521,16 @@ async fn list_keys(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult
         .into_iter()
         .filter(|k| p.can_read(&k.tenant))
         .map(|k| json!({ "key_id": k.key_id, "alg": k.alg, "public_key": k.public_key, "kind": "receipt-signer" }))
+        .chain(app.roots.all().iter().map(|r| {
+            json!({
+                "key_id": format!("capability-root-{}", r.id),
+                "root_key_id": r.id,
+                "alg": "ed25519",
+                "public_key": URL_SAFE_NO_PAD.encode(r.public()),
+                "kind": "capability-root",
+                "did": fleetforge_trust::vc::did_key(&r.public_array()),
+            })
+        }))
         .collect();
     Ok(Json(json!({ "keys": keys })))
 }
@@ -499,6 +570,129 @@ async fn post_receipts(
     Ok(Json(answer))
 }
 
+impl App {
+    /// The capability root public keys, for verifying tokens this control minted.
+    pub fn root_public_keys(&self) -> fleetforge_trust::capability::RootKeys {
+        let mut keys = fleetforge_trust::capability::RootKeys::default();
+        for r in self.roots.all() {
+            let _ = keys.insert(r.id, &r.public());
+        }
+        keys
+    }
+}
+
+#[utoipa::path(post, path = "/v1/runs/{id}/revoke", params(("id" = String, Path)),
+    responses((status = 200), (status = 404)), security(("bearer" = [])))]
+async fn revoke_run(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let p = principal(&app, &headers).await?;
+    require(&p, &[Role::Admin])?;
+    let run = run_of(&app, &p, &id).await?;
+    let token_id =
+        run.token_id.ok_or_else(|| ApiError::bad_request(format!("run {id} has no capability token to revoke")))?;
+    app.store.revoke(&token_id, Some(&id), &run.tenant, "run revoked").await?;
+    tracing::info!(run = %id, token_id = %token_id, "run token revoked");
+    Ok(Json(json!({ "run": id, "revoked": [token_id] })))
+}
+
+/// `POST /v1/capabilities/revoke` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeCapability {
+    /// A revocation id (hex) of any block of a capability token: the run token's id revokes
+    /// the run; a block's id revokes every token derived through that block.
+    pub revocation_id: String,
+    /// Why (kept with the revocation).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/capabilities/revoke", request_body = RevokeCapability,
+    responses((status = 200), (status = 400)), security(("bearer" = [])))]
+async fn revoke_capability(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<RevokeCapability>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let p = principal(&app, &headers).await?;
+    let Json(body) = body.map_err(bad_json)?;
+    require(&p, &[Role::Admin])?;
+    let id = body.revocation_id.trim().to_ascii_lowercase();
+    if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "revocation_id {:?} is not a hex revocation id (see token_id in POST /v1/runs, or a receipt's capability)",
+            body.revocation_id
+        )));
+    }
+    let new = app.store.revoke(&id, None, p.write_tenant(), body.reason.as_deref().unwrap_or("")).await?;
+    Ok(Json(json!({ "revoked": [id], "new": new })))
+}
+
+/// Revocation list page parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RevocationPage {
+    /// Return revocations with a sequence number above this (default 0).
+    after: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/revocations", params(RevocationPage), responses((status = 200)), security(("bearer" = [])))]
+async fn list_revocations(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<RevocationPage>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    principal(&app, &headers).await?;
+    let Query(q) = q.map_err(bad_query)?;
+    let after = q.after.unwrap_or(0);
+    let rows = app.store.revocations(after, 10_000).await?;
+    let next = rows.last().map_or(after, |r| r.0);
+    let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    Ok(Json(json!({ "revocations": ids, "next_after": next })))
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/export/vc", params(("id" = String, Path)),
+    responses((status = 200), (status = 404)), security(("bearer" = [])))]
+async fn export_vc(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let p = principal(&app, &headers).await?;
+    let run = run_of(&app, &p, &id).await?;
+    let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", m);
+    let root = app.roots.newest().ok_or_else(|| internal("no capability root key is loaded".into()))?;
+    let key = root.ring().ok_or_else(|| internal("the capability root key is not usable".into()))?;
+    let issuer = fleetforge_trust::vc::did_key(&root.public_array());
+    let method = fleetforge_trust::vc::did_key_verification_method(&root.public_array());
+    let now = rfc3339(store::now_micros());
+    let now = now.split('.').next().unwrap_or_default().trim_end_matches('Z').to_owned() + "Z";
+    let credential = json!({
+        "@context": ["https://www.w3.org/ns/credentials/v2"],
+        "type": ["VerifiableCredential", "FleetForgeRunCapability"],
+        "id": format!("urn:fleetforge:run:{id}"),
+        "issuer": issuer,
+        "validFrom": now,
+        "validUntil": run.expires_at.map(|s| rfc3339(s.saturating_mul(1_000_000))),
+        "credentialSubject": {
+            "id": format!("urn:fleetforge:run:{id}"),
+            "tenant": run.tenant,
+            "agent": run.agent,
+            "grants": serde_json::from_str::<Value>(&run.grants).unwrap_or(Value::Null),
+            "revocationIds": run.token_id.into_iter().collect::<Vec<_>>(),
+            "revoked": run.revoked_at.is_some(),
+        },
+    });
+    let credential = strip_nulls(credential);
+    let signed = fleetforge_trust::vc::sign_credential(&credential, &key, &method, &now)
+        .map_err(|e| internal(format!("signing the credential failed: {e}")))?;
+    Ok(Json(signed))
+}
+
+/// Drops null members (JCS has no trouble with them, but a credential should not carry them).
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect())
+        }
+        other => other,
+    }
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -519,7 +713,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "FleetForge control API", description = "Runs, receipts, verification and keys. Bearer auth on every /v1 route."),
-    paths(create_run, list_runs, show_run, run_receipts, one_receipt, verify_run, put_key, list_keys, post_receipts),
+    paths(create_run, list_runs, show_run, run_receipts, one_receipt, verify_run, put_key, list_keys, post_receipts,
+        revoke_run, revoke_capability, list_revocations, export_vc),
     components(schemas(CreateRun, Budget, CreatedRun, RunView, VerifyReport, Problem, PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult)),
     modifiers(&BearerAuth)
 )]
@@ -574,6 +769,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/receipts/{id}", get(one_receipt))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/{key_id}", put(put_key))
+        .route("/v1/runs/{id}/revoke", post(revoke_run))
+        .route("/v1/capabilities/revoke", post(revoke_capability))
+        .route("/v1/revocations", get(list_revocations))
+        .route("/v1/runs/{id}/export/vc", get(export_vc))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(64 << 20))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), count))

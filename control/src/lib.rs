@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod capability;
 pub mod client;
 pub mod config;
 pub mod ingest;
@@ -69,7 +70,12 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
     })?;
     let addr = listener.local_addr().map_err(|source| StartError::Io { what: "listener address".into(), source })?;
     let backend = store.backend();
+    let roots = capability::KeyRing::load_or_create(&config.home).map_err(|e| StartError::Io {
+        what: "capability root keys".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let app = Arc::new(App {
+        roots,
         store,
         bootstrap: config.bootstrap_token.as_ref().map(|t| auth::token_hash(t.expose())),
         signatures: Default::default(),

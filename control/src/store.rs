@@ -97,6 +97,16 @@ pub struct RunRow {
     pub verify_ok: Option<bool>,
     /// How many receipts it checked.
     pub verify_checked: Option<i64>,
+    /// Agent named at creation.
+    pub agent: Option<String>,
+    /// Grants (JSON object text).
+    pub grants: String,
+    /// Run token expiry, unix seconds.
+    pub expires_at: Option<i64>,
+    /// Revocation id of the run token, hex.
+    pub token_id: Option<String>,
+    /// When the run's token was revoked, unix µs.
+    pub revoked_at: Option<i64>,
 }
 
 /// A registered receipt-signing key.
@@ -276,11 +286,16 @@ fn run_row(row: &sqlx::any::AnyRow) -> Result<RunRow, sqlx::Error> {
         verified_at: row.try_get("verified_at")?,
         verify_ok: row.try_get::<Option<i64>, _>("verify_ok")?.map(|v| v != 0),
         verify_checked: row.try_get("verify_checked")?,
+        agent: row.try_get("agent")?,
+        grants: row.try_get("grants")?,
+        expires_at: row.try_get("expires_at")?,
+        token_id: row.try_get("token_id")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
 const RUN_COLUMNS: &str = "id, tenant, labels, budget, created_at, last_activity, calls, input_tokens, output_tokens, \
-     cost_micro_usd, rejected, verified_at, verify_ok, verify_checked";
+     cost_micro_usd, rejected, verified_at, verify_ok, verify_checked, agent, grants, expires_at, token_id, revoked_at";
 
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://PATH`; a SQLite file is created if missing).
@@ -431,6 +446,68 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records what a run's capability token carries.
+    pub async fn set_capability(
+        &self,
+        id: &str,
+        agent: Option<&str>,
+        grants: &str,
+        expires_at: i64,
+        token_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET agent = $1, grants = $2, expires_at = $3, token_id = $4 WHERE id = $5")
+            .bind(agent)
+            .bind(grants)
+            .bind(expires_at)
+            .bind(token_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes a capability id (idempotent); with `run`, marks the run revoked too. Returns
+    /// whether it was new.
+    pub async fn revoke(
+        &self,
+        revocation_id: &str,
+        run: Option<&str>,
+        tenant: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_micros();
+        let inserted = sqlx::query(
+            "INSERT INTO revocations (revocation_id, run_id, tenant, reason, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (revocation_id) DO NOTHING",
+        )
+        .bind(revocation_id)
+        .bind(run)
+        .bind(tenant)
+        .bind(reason)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if let Some(run) = run {
+            sqlx::query("UPDATE runs SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(run)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(inserted > 0)
+    }
+
+    /// Revocations after `seq`, oldest first: `(seq, revocation_id)`.
+    pub async fn revocations(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query("SELECT seq, revocation_id FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("seq")?, r.try_get("revocation_id")?))).collect()
     }
 
     /// One run.

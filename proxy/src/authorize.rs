@@ -6,14 +6,18 @@
 //!   resolves to a loopback, private or link-local address — run when the upstream connection is
 //!   made (see [`crate::upstream`]), so a DNS answer cannot be swapped between check and use.
 //! - [`call`] runs once the body is in hand: the model allow-list for LLM calls.
+//! - [`capability`] then checks the run's capability token against this exact call (see
+//!   [`crate::capability`]).
 //!
-//! Result: `Ok(())` — continue to meter; or a 403 `policy_denied` error with reasons.
-//! Capability tokens and Wasm/Rego/Cedar policy packs plug in here.
+//! Result: `Ok(())` — continue to meter; or a 403 `policy_denied` error with reasons, a 403
+//! `capability_denied`, or a 407 for a missing or invalid token. Wasm/Rego/Cedar policy packs
+//! plug in here.
 
 use bytes::Bytes;
 use http::request::Parts;
 use serde::Deserialize;
 
+use crate::capability::Capabilities;
 use crate::context::{Call, Target};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 use crate::proxy::Proxy;
@@ -77,6 +81,38 @@ pub fn call(proxy: &Proxy, call: &mut Call, parts: &Parts, body: &Bytes) -> Resu
             "model_not_allowed",
         ));
     }
+    Ok(())
+}
+
+/// Capability check: the model is parsed if the allow-list did not already, a token signed by
+/// a root key not yet known waits (at most 2 s) for the sync thread to fetch it, then the token
+/// is attenuated to this call and authorized.
+pub async fn capability(
+    proxy: &Proxy,
+    caps: &Capabilities,
+    call: &mut Call,
+    parts: &Parts,
+    body: &Bytes,
+) -> Result<(), ProxyError> {
+    if call.model.is_none()
+        && !body.is_empty()
+        && is_json(parts)
+        && let Ok(ModelField { model: Some(model) }) = serde_json::from_slice::<ModelField>(body)
+    {
+        call.model = Some(model);
+    }
+    let token = call.identity.as_ref().and_then(|i| i.token.as_ref()).map(|t| t.expose().to_owned());
+    if let Some(id) = token.as_deref().and_then(fleetforge_trust::capability::root_key_id)
+        && !caps.knows_root(id)
+    {
+        caps.refresh.notify_one();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !caps.knows_root(id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let tool = call.target.as_ref().is_some_and(|t| proxy.config.capabilities.tool_hosts.matches(&t.host));
+    call.capability = Some(caps.check(call, tool)?);
     Ok(())
 }
 

@@ -189,6 +189,19 @@ pub struct Config {
     pub control_url: http::Uri,
     /// Bearer token for the control service (`FLEETFORGE_CONTROL_TOKEN`; env only, never a file).
     pub control_token: Option<Secret>,
+    /// Capability tokens: whether calls need one, and which upstreams are tools.
+    pub capabilities: CapabilitiesConfig,
+}
+
+/// Capability tokens (Biscuit run tokens from control).
+#[derive(Debug, Clone)]
+pub struct CapabilitiesConfig {
+    /// Every call must present a valid run token that allows it (`FLEETFORGE_CAPABILITIES`).
+    pub required: bool,
+    /// Lifetime of the per-call token handed to tools.
+    pub call_ttl: Duration,
+    /// Upstreams that are tools: they receive the per-call token in `x-fleetforge-capability`.
+    pub tool_hosts: PatternSet,
 }
 
 /// A secret from the environment; `Debug` never shows it.
@@ -270,6 +283,28 @@ pub struct FileConfig {
     pub receipts: FileReceipts,
     /// The control service the spool ships to (the token comes from the environment only).
     pub control: FileControl,
+    /// Capability tokens.
+    pub capabilities: FileCapabilities,
+    /// Tool upstreams (`[[proxy.tool]] host = "…"`): they receive the per-call capability.
+    pub tool: Vec<FileTool>,
+}
+
+/// `[proxy.capabilities]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileCapabilities {
+    /// Require a valid run token on every call (`FLEETFORGE_CAPABILITIES`, default false).
+    pub required: Option<bool>,
+    /// Per-call token lifetime, e.g. `"60s"`.
+    pub call_ttl: Option<String>,
+}
+
+/// `[[proxy.tool]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTool {
+    /// Host name or glob of the tool's API.
+    pub host: String,
 }
 
 /// `[proxy.receipts]`
@@ -653,6 +688,20 @@ impl Builder<'_> {
             }
         };
         let control_token = self.env("FLEETFORGE_CONTROL_TOKEN").map(|g| Secret::new(g.value.trim().to_owned()));
+        let capabilities = {
+            let required = match self.env("FLEETFORGE_CAPABILITIES") {
+                Some(g) => parse_bool("proxy.capabilities.required", g)?,
+                None => raw.capabilities.required.unwrap_or(false),
+            };
+            let call_ttl =
+                duration("proxy.capabilities.call_ttl", raw.capabilities.call_ttl.clone(), Duration::from_secs(60))?;
+            let file_tools: Vec<String> = raw.tool.iter().map(|t| t.host.clone()).collect();
+            let tool_hosts = match self.list("FLEETFORGE_TOOL_HOSTS", (!file_tools.is_empty()).then_some(file_tools)) {
+                Some(g) => patterns("proxy.tool.host", g)?,
+                None => PatternSet::default(),
+            };
+            CapabilitiesConfig { required, call_ttl, tool_hosts }
+        };
 
         let sidecars = if flags.sidecar.is_empty() {
             raw.sidecar
@@ -705,6 +754,7 @@ impl Builder<'_> {
             receipts,
             control_url,
             control_token,
+            capabilities,
         };
         check_distinct_listeners(&config)?;
         Ok(config)

@@ -176,6 +176,8 @@ pub struct Call {
     pub status: Option<StatusCode>,
     /// Response body bytes sent to the client.
     pub response_bytes: u64,
+    /// The capability check's result: token ids for the receipt, the header for tools.
+    pub capability: Option<crate::capability::Grant>,
 }
 
 impl Call {
@@ -201,6 +203,7 @@ impl Call {
             response_digest: None,
             status: None,
             response_bytes: 0,
+            capability: None,
         }
     }
 

@@ -75,6 +75,10 @@ async fn pipeline(
     let body = read_body(proxy, call, &parts, body).await?;
     // 2b. The decisions that need the body (model allow-list; capability and policy packs).
     authorize::call(proxy, call, &parts, &body)?;
+    // 2c. The run's capability token must allow exactly this call.
+    if let Some(caps) = &proxy.capabilities {
+        authorize::capability(proxy, caps, call, &parts, &body).await?;
+    }
     // 3. Reserve budget only for calls policy allowed, so a denied call never holds budget.
     call.reservation = meter::meter(proxy, call)?;
     // 4. Forward; the response body streams back through the tap, which calls `finish` at its end.

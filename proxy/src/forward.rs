@@ -56,6 +56,9 @@ pub async fn forward(
     // The pool picks HTTP/1.1 or HTTP/2 per upstream (ALPN); the client's own version is its hop's.
     parts.version = Version::HTTP_11;
     headers::for_upstream(&mut parts.headers);
+    if let Some(value) = call.capability.as_ref().and_then(|g| g.header.clone()) {
+        parts.headers.insert(headers::X_CAPABILITY, value);
+    }
     let request = Request::from_parts(parts, Full::new(body));
     match tokio::time::timeout(proxy.config.response_timeout, proxy.client(call.worker).request(request)).await {
         Ok(Ok(response)) => Ok(response),

@@ -18,6 +18,9 @@ pub const X_RUN: HeaderName = HeaderName::from_static("x-fleetforge-run");
 pub const X_TOKEN: HeaderName = HeaderName::from_static("x-fleetforge-token");
 /// `x-fleetforge-step`: optional step label (request only).
 pub const X_STEP: HeaderName = HeaderName::from_static("x-fleetforge-step");
+/// `x-fleetforge-capability`: the per-call capability token, set by the proxy on requests to tool
+/// upstreams only; a client's own value is always removed.
+pub const X_CAPABILITY: HeaderName = HeaderName::from_static("x-fleetforge-capability");
 /// `x-fleetforge-receipt`: receipt id (response only).
 pub const X_RECEIPT: HeaderName = HeaderName::from_static("x-fleetforge-receipt");
 
@@ -65,6 +68,7 @@ pub fn for_upstream(headers: &mut HeaderMap) {
     headers.remove(X_RUN);
     headers.remove(X_TOKEN);
     headers.remove(X_STEP);
+    headers.remove(X_CAPABILITY);
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }

@@ -14,6 +14,7 @@
 
 pub mod authorize;
 pub mod body;
+pub mod capability;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::capability::Capabilities;
 use crate::config::{Config, SidecarConfig};
 use crate::listener;
 use crate::metrics::Metrics;
@@ -56,6 +57,9 @@ pub enum StartError {
     /// The receipt spool could not be opened.
     #[error("receipt spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
+    /// Settings that cannot work together.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// State shared by every worker, connection and call.
@@ -73,6 +77,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// The receipt spool (`None` when receipts are off).
     pub spool: Option<Arc<Spool>>,
+    /// Capability state (`None` when capability tokens are not required).
+    pub capabilities: Option<Arc<Capabilities>>,
     /// Per-run state (steps).
     pub runs: Runs,
     /// The run of calls that name none when no default run is configured.
@@ -101,6 +107,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     background: Option<Background>,
+    capability_sync: Option<std::thread::JoinHandle<()>>,
 }
 
 /// One listening socket per worker on the same address (`SO_REUSEPORT`: the kernel spreads
@@ -173,6 +180,17 @@ impl Proxy {
             None => None,
         };
 
+        let capabilities = if config.capabilities.required {
+            if config.control_token.is_none() {
+                return Err(StartError::Unusable(
+                    "FLEETFORGE_CAPABILITIES needs FLEETFORGE_CONTROL_TOKEN: the proxy fetches control's capability root keys and revocations".into(),
+                ));
+            }
+            Some(Arc::new(Capabilities::new(config.capabilities.call_ttl)))
+        } else {
+            None
+        };
+
         let (forward_addr, forward) = bind_group("proxy.listen", config.listen, workers)?;
         let (admin_addr, mut admin) = bind_group("proxy.admin_listen", config.admin_listen, 1)?;
         let mut sidecar_addrs = Vec::new();
@@ -220,6 +238,7 @@ impl Proxy {
             egress,
             metrics,
             spool,
+            capabilities: capabilities.clone(),
             runs: Runs::default(),
             anonymous_run: RunId::new("anonymous").map_err(|e| StartError::Tls(TlsError::BadCa(e.to_string())))?,
             drain: Drain::new(),
@@ -228,6 +247,19 @@ impl Proxy {
             auto,
         });
         let (stop, stop_rx) = watch::channel(false);
+        let capability_sync = match (&capabilities, &proxy.config.control_token) {
+            (Some(caps), Some(token)) => Some(
+                crate::capability::sync::start(
+                    caps.clone(),
+                    proxy.config.control_url.clone(),
+                    token.clone(),
+                    client_tls.clone(),
+                    stop_rx.clone(),
+                )
+                .map_err(StartError::Worker)?,
+            ),
+            _ => None,
+        };
         let mut threads = Vec::with_capacity(workers);
         for (worker, (runtime, listeners)) in runtimes.into_iter().zip(per_worker).enumerate() {
             let (proxy, mut stop_rx) = (proxy.clone(), stop_rx.clone());
@@ -252,6 +284,7 @@ impl Proxy {
             stop,
             workers: threads,
             background,
+            capability_sync,
         })
     }
 
@@ -306,10 +339,14 @@ impl Running {
         let _ = self.stop.send(true);
         let workers = self.workers;
         let background = self.background;
+        let capability_sync = self.capability_sync;
         // Joining blocks; keep it off the async threads.
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
+            }
+            if let Some(sync) = capability_sync {
+                let _ = sync.join();
             }
             // Every call has ended: seal the last receipts and give the shipper a moment.
             if let Some(background) = background {

@@ -88,7 +88,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
     ReceiptBody {
         agent: None,
         budget: None,
-        capability: None,
+        capability: call.capability.as_ref().map(crate::capability::Grant::receipt_value),
         chain,
         decision: Decision { allow, error, policy_packs: Vec::new(), reasons },
         ended_at: rfc3339(SystemTime::now()),

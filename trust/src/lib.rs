@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod canonical;
+pub mod capability;
 pub mod merkle;
 pub mod receipt;
 pub mod sign;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Parser, Subcommand};
 use fleetforge_control::client::{ClientError, ControlClient};
 use fleetforge_control::config::{ControlConfig, Flags as ControlFlags};
@@ -70,6 +72,67 @@ enum Command {
         /// The run id.
         run: String,
     },
+    /// Capability tokens: verify one offline for a call, narrow one offline, revoke one.
+    Capability {
+        #[command(subcommand)]
+        command: CapabilityCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CapabilityCommand {
+    /// Check TOKEN offline: exit 0 only if its signatures verify against control's root keys and
+    /// it allows exactly this call now (what a tool does with `x-fleetforge-capability`).
+    Verify {
+        /// The token (base64url), or `-` to read it from stdin.
+        token: String,
+        /// The host the call went to.
+        #[arg(long)]
+        host: String,
+        /// The HTTP method.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// The request path.
+        #[arg(long)]
+        path: String,
+        /// The model, for LLM calls.
+        #[arg(long)]
+        model: Option<String>,
+        /// A root public key, ID=BASE64URL (repeatable); without it, fetched from control's
+        /// GET /v1/keys.
+        #[arg(long = "root-key", value_name = "ID=KEY")]
+        root_keys: Vec<String>,
+    },
+    /// Narrow TOKEN offline (no key needed) for a sub-agent; prints the new token.
+    Attenuate {
+        /// The token (base64url), or `-` to read it from stdin.
+        token: String,
+        /// Allowed host (`*.example.com` for subdomains; repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Allowed method (repeatable).
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// Allowed path prefix (repeatable).
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// Allowed model (`gpt-4o*` for a prefix; repeatable).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Lifetime from now, e.g. 90s, 10m, 2h.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Revoke a run's token (`--run`) or any capability by revocation id; proxies refuse it
+    /// within seconds.
+    Revoke {
+        /// The run whose token to revoke.
+        #[arg(long, conflicts_with = "id")]
+        run: Option<String>,
+        /// A revocation id (hex), e.g. a receipt's capability.call_token_id.
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +154,24 @@ enum RunsCommand {
         /// Rate SLO in tokens per minute.
         #[arg(long)]
         budget_tokens_per_minute: Option<u64>,
+        /// The agent this run is for.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Allowed host (`*.example.com` for subdomains; repeatable; none = any).
+        #[arg(long = "allow-host")]
+        hosts: Vec<String>,
+        /// Allowed method (repeatable; none = any).
+        #[arg(long = "allow-method")]
+        methods: Vec<String>,
+        /// Allowed path prefix (repeatable; none = any).
+        #[arg(long = "allow-path")]
+        paths: Vec<String>,
+        /// Allowed model (`gpt-4o*` for a prefix; repeatable; none = any).
+        #[arg(long = "allow-model")]
+        models: Vec<String>,
+        /// Token lifetime in seconds (default 86400).
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
     },
     /// List runs, newest first.
     List,
@@ -155,6 +236,7 @@ fn main() -> ExitCode {
             Command::Runs { command } => runs(command).await,
             Command::Receipts { run, json } => receipts(&run, json).await,
             Command::Verify { run } => verify(&run).await,
+            Command::Capability { command } => capability(command).await,
         }
     });
     match result {
@@ -208,6 +290,100 @@ async fn run_up(mut proxy: Config, mut control: ControlConfig, run: &str) -> any
     Ok(())
 }
 
+fn read_token(arg: &str) -> anyhow::Result<String> {
+    if arg != "-" {
+        return Ok(arg.trim().to_owned());
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the token from stdin")?;
+    Ok(s.trim().to_owned())
+}
+
+/// `90s`, `10m`, `2h`, `1d` or plain seconds.
+fn parse_ttl(s: &str) -> anyhow::Result<std::time::Duration> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().with_context(|| format!("--ttl {s:?}: expected a number with s, m, h or d, e.g. 10m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--ttl {s:?}: unknown unit {unit:?}; use s, m, h or d"),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+async fn capability(command: CapabilityCommand) -> anyhow::Result<ExitCode> {
+    use fleetforge_trust::capability::{self as cap, CallFacts, Grants, RootKeys};
+    match command {
+        CapabilityCommand::Verify { token, host, method, path, model, root_keys } => {
+            let token = read_token(&token)?;
+            let mut roots = RootKeys::default();
+            if root_keys.is_empty() {
+                let keys = client()?.get("/v1/keys").await?;
+                for k in keys["keys"].as_array().into_iter().flatten().filter(|k| k["kind"] == "capability-root") {
+                    let (Some(id), Some(pk)) = (k["root_key_id"].as_u64(), k["public_key"].as_str()) else { continue };
+                    let raw = URL_SAFE_NO_PAD.decode(pk).context("control listed a root key that is not base64url")?;
+                    roots.insert(u32::try_from(id).unwrap_or(u32::MAX), &raw)?;
+                }
+            } else {
+                for entry in &root_keys {
+                    let (id, pk) = entry
+                        .split_once('=')
+                        .with_context(|| format!("--root-key {entry:?}: expected ID=BASE64URL"))?;
+                    let id: u32 = id.parse().with_context(|| format!("--root-key {entry:?}: the id is a number"))?;
+                    let raw = URL_SAFE_NO_PAD
+                        .decode(pk.trim_end_matches('='))
+                        .with_context(|| format!("--root-key {entry:?}: not base64url"))?;
+                    roots.insert(id, &raw)?;
+                }
+            }
+            let facts = CallFacts {
+                host: &host,
+                method: &method,
+                path: &path,
+                model: model.as_deref(),
+                step: 0,
+                now: std::time::SystemTime::now(),
+            };
+            match cap::verify_for_call(&token, &roots, &facts) {
+                Ok(run) => {
+                    println!(
+                        "valid: run {run} may {} https://{host}{path}{}",
+                        method.to_ascii_uppercase(),
+                        model.map(|m| format!(" (model {m})")).unwrap_or_default()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("refused: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        CapabilityCommand::Attenuate { token, hosts, methods, paths, models, ttl } => {
+            let token = read_token(&token)?;
+            let ttl = ttl.as_deref().map(parse_ttl).transpose()?;
+            let narrow = Grants { hosts, methods, paths, models, max_tokens: None };
+            println!("{}", cap::attenuate(&token, &narrow, ttl, std::time::SystemTime::now())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        CapabilityCommand::Revoke { run, id } => {
+            let c = client()?;
+            let answer = match (run, id) {
+                (Some(run), None) => {
+                    c.post(&format!("/v1/runs/{run}/revoke"), &json!({})).await.map_err(not_found(&run))?
+                }
+                (None, Some(id)) => c.post("/v1/capabilities/revoke", &json!({ "revocation_id": id })).await?,
+                _ => anyhow::bail!("give --run RUN or --id REVOCATION_ID"),
+            };
+            println!("revoked {}", answer["revoked"]);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn client() -> anyhow::Result<ControlClient> {
     Ok(ControlClient::from_env()?)
 }
@@ -215,7 +391,19 @@ fn client() -> anyhow::Result<ControlClient> {
 async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
     let c = client()?;
     match command {
-        RunsCommand::Create { labels, budget_tokens, budget_cost_usd, budget_calls, budget_tokens_per_minute } => {
+        RunsCommand::Create {
+            labels,
+            budget_tokens,
+            budget_cost_usd,
+            budget_calls,
+            budget_tokens_per_minute,
+            agent,
+            hosts,
+            methods,
+            paths,
+            models,
+            ttl_seconds,
+        } => {
             let mut map = serde_json::Map::new();
             for l in labels {
                 let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: expected KEY=VALUE"))?;
@@ -224,6 +412,9 @@ async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
             let body = json!({
                 "labels": map,
                 "budget": {"tokens": budget_tokens, "cost_usd": budget_cost_usd, "calls": budget_calls, "tokens_per_minute": budget_tokens_per_minute},
+                "agent": agent,
+                "grants": {"hosts": hosts, "methods": methods, "paths": paths, "models": models},
+                "ttl_seconds": ttl_seconds,
             });
             let created = c.post("/v1/runs", &body).await?;
             println!("run    {}", created["id"].as_str().unwrap_or_default());

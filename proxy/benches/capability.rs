@@ -1,0 +1,92 @@
+//! Per-call capability cost, as the authorize phase pays it, next to what the cache saves.
+//!
+//! - `per_call`: the run token from the verified-token cache, one block appended (bound to host,
+//!   method, path, model, step, 60 s expiry; an ed25519 signature) and the Datalog authorization
+//!   of the call's facts against the attenuated token — everything `Capabilities::check` does but
+//!   the revocation lookup;
+//! - `verify_uncached`: checking a run token's signature and reading its claims, which the cache
+//!   keeps off the per-call path (once per token);
+//! - `attenuate_offline`: appending a block to a token without its key (what
+//!   `fleetforge-ctl capability attenuate` does);
+//! - `tool_verify`: what a tool pays to check a per-call token offline (signatures of both
+//!   blocks plus the authorization).
+//!
+//! Run: `cargo bench -p fleetforge-proxy --bench capability`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use fleetforge_proxy::capability::Capabilities;
+use fleetforge_trust::capability::{self as cap, CallFacts, Grants, RootKeys, RunClaims, RunToken};
+
+fn setup() -> (RootKeys, String) {
+    let (private, public) = cap::generate_root();
+    let root = cap::root_from_bytes(&private).unwrap();
+    let mut roots = RootKeys::default();
+    roots.insert(1, &public).unwrap();
+    let claims = RunClaims {
+        run: "run-bench".into(),
+        tenant: "default".into(),
+        agent: Some("planner".into()),
+        expires: cap::unix_now() + 3600,
+        grants: Grants {
+            hosts: vec!["api.openai.com".into(), "*.tools.example".into()],
+            methods: vec!["POST".into()],
+            paths: vec!["/v1/".into()],
+            models: vec!["gpt-4o*".into()],
+            max_tokens: Some(100_000),
+        },
+    };
+    (roots, cap::mint(&root, 1, &claims).unwrap())
+}
+
+fn facts() -> CallFacts<'static> {
+    CallFacts {
+        host: "api.openai.com",
+        method: "POST",
+        path: "/v1/chat/completions",
+        model: Some("gpt-4o-mini"),
+        step: 42,
+        now: SystemTime::now(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (roots, token) = setup();
+    let caps = Capabilities::new(Duration::from_secs(60));
+    caps.set_roots(roots.clone());
+    caps.run_token(&token).unwrap();
+    let mut g = c.benchmark_group("capability");
+    g.bench_function("per_call", |b| {
+        b.iter(|| {
+            let t = caps.run_token(black_box(&token)).unwrap();
+            black_box(t.authorize_call("run-bench", &facts(), Duration::from_secs(60)).unwrap())
+        })
+    });
+    g.bench_function("verify_uncached", |b| b.iter(|| black_box(RunToken::verify(black_box(&token), &roots).unwrap())));
+    let verified = RunToken::verify(&token, &roots).unwrap();
+    g.bench_function("attenuate_offline", |b| {
+        b.iter(|| {
+            black_box(
+                cap::attenuate(
+                    black_box(&token),
+                    &Grants { paths: vec!["/v1/chat/".into()], ..Grants::default() },
+                    None,
+                    SystemTime::now(),
+                )
+                .unwrap(),
+            )
+        })
+    });
+    let per_call =
+        verified.authorize_call("run-bench", &facts(), Duration::from_secs(60)).unwrap().to_base64().unwrap();
+    g.bench_function("tool_verify", |b| {
+        b.iter(|| black_box(cap::verify_for_call(black_box(&per_call), &roots, &facts()).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

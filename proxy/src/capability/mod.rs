@@ -1,0 +1,167 @@
+//! Capability tokens in the authorize phase: verify the run's Biscuit, attenuate it to this call,
+//! authorize the call's facts.
+//!
+//! Expensive work stays off the per-call path: a run token's signatures are checked once and the
+//! verified token is cached by its text; root public keys are fetched from control by the
+//! [`sync`] thread (at start, every 30 s, and at once when a token names an unknown key id);
+//! revocations are polled every second and checked per call with one hash lookup per block.
+//! Per call: one block appended (an ed25519 signature) and one Datalog authorization.
+//!
+//! Result: `Ok(Some(grant))` — the per-call token, its ids for the receipt, and the header value
+//! for tool upstreams; `Ok(None)` when capabilities are off; or `407 proxy_auth_required` (no,
+//! bad, expired, revoked or foreign token) or `403 capability_denied` (the call is out of the
+//! token's scope), each recorded with a signed receipt like every refused call.
+
+pub mod sync;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use fleetforge_trust::capability::{CallFacts, CapabilityError, RootKeys, RunToken};
+use http::HeaderValue;
+
+use crate::context::Call;
+use crate::error::{ErrorKind, Phase, ProxyError, Side};
+
+/// Verified run tokens kept at most (the cache is cleared when it grows past this).
+const CACHE_MAX: usize = 10_000;
+
+/// What a successful check hands to the rest of the call.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Revocation id of the run token (hex).
+    pub token_id: String,
+    /// Revocation id of this call's block (hex).
+    pub call_token_id: String,
+    /// When the per-call token expires (unix seconds).
+    pub expires: u64,
+    /// The per-call token for `x-fleetforge-capability`, when the upstream is a tool.
+    pub header: Option<HeaderValue>,
+}
+
+impl Grant {
+    /// The receipt's `capability` member.
+    pub fn receipt_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "token_id": self.token_id,
+            "call_token_id": self.call_token_id,
+            "expires": self.expires,
+        })
+    }
+}
+
+/// The proxy's capability state.
+#[derive(Debug, Default)]
+pub struct Capabilities {
+    roots: RwLock<Arc<RootKeys>>,
+    verified: RwLock<HashMap<String, Arc<RunToken>>>,
+    revoked: RwLock<HashSet<String>>,
+    /// Woken to fetch root keys now (a token named an unknown key id).
+    pub refresh: tokio::sync::Notify,
+    /// Per-call token lifetime.
+    pub call_ttl: Duration,
+}
+
+fn auth_required(message: String, reason: &str) -> ProxyError {
+    ProxyError::new(ErrorKind::ProxyAuthRequired, Phase::Authorize, Side::Agent, message).with_reason(reason)
+}
+
+impl Capabilities {
+    /// Empty state: no keys yet (the sync thread fetches them).
+    pub fn new(call_ttl: Duration) -> Self {
+        Self { call_ttl, ..Self::default() }
+    }
+
+    /// Replaces the root keys.
+    pub fn set_roots(&self, roots: RootKeys) {
+        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(roots);
+    }
+
+    /// How many root keys are loaded.
+    pub fn root_count(&self) -> usize {
+        self.roots.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Adds revoked ids.
+    pub fn revoke(&self, ids: impl IntoIterator<Item = String>) {
+        let mut set = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        set.extend(ids);
+    }
+
+    /// Whether a root key id is known.
+    pub fn knows_root(&self, id: u32) -> bool {
+        self.roots.read().unwrap_or_else(|e| e.into_inner()).contains(id)
+    }
+
+    /// The verified run token for `token`, from the cache or by verifying it now.
+    pub fn run_token(&self, token: &str) -> Result<Arc<RunToken>, CapabilityError> {
+        if let Some(hit) = self.verified.read().unwrap_or_else(|e| e.into_inner()).get(token) {
+            return Ok(hit.clone());
+        }
+        let roots = self.roots.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let verified = Arc::new(RunToken::verify(token, &roots)?);
+        let mut cache = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), verified.clone());
+        Ok(verified)
+    }
+
+    fn revoked_id(&self, token: &RunToken) -> Option<String> {
+        let set = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+        token.revocation_ids.iter().find(|id| set.contains(*id)).cloned()
+    }
+
+    /// Checks `call` against the token it presented; `tool` says whether the upstream receives
+    /// the per-call token.
+    pub fn check(&self, call: &Call, tool: bool) -> Result<Grant, ProxyError> {
+        let identity = call.identity.as_ref();
+        let run = identity.map(|i| i.run.as_str()).unwrap_or_default();
+        let Some(token) = identity.and_then(|i| i.token.as_ref()) else {
+            return Err(auth_required(
+                format!(
+                    "run {run} presented no capability token; send it as the proxy password (HTTPS_PROXY=http://RUN_ID:RUN_TOKEN@…) or x-fleetforge-token"
+                ),
+                "capability_missing",
+            ));
+        };
+        let run_token = self.run_token(token.expose()).map_err(|e| refused(&e))?;
+        if let Some(id) = self.revoked_id(&run_token) {
+            return Err(auth_required(
+                format!("the capability token of run {run} was revoked (revocation id {id})"),
+                "capability_revoked",
+            ));
+        }
+        let target = call.target.as_ref();
+        let facts = CallFacts {
+            host: target.map(|t| t.host.as_str()).unwrap_or_default(),
+            method: call.method.as_str(),
+            path: call.path.split('?').next().unwrap_or_default(),
+            model: call.model.as_deref(),
+            step: identity.map_or(0, |i| i.step),
+            now: SystemTime::now(),
+        };
+        let per_call = run_token.authorize_call(run, &facts, self.call_ttl).map_err(|e| refused(&e))?;
+        let header = if tool {
+            let b64 = per_call.to_base64().map_err(|e| refused(&e))?;
+            HeaderValue::from_str(&b64).ok()
+        } else {
+            None
+        };
+        let expires = fleetforge_trust::capability::unix_now() + self.call_ttl.as_secs().max(1);
+        Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: per_call.id, expires, header })
+    }
+}
+
+/// The contract error for a refused token: 407 when the token itself is bad, 403 when the call
+/// is outside its scope.
+fn refused(e: &CapabilityError) -> ProxyError {
+    if e.is_authentication() {
+        auth_required(format!("{e}; ask the operator for a valid run token"), "capability_invalid")
+    } else {
+        ProxyError::new(ErrorKind::CapabilityDenied, Phase::Authorize, Side::Agent, e.to_string())
+            .with_reason("capability_out_of_scope")
+    }
+}

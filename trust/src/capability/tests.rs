@@ -1,0 +1,150 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+fn setup(grants: Grants) -> (RootKeys, String, KeyPair) {
+    let (private, public) = generate_root();
+    let root = root_from_bytes(&private).unwrap();
+    let mut roots = RootKeys::default();
+    roots.insert(7, &public).unwrap();
+    let expires = unix(SystemTime::now()) + 3600;
+    let claims =
+        RunClaims { run: "run-a".into(), tenant: "acme".into(), agent: Some("planner".into()), expires, grants };
+    (roots, mint(&root, 7, &claims).unwrap(), root)
+}
+
+fn call<'a>(host: &'a str, path: &'a str, model: Option<&'a str>) -> CallFacts<'a> {
+    CallFacts { host, method: "POST", path, model, step: 3, now: SystemTime::now() }
+}
+
+fn grants() -> Grants {
+    Grants {
+        hosts: vec!["api.openai.com".into(), "*.tools.example".into()],
+        methods: vec!["POST".into(), "GET".into()],
+        paths: vec!["/v1/".into()],
+        models: vec!["gpt-4o*".into()],
+        max_tokens: Some(1000),
+    }
+}
+
+#[test]
+fn a_run_token_verifies_and_carries_its_claims() {
+    let (roots, token, _) = setup(grants());
+    let t = RunToken::verify(&token, &roots).unwrap();
+    assert_eq!((t.run.as_str(), t.tenant.as_str(), t.agent.as_deref()), ("run-a", "acme", Some("planner")));
+    assert_eq!(t.revocation_ids.len(), 1);
+    assert_eq!(t.id().len(), 128, "ed25519 signature, hex");
+    assert_eq!(root_key_id(&token), Some(7));
+}
+
+#[test]
+fn calls_in_scope_are_authorized_and_the_call_token_is_bound_to_the_call() {
+    let (roots, token, _) = setup(grants());
+    let t = RunToken::verify(&token, &roots).unwrap();
+    let c = call("api.openai.com", "/v1/chat/completions", Some("gpt-4o-mini"));
+    let per_call = t.authorize_call("run-a", &c, Duration::from_secs(60)).unwrap();
+    assert_eq!(per_call.id.len(), 128);
+    let b64 = per_call.to_base64().unwrap();
+    // A tool verifies it offline for exactly this call…
+    assert_eq!(verify_for_call(&b64, &roots, &c).unwrap(), "run-a");
+    // …and not for another path, host or model.
+    let other_path = call("api.openai.com", "/v1/embeddings", Some("gpt-4o-mini"));
+    assert!(matches!(verify_for_call(&b64, &roots, &other_path), Err(CapabilityError::Denied(_))));
+    let other_model = call("api.openai.com", "/v1/chat/completions", Some("gpt-4o"));
+    assert!(matches!(verify_for_call(&b64, &roots, &other_model), Err(CapabilityError::Denied(_))));
+    // Suffix grants.
+    t.authorize_call("run-a", &call("search.tools.example", "/v1/q", None), Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn out_of_scope_calls_are_denied_naming_the_check() {
+    let (roots, token, _) = setup(grants());
+    let t = RunToken::verify(&token, &roots).unwrap();
+    for (c, needle) in [
+        (call("evil.example", "/v1/chat/completions", None), "host"),
+        (call("api.openai.com", "/admin", None), "path"),
+        (call("api.openai.com", "/v1/chat/completions", Some("claude-3")), "model"),
+    ] {
+        let err = t.authorize_call("run-a", &c, Duration::from_secs(60)).unwrap_err();
+        assert!(matches!(&err, CapabilityError::Denied(m) if m.contains(needle)), "{err}");
+        assert!(!err.is_authentication());
+    }
+    let delete = CallFacts { method: "DELETE", ..call("api.openai.com", "/v1/files", None) };
+    assert!(matches!(t.authorize_call("run-a", &delete, Duration::from_secs(60)), Err(CapabilityError::Denied(_))));
+}
+
+#[test]
+fn bad_tokens_are_authentication_failures() {
+    let (roots, token, _) = setup(Grants::default());
+    let garbage = RunToken::verify("not-a-token", &roots).unwrap_err();
+    assert!(garbage.is_authentication(), "{garbage}");
+    // Signed by an unknown root.
+    let (other_roots, _, _) = setup(Grants::default());
+    let unknown = RunToken::verify(&token, &RootKeys::default()).unwrap_err();
+    assert!(matches!(unknown, CapabilityError::UnknownKey(Some(7))), "{unknown}");
+    let _ = other_roots;
+    // Another run's token.
+    let t = RunToken::verify(&token, &roots).unwrap();
+    let err = t.authorize_call("run-b", &call("x.test", "/", None), Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(err, CapabilityError::WrongRun { .. }) && err.is_authentication(), "{err}");
+    // A flipped byte breaks the signature.
+    let mut bytes = token.clone().into_bytes();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    assert!(RunToken::verify(&String::from_utf8(bytes).unwrap(), &roots).is_err());
+}
+
+#[test]
+fn expired_tokens_are_refused() {
+    let (private, public) = generate_root();
+    let root = root_from_bytes(&private).unwrap();
+    let mut roots = RootKeys::default();
+    roots.insert(1, &public).unwrap();
+    let past = unix(SystemTime::now()) - 10;
+    let claims =
+        RunClaims { run: "run-old".into(), tenant: "t".into(), agent: None, expires: past, grants: Grants::default() };
+    let token = mint(&root, 1, &claims).unwrap();
+    let t = RunToken::verify(&token, &roots).unwrap();
+    let err = t.authorize_call("run-old", &call("x.test", "/", None), Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(err, CapabilityError::Expired(_)) && err.is_authentication(), "{err}");
+    // The per-call block's own short expiry binds tools too.
+    let (roots, token, _) = setup(Grants::default());
+    let t = RunToken::verify(&token, &roots).unwrap();
+    let c = call("x.test", "/", None);
+    let b64 = t.authorize_call("run-a", &c, Duration::from_secs(5)).unwrap().to_base64().unwrap();
+    let later = CallFacts { now: SystemTime::now() + Duration::from_secs(30), ..c };
+    assert!(matches!(verify_for_call(&b64, &roots, &later), Err(CapabilityError::Expired(_))));
+}
+
+#[test]
+fn offline_attenuation_narrows_and_never_widens() {
+    let (roots, token, _) = setup(grants());
+    let narrow = Grants { paths: vec!["/v1/chat/".into()], ..Grants::default() };
+    let sub = attenuate(&token, &narrow, Some(Duration::from_secs(60)), SystemTime::now()).unwrap();
+    let t = RunToken::verify(&sub, &roots).unwrap();
+    assert_eq!(t.revocation_ids.len(), 2);
+    t.authorize_call("run-a", &call("api.openai.com", "/v1/chat/completions", None), Duration::from_secs(5)).unwrap();
+    assert!(t.authorize_call("run-a", &call("api.openai.com", "/v1/files", None), Duration::from_secs(5)).is_err());
+    // Widening is impossible: the authority's host check still applies.
+    let wide = Grants { hosts: vec!["*".into()], paths: vec!["/".into()], ..Grants::default() };
+    let sub = attenuate(&token, &wide, None, SystemTime::now()).unwrap();
+    let t = RunToken::verify(&sub, &roots).unwrap();
+    assert!(t.authorize_call("run-a", &call("evil.example", "/v1/x", None), Duration::from_secs(5)).is_err());
+    assert!(attenuate(&token, &Grants::default(), None, SystemTime::now()).is_err(), "nothing to narrow");
+}
+
+#[test]
+fn quotes_in_grants_are_refused() {
+    let (private, _) = generate_root();
+    let root = root_from_bytes(&private).unwrap();
+    let claims = RunClaims {
+        run: "r".into(),
+        tenant: "t".into(),
+        agent: None,
+        expires: 4_000_000_000,
+        grants: Grants { hosts: vec!["a\"b".into()], ..Grants::default() },
+    };
+    assert!(matches!(mint(&root, 1, &claims), Err(CapabilityError::Parameter(_))));
+}
