@@ -549,6 +549,11 @@ impl Clients {
         Self { python, node_modules, scripts: workspace().join("tests/clients") }
     }
 
+    /// The virtualenv's Python interpreter (for long-running example servers).
+    pub fn python_bin(&self) -> &Path {
+        &self.python
+    }
+
     /// Runs `tests/clients/<script>` with Python.
     pub async fn python(&self, script: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<ClientOutput> {
         let mut cmd = base_command(&self.python);

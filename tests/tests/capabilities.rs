@@ -291,3 +291,85 @@ async fn the_run_exports_as_a_verifiable_credential() {
     let (_, keys) = s.control.api("GET", "/v1/keys", &s.control.token, None).unwrap();
     assert!(keys["keys"].as_array().unwrap().iter().any(|k| k["did"] == vc["issuer"]), "{keys}");
 }
+
+/// Kills a child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_tool_example_accepts_proxied_calls_and_refuses_everything_else() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::fresh(false).unwrap();
+    let control = ControlProcess::start(&db, &dir.path().join("control-home"), None).unwrap();
+    let clients = Clients::locate();
+    // The tool: docs/examples/tool_server.py, trusting control's root key as listed in /v1/keys.
+    let (_, keys) = control.api("GET", "/v1/keys", &control.token, None).unwrap();
+    let root = keys["keys"].as_array().unwrap().iter().find(|k| k["kind"] == "capability-root").unwrap().clone();
+    let script = fleetforge_e2e::harness::workspace().join("docs/examples/tool_server.py");
+    let mut child = std::process::Command::new(clients.python_bin())
+        .arg(&script)
+        .arg("127.0.0.1:0")
+        .env("ROOT_KEYS", format!("{}={}", root["root_key_id"], root["public_key"].as_str().unwrap()))
+        .env("TOOL_HOST", "tool.test")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _tool = Child(child);
+    let tool_addr: std::net::SocketAddr =
+        serde_json::from_str::<Value>(&line).unwrap()["listen"].as_str().unwrap().parse().unwrap();
+    let proxy = ProxyProcess::builder()
+        .home(&dir.path().join("proxy-home"))
+        .resolve("tool.test", tool_addr)
+        .env("FLEETFORGE_CONTROL_URL", control.url())
+        .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
+        .env("FLEETFORGE_CAPABILITIES", "true")
+        .env("FLEETFORGE_TOOL_HOSTS", "tool.test")
+        .start()
+        .unwrap();
+    let body = json!({"grants": {"hosts": ["tool.test"], "paths": ["/search"]}}).to_string();
+    let (_, created) = control.api("POST", "/v1/runs", &control.token, Some(&body)).unwrap();
+    let (run, token) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
+    let url = format!("http://tool.test:{}/search", tool_addr.port());
+    let through_proxy = clients
+        .curl(&["-d", "{}", &url], &[("http_proxy", &proxy.proxy_url(run, token))])
+        .await
+        .unwrap()
+        .ok()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(through_proxy["run"], run, "the tool verified the per-call capability: {through_proxy}");
+    // Straight to the tool: no capability, refused.
+    let direct = format!("http://{tool_addr}/search");
+    let out = clients.curl(&["-s", "-w", "%{http_code}", "-o", "/dev/null", "-d", "{}", &direct], &[]).await.unwrap();
+    assert_eq!(out.stdout, "401");
+    // A forged header is refused too.
+    let out = clients
+        .curl(
+            &[
+                "-s",
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                "-H",
+                "x-fleetforge-capability: forged",
+                "-d",
+                "{}",
+                &direct,
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "401");
+}
