@@ -5,7 +5,8 @@
 //! verified token is cached by its text; root public keys are fetched from control by the
 //! [`sync`] thread (at start, every 30 s, and at once when a token names an unknown key id);
 //! revocations are polled every second and checked per call with one hash lookup per block.
-//! Per call: one block appended (an ed25519 signature) and one Datalog authorization.
+//! Per call: one Datalog authorization of the call's facts; for tool upstreams, which receive
+//! the per-call token, also one block appended (an ed25519 key pair and signature).
 //!
 //! Result: `Ok(Some(grant))` — the per-call token, its ids for the receipt, and the header value
 //! for tool upstreams; `Ok(None)` when capabilities are off; or `407 proxy_auth_required` (no,
@@ -32,8 +33,9 @@ const CACHE_MAX: usize = 10_000;
 pub struct Grant {
     /// Revocation id of the run token (hex).
     pub token_id: String,
-    /// Revocation id of this call's block (hex).
-    pub call_token_id: String,
+    /// Revocation id of this call's block (hex), when a per-call token was minted (tool
+    /// upstreams).
+    pub call_token_id: Option<String>,
     /// When the per-call token expires (unix seconds).
     pub expires: u64,
     /// The per-call token for `x-fleetforge-capability`, when the upstream is a tool.
@@ -43,11 +45,11 @@ pub struct Grant {
 impl Grant {
     /// The receipt's `capability` member.
     pub fn receipt_value(&self) -> serde_json::Value {
-        serde_json::json!({
-            "token_id": self.token_id,
-            "call_token_id": self.call_token_id,
-            "expires": self.expires,
-        })
+        let mut v = serde_json::json!({ "token_id": self.token_id, "expires": self.expires });
+        if let Some(id) = &self.call_token_id {
+            v["call_token_id"] = serde_json::Value::String(id.clone());
+        }
+        v
     }
 }
 
@@ -143,15 +145,17 @@ impl Capabilities {
             step: identity.map_or(0, |i| i.step),
             now: SystemTime::now(),
         };
-        let per_call = run_token.authorize_call(run, &facts, self.call_ttl).map_err(|e| refused(&e))?;
-        let header = if tool {
-            let b64 = per_call.to_base64().map_err(|e| refused(&e))?;
-            HeaderValue::from_str(&b64).ok()
-        } else {
-            None
-        };
         let expires = fleetforge_trust::capability::unix_now() + self.call_ttl.as_secs().max(1);
-        Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: per_call.id, expires, header })
+        if !tool {
+            // Nobody receives a per-call token, so none is minted: the decision is the same (see
+            // `RunToken::authorize`) without an ed25519 key generation and signature per call.
+            run_token.authorize(run, &facts).map_err(|e| refused(&e))?;
+            return Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: None, expires, header: None });
+        }
+        let per_call = run_token.authorize_call(run, &facts, self.call_ttl).map_err(|e| refused(&e))?;
+        let b64 = per_call.to_base64().map_err(|e| refused(&e))?;
+        let header = HeaderValue::from_str(&b64).ok();
+        Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: Some(per_call.id), expires, header })
     }
 }
 

@@ -54,6 +54,12 @@ fn calls_in_scope_are_authorized_and_the_call_token_is_bound_to_the_call() {
     assert!(matches!(verify_for_call(&b64, &roots, &other_path), Err(CapabilityError::Denied(_))));
     let other_model = call("api.openai.com", "/v1/chat/completions", Some("gpt-4o"));
     assert!(matches!(verify_for_call(&b64, &roots, &other_model), Err(CapabilityError::Denied(_))));
+    // The same decisions without minting a per-call token.
+    t.authorize("run-a", &c).unwrap();
+    t.authorize("run-a", &other_model).unwrap();
+    let outside = call("api.openai.com", "/v1/chat/completions", Some("claude-3"));
+    assert!(matches!(t.authorize("run-a", &outside), Err(CapabilityError::Denied(_))));
+    assert!(matches!(t.authorize("run-b", &c), Err(CapabilityError::WrongRun { .. })));
     // Suffix grants.
     t.authorize_call("run-a", &call("search.tools.example", "/v1/q", None), Duration::from_secs(60)).unwrap();
 }
