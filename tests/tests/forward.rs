@@ -318,15 +318,18 @@ async fn tunnelled_hosts_keep_the_clients_own_tls() {
     let seen = tool.last_request().unwrap();
     assert_eq!(seen.sni.as_deref(), Some("tools.internal.test"));
     assert!(!seen.headers.contains_key("proxy-authorization"));
-    // The tunnel is recorded when it closes.
+    // The tunnel is counted when it opens, and its bytes and receipt are recorded when it closes
+    // (after curl has exited, so wait for that).
+    assert_eq!(proxy.metric("fleetforge_connect_total{mode=\"tunnelled\"}").unwrap(), 1.0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while proxy.metric("fleetforge_connect_total{mode=\"tunnelled\"}").unwrap() < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "tunnel not counted");
+    while proxy.metric("fleetforge_tunnel_bytes_total{direction=\"down\"}").unwrap() == 0.0 {
+        assert!(std::time::Instant::now() < deadline, "tunnel close not recorded within 5 s");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(proxy.metric("fleetforge_tunnel_bytes_total{direction=\"down\"}").unwrap() > 0.0);
-    let logs = proxy.logs();
-    assert!(logs.contains("tools.internal.test") && logs.contains("run-tunnel"), "tunnel call recorded: {logs}");
+    while !(proxy.logs().contains("tools.internal.test") && proxy.logs().contains("run-tunnel")) {
+        assert!(std::time::Instant::now() < deadline, "tunnel call recorded: {}", proxy.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

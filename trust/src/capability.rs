@@ -183,6 +183,24 @@ fn grant_check(
     Ok(Some(format!("check if {};", alternatives.join(" or "))))
 }
 
+/// The checks for every restricted dimension of `g`, one per line.
+fn grant_checks(g: &Grants, params: &mut HashMap<String, Term>) -> Result<String, CapabilityError> {
+    let mut code = String::new();
+    for check in [
+        grant_check("host", &g.hosts, false, params, None)?,
+        grant_check("method", &g.methods, false, params, None)?,
+        grant_check("path", &g.paths, true, params, None)?,
+        grant_check("model", &g.models, false, params, Some("no_model(true)"))?,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        code.push_str(&check);
+        code.push('\n');
+    }
+    Ok(code)
+}
+
 /// Mints a run token with `root` (root key id `key_id`); returns it base64url.
 pub fn mint(root: &KeyPair, key_id: u32, claims: &RunClaims) -> Result<String, CapabilityError> {
     let mut params: HashMap<String, Term> = HashMap::new();
@@ -199,19 +217,7 @@ pub fn mint(root: &KeyPair, key_id: u32, claims: &RunClaims) -> Result<String, C
         params.insert("max_tokens".into(), Term::Integer(i64::try_from(max).unwrap_or(i64::MAX)));
         code.push_str("max_tokens({max_tokens});\n");
     }
-    let g = &claims.grants;
-    for check in [
-        grant_check("host", &g.hosts, false, &mut params, None)?,
-        grant_check("method", &g.methods, false, &mut params, None)?,
-        grant_check("path", &g.paths, true, &mut params, None)?,
-        grant_check("model", &g.models, false, &mut params, Some("no_model(true)"))?,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        code.push_str(&check);
-        code.push('\n');
-    }
+    code.push_str(&grant_checks(&claims.grants, &mut params)?);
     let token = Biscuit::builder()
         .code_with_params(&code, params, HashMap::new())
         .map_err(invalid)?
@@ -459,19 +465,7 @@ pub fn attenuate(
 ) -> Result<String, CapabilityError> {
     let unverified = UnverifiedBiscuit::from_base64(token.trim()).map_err(invalid)?;
     let mut params = HashMap::new();
-    let mut code = String::new();
-    for check in [
-        grant_check("host", &narrow.hosts, false, &mut params, None)?,
-        grant_check("method", &narrow.methods, false, &mut params, None)?,
-        grant_check("path", &narrow.paths, true, &mut params, None)?,
-        grant_check("model", &narrow.models, false, &mut params, Some("no_model(true)"))?,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        code.push_str(&check);
-        code.push('\n');
-    }
+    let mut code = grant_checks(narrow, &mut params)?;
     if let Some(ttl) = ttl {
         params.insert("ttl_expires".into(), Term::Date(unix(now) + ttl.as_secs()));
         code.push_str("check if time($t), $t <= {ttl_expires};\n");
