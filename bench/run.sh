@@ -8,9 +8,11 @@
 # Starts the project's fake LLM upstream (tests/, HTTPS, api.llm.test), fleetforge-control
 # (SQLite under the work dir, or Postgres when BENCH_DATABASE_URL is set), one fleetforge-proxy
 # with a sidecar listener and the forward listener that records every call and ships the receipts
-# to that control, and a second proxy with recording off (FLEETFORGE_RECEIPTS=false, sidecar
-# only). Then drives the same OpenAI-shaped load with oha (JSON and SSE) straight at the upstream,
-# through both sidecars, and through the forward proxy (CONNECT + TLS interception, keep-alive
+# to that control, a second proxy with recording off (FLEETFORGE_RECEIPTS=false, sidecar only),
+# and a third with recording off and capability tokens on (FLEETFORGE_CAPABILITIES=true; the load
+# presents a run token minted by control), so the cost of each shows against the same baseline.
+# Then drives the same OpenAI-shaped load with oha (JSON and SSE) straight at the upstream,
+# through the three sidecars, and through the forward proxy (CONNECT + TLS interception, keep-alive
 # inside the tunnel). Rounds alternate the scenario order. Prints req/s, p50/p99 latency, TTFB,
 # req/s relative to direct, CPU µs per request of the proxy, of control (ingest) and of the
 # upstream (from /proc, per measured window), and the ingest drain: how long after the load
@@ -22,7 +24,8 @@
 # For peers (nginx, squid, mitmproxy, LiteLLM) in the same run, use the shared harness with
 # bench/proxy-cmd.sh (see bench/README.md).
 #
-# Env: BENCH_STATE (default ~/.cache/fleetforge-bench: oha install, results), OHA (path to oha).
+# Env: BENCH_STATE (default ~/.cache/fleetforge-bench: oha install, results), OHA (path to oha),
+# BENCH_DATABASE_URL (control on Postgres instead of SQLite).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -36,7 +39,7 @@ while (($#)); do
     --chunk-delay-ms) DELAY=$2; shift 2 ;;
     --rss) RSS=$2; shift 2 ;;
     --no-load) LOAD=0; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -84,12 +87,22 @@ pids+=($!); proxy_pid=$!
 FLEETFORGE_RECEIPTS=false "$target/fleetforge-proxy" --home "$work/home-norec" "${proxy_args[@]}" \
   >"$work/proxy-norec.out" 2>"$work/proxy-norec.err" &
 pids+=($!); norec_pid=$!
+# Recording off, capability tokens on: every call presents a run token (Biscuit) that is checked.
+FLEETFORGE_RECEIPTS=false FLEETFORGE_CAPABILITIES=true FLEETFORGE_CONTROL_URL="http://$control" \
+  FLEETFORGE_CONTROL_TOKEN="$token" "$target/fleetforge-proxy" --home "$work/home-cap" "${proxy_args[@]}" \
+  >"$work/proxy-cap.out" 2>"$work/proxy-cap.err" &
+pids+=($!); cap_pid=$!
+run_json=$(curl -sf "http://$control/v1/runs" -H "authorization: Bearer $token" -H 'content-type: application/json' \
+  -d '{"agent":"bench","grants":{"hosts":["api.llm.test"],"methods":["POST"],"paths":["/v1/"],"models":["gpt-4o*"]}}')
+cap_run=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["id"])' "$run_json")
+cap_token=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["token"])' "$run_json")
 ready=$(ready_line "$work/proxy.out")
 field() { python3 -c 'import json,sys;v=json.loads(sys.argv[1])[sys.argv[2]];print(v[0] if isinstance(v,list) else v)' "$@"; }
 fwd=$(field "$ready" forward)
 side=$(field "$ready" sidecars)
 admin=$(field "$ready" admin)
 side_norec=$(field "$(ready_line "$work/proxy-norec.out")" sidecars)
+side_cap=$(field "$(ready_line "$work/proxy-cap.out")" sidecars)
 cat "$work/test-ca.pem" "$work/home/ca/ca.pem" >"$work/client-ca.pem"
 log "upstream $up, control $control ($([[ -n ${BENCH_DATABASE_URL:-} ]] && echo postgres || echo sqlite)), proxy forward $fwd" \
   "sidecar $side (recording), sidecar $side_norec (recording off), oha $($oha --version | head -1)"
@@ -122,6 +135,7 @@ measure() { # scenario mode round
     direct) args=(--connect-to "api.llm.test:$up_port:127.0.0.1:$up_port" --cacert "$work/test-ca.pem" "$url_direct") ;;
     sidecar) args=("http://$side/v1/chat/completions") ;;
     sidecar-norec) args=("http://$side_norec/v1/chat/completions") ;;
+    sidecar-cap) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_cap/v1/chat/completions") ;;
     forward) args=(-x "http://$fwd" --no-pre-lookup --cacert "$work/client-ca.pem" "$url_direct") ;;
   esac
   local common=(-c "$CONC" --no-tui --output-format json -m POST -T application/json
@@ -129,10 +143,13 @@ measure() { # scenario mode round
   "$oha" -z "${WARMUP}s" "${common[@]}" "${args[@]}" >/dev/null 2>&1 || true
   local pid=$proxy_pid lag=- p0 u0 c0 p1 u1 c1
   [[ $s == sidecar-norec ]] && pid=$norec_pid
-  [[ $s != direct && $s != sidecar-norec ]] && drain >/dev/null # the warm-up's receipts are in before we count
+  [[ $s == sidecar-cap ]] && pid=$cap_pid
+  local records=1
+  [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap ]] && records=0
+  ((records)) && drain >/dev/null # the warm-up's receipts are in before we count
   p0=$(ticks "$pid"); u0=$(ticks "$up_pid"); c0=$(ticks "$control_pid")
   "$oha" -z "${DURATION}s" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
-  [[ $s != direct && $s != sidecar-norec ]] && lag=$(drain)
+  ((records)) && lag=$(drain)
   p1=$(ticks "$pid"); u1=$(ticks "$up_pid"); c1=$(ticks "$control_pid")
   [[ $s == direct ]] && p1=$p0
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$mode" "$r" "$work/$s-$mode-$r.json" "$((p1 - p0))" "$((u1 - u0))" \
@@ -140,8 +157,8 @@ measure() { # scenario mode round
 }
 ((LOAD)) || ROUNDS=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  order=(direct sidecar sidecar-norec forward)
-  ((r % 2 == 0)) && order=(forward sidecar-norec sidecar direct)
+  order=(direct sidecar sidecar-norec sidecar-cap forward)
+  ((r % 2 == 0)) && order=(forward sidecar-cap sidecar-norec sidecar direct)
   for s in "${order[@]}"; do
     for mode in nonstream stream; do
       log "round $r: $s/$mode"

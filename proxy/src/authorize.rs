@@ -101,8 +101,15 @@ pub async fn capability(
     {
         call.model = Some(model);
     }
-    let token = call.identity.as_ref().and_then(|i| i.token.as_ref()).map(|t| t.expose().to_owned());
-    if let Some(id) = token.as_deref().and_then(fleetforge_trust::capability::root_key_id)
+    // Only a token not yet verified needs its root key looked up (parsing it costs more than the
+    // whole per-call check of a cached one).
+    let unverified = call
+        .identity
+        .as_ref()
+        .and_then(|i| i.token.as_ref())
+        .filter(|t| !caps.is_verified(t.expose()))
+        .map(|t| t.expose().to_owned());
+    if let Some(id) = unverified.as_deref().and_then(fleetforge_trust::capability::root_key_id)
         && !caps.knows_root(id)
     {
         caps.refresh.notify_one();

@@ -164,7 +164,12 @@ async fn tokens_allow_exactly_their_grants_and_every_refusal_is_a_verifiable_rec
         assert_eq!(a.body["error"]["type"], "capability_denied", "{what}: {}", a.body);
         assert!(a.body["error"]["receipt_id"].is_string(), "{}", a.body);
     }
+    // Decisions are remembered per token and call facts: the same call is denied again, and an
+    // allowed one still goes through.
+    let again = s.call(&run, &token, CHAT, &chat("claude-3-opus")).await;
+    assert_eq!(again.body["error"]["type"], "capability_denied", "{}", again.body);
     assert!(s.upstream.requests().is_empty(), "a denied call reaches no upstream");
+    assert_eq!(s.call(&run, &token, CHAT, &chat("gpt-4o-mini")).await.status, 200);
 
     // Bad tokens: 407.
     let garbage = s.call(&run, "not-a-biscuit", CHAT, &chat("gpt-4o")).await;
@@ -181,11 +186,11 @@ async fn tokens_allow_exactly_their_grants_and_every_refusal_is_a_verifiable_rec
     assert!(expired.body["error"]["message"].as_str().unwrap().contains("expired"), "{}", expired.body);
 
     // Every call — allowed and denied — left a receipt; the chain verifies.
-    let receipts = s.receipts(&run, 5);
+    let receipts = s.receipts(&run, 7);
     assert_eq!(receipts[0]["capability"]["token_id"], token_id.as_str(), "{}", receipts[0]);
     assert!(receipts[0]["capability"]["call_token_id"].is_null(), "no per-call token minted for an LLM host");
     let refused = |kind: &str| receipts.iter().filter(|r| r["decision"]["error"]["type"] == kind).count();
-    assert_eq!(refused("capability_denied"), 3, "{receipts:?}");
+    assert_eq!(refused("capability_denied"), 4, "{receipts:?}");
     assert_eq!(refused("proxy_auth_required"), 1, "the garbage token's call, under its run");
     let (_, verify) = s.control.api("GET", &format!("/v1/runs/{run}/verify"), &s.control.token, None).unwrap();
     assert_eq!(verify["ok"], true, "{verify}");

@@ -5,8 +5,10 @@
 //! verified token is cached by its text; root public keys are fetched from control by the
 //! [`sync`] thread (at start, every 30 s, and at once when a token names an unknown key id);
 //! revocations are polled every second and checked per call with one hash lookup per block.
-//! Per call: one Datalog authorization of the call's facts; for tool upstreams, which receive
-//! the per-call token, also one block appended (an ed25519 key pair and signature).
+//! Per call: one Datalog authorization of the call's facts — remembered for single-block run
+//! tokens, whose decision depends on time only through their expiry (checked on every call); for
+//! tool upstreams, which receive the per-call token, also one block appended (an ed25519 key pair
+//! and signature) and authorized.
 //!
 //! Result: `Ok(Some(grant))` — the per-call token, its ids for the receipt, and the header value
 //! for tool upstreams; `Ok(None)` when capabilities are off; or `407 proxy_auth_required` (no,
@@ -58,6 +60,10 @@ impl Grant {
 pub struct Capabilities {
     roots: RwLock<Arc<RootKeys>>,
     verified: RwLock<HashMap<String, Arc<RunToken>>>,
+    /// Authorization results of single-block run tokens by (token, run, host, method, path,
+    /// model): those tokens' only time-dependent check is their expiry, which is checked on every
+    /// call, so the rest of the decision is a pure function of these facts.
+    decisions: RwLock<HashMap<String, Result<(), CapabilityError>>>,
     revoked: RwLock<HashSet<String>>,
     /// Woken to fetch root keys now (a token named an unknown key id).
     pub refresh: tokio::sync::Notify,
@@ -96,6 +102,11 @@ impl Capabilities {
         self.roots.read().unwrap_or_else(|e| e.into_inner()).contains(id)
     }
 
+    /// Whether `token` has been verified already (a cache hit: no key lookup needed).
+    pub fn is_verified(&self, token: &str) -> bool {
+        self.verified.read().unwrap_or_else(|e| e.into_inner()).contains_key(token)
+    }
+
     /// The verified run token for `token`, from the cache or by verifying it now.
     pub fn run_token(&self, token: &str) -> Result<Arc<RunToken>, CapabilityError> {
         if let Some(hit) = self.verified.read().unwrap_or_else(|e| e.into_inner()).get(token) {
@@ -109,6 +120,36 @@ impl Capabilities {
         }
         cache.insert(token.to_owned(), verified.clone());
         Ok(verified)
+    }
+
+    /// `token.authorize(run, facts)`, from the decision cache when the token allows it.
+    fn decide(&self, token: &RunToken, run: &str, facts: &CallFacts<'_>) -> Result<(), CapabilityError> {
+        let cacheable = token.revocation_ids.len() == 1;
+        if !cacheable {
+            return token.authorize(run, facts);
+        }
+        if fleetforge_trust::capability::unix_now() > token.expires {
+            // Not cached: the expiry is the one check that depends on time.
+            return token.authorize(run, facts);
+        }
+        let key = format!(
+            "{}\0{run}\0{}\0{}\0{}\0{}",
+            token.id(),
+            facts.host,
+            facts.method,
+            facts.path,
+            facts.model.unwrap_or("\u{1}")
+        );
+        if let Some(hit) = self.decisions.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return hit.clone();
+        }
+        let decision = token.authorize(run, facts);
+        let mut cache = self.decisions.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, decision.clone());
+        decision
     }
 
     fn revoked_id(&self, token: &RunToken) -> Option<String> {
@@ -149,7 +190,7 @@ impl Capabilities {
         if !tool {
             // Nobody receives a per-call token, so none is minted: the decision is the same (see
             // `RunToken::authorize`) without an ed25519 key generation and signature per call.
-            run_token.authorize(run, &facts).map_err(|e| refused(&e))?;
+            self.decide(&run_token, run, &facts).map_err(|e| refused(&e))?;
             return Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: None, expires, header: None });
         }
         let per_call = run_token.authorize_call(run, &facts, self.call_ttl).map_err(|e| refused(&e))?;
