@@ -33,7 +33,7 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_owned()
 }
 
-fn newest_source(dir: &Path) -> SystemTime {
+fn newest_source(dir: &Path, binary: &str) -> SystemTime {
     let mut newest = SystemTime::UNIX_EPOCH;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -43,6 +43,12 @@ fn newest_source(dir: &Path) -> SystemTime {
             // Unit-test files (`tests.rs`, `tests/`) are not part of a binary: cargo does not
             // relink it when they change.
             if path.file_name().is_some_and(|n| n == "tests" || n == "tests.rs") {
+                continue;
+            }
+            // Another binary's main file (`src/bin/OTHER.rs`) is not part of this one either.
+            if path.parent().is_some_and(|p| p.ends_with("src/bin"))
+                && path.file_stem().is_some_and(|stem| stem != binary)
+            {
                 continue;
             }
             if path.is_dir() {
@@ -69,7 +75,7 @@ pub fn binary(name: &str) -> PathBuf {
     };
     for crate_dir in sources {
         assert!(
-            newest_source(&root.join(crate_dir)) <= built,
+            newest_source(&root.join(crate_dir), name) <= built,
             "{} is older than {crate_dir}: run `cargo build --workspace --bins` (scripts/test does)",
             path.display()
         );

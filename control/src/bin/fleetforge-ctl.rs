@@ -435,7 +435,7 @@ async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
                     r["id"].as_str().unwrap_or_default(),
                     r["tenant"].as_str().unwrap_or_default(),
                     r["created_at"].as_str().unwrap_or_default(),
-                    r["calls"],
+                    r["calls"].to_string(),
                     r["last_activity"].as_str().unwrap_or("-"),
                     r["verification"].as_str().unwrap_or_default()
                 );
@@ -498,8 +498,8 @@ async fn receipts(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
             };
             println!(
                 "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}",
-                r["step"],
-                r["chain"]["seq"],
+                r["step"].to_string(),
+                r["chain"]["seq"].to_string(),
                 r["started_at"].as_str().unwrap_or_default(),
                 r["upstream"]["host"].as_str().unwrap_or_default(),
                 target,
