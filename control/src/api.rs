@@ -304,12 +304,9 @@ async fn create_run(
     let root = app.roots.newest().ok_or_else(|| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "no capability root key is loaded")
     })?;
-    let token = fleetforge_trust::capability::mint(&root.pair, root.id, &claims)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let token_id = fleetforge_trust::capability::RunToken::verify(&token, &app.root_public_keys())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()))?
-        .id()
-        .to_owned();
+    let fleetforge_trust::capability::Minted { token, id: token_id } =
+        fleetforge_trust::capability::mint(&root.pair, root.id, &claims)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let labels = Value::Object(body.labels).to_string();
     let budget = serde_json::to_string(&body.budget.unwrap_or_default()).unwrap_or_else(|_| "{}".into());
     app.store.create_run(&id, &tenant, &labels, &budget, &auth::token_hash(&token)).await?;
@@ -568,17 +565,6 @@ async fn post_receipts(
     let answer = ingest::ingest(&app.store, &app.signatures, &app.keys, &p, body.receipts).await?;
     app.metrics.ingested(answer.accepted, answer.duplicates, answer.rejected, start.elapsed());
     Ok(Json(answer))
-}
-
-impl App {
-    /// The capability root public keys, for verifying tokens this control minted.
-    pub fn root_public_keys(&self) -> fleetforge_trust::capability::RootKeys {
-        let mut keys = fleetforge_trust::capability::RootKeys::default();
-        for r in self.roots.all() {
-            let _ = keys.insert(r.id, &r.public());
-        }
-        keys
-    }
 }
 
 #[utoipa::path(post, path = "/v1/runs/{id}/revoke", params(("id" = String, Path)),

@@ -198,7 +198,7 @@ pub struct Store {
 /// An open ingest transaction: portable statements on SQLite, array-bound statements over the
 /// native driver on Postgres (the hot path of `POST /v1/receipts`).
 pub enum IngestTx {
-    /// SQLite (or any engine) through the `Any` driver.
+    /// SQLite, through the `Any` driver.
     Any(sqlx::Transaction<'static, sqlx::Any>),
     /// Postgres, native.
     Pg(sqlx::Transaction<'static, sqlx::Postgres>),
@@ -228,7 +228,7 @@ impl IngestTx {
     /// The heads of every lane of `runs`, locked against concurrent ingests.
     pub async fn lane_heads(&mut self, runs: &[&str]) -> Result<HashMap<(String, String), (i64, String)>, StoreError> {
         match self {
-            IngestTx::Any(tx) => lane_heads(tx, Backend::Sqlite, runs).await,
+            IngestTx::Any(tx) => lane_heads(tx, runs).await,
             IngestTx::Pg(tx) => pg::lane_heads(tx, runs).await,
         }
     }
@@ -755,21 +755,15 @@ pub async fn run_tenants_or_create(
     Ok(out)
 }
 
-/// The heads of every lane of `runs`, locked for this transaction on Postgres, in one key order
-/// so two writers cannot deadlock (SQLite has one writer anyway).
+/// The heads of every lane of `runs` (the portable path; SQLite has one writer, so no row locks).
 pub async fn lane_heads(
     conn: &mut AnyConnection,
-    backend: Backend,
     runs: &[&str],
 ) -> Result<HashMap<(String, String), (i64, String)>, StoreError> {
     let mut out = HashMap::new();
     for chunk in runs.chunks(500) {
-        let lock = match backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
         let sql = format!(
-            "SELECT run_id, lane, seq, hash FROM lanes WHERE run_id IN ({}) ORDER BY run_id, lane{lock}",
+            "SELECT run_id, lane, seq, hash FROM lanes WHERE run_id IN ({}) ORDER BY run_id, lane",
             placeholders(conn, chunk.len())
         );
         let mut q = sqlx::query(&sql);

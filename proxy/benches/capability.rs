@@ -41,7 +41,7 @@ fn setup() -> (RootKeys, String) {
             max_tokens: Some(100_000),
         },
     };
-    (roots, cap::mint(&root, 1, &claims).unwrap())
+    (roots, cap::mint(&root, 1, &claims).unwrap().token)
 }
 
 fn facts() -> CallFacts<'static> {

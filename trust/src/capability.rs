@@ -201,8 +201,17 @@ fn grant_checks(g: &Grants, params: &mut HashMap<String, Term>) -> Result<String
     Ok(code)
 }
 
-/// Mints a run token with `root` (root key id `key_id`); returns it base64url.
-pub fn mint(root: &KeyPair, key_id: u32, claims: &RunClaims) -> Result<String, CapabilityError> {
+/// A freshly minted run token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minted {
+    /// The token, base64url.
+    pub token: String,
+    /// Its id: the revocation id of the authority block, hex.
+    pub id: String,
+}
+
+/// Mints a run token with `root` (root key id `key_id`).
+pub fn mint(root: &KeyPair, key_id: u32, claims: &RunClaims) -> Result<Minted, CapabilityError> {
     let mut params: HashMap<String, Term> = HashMap::new();
     params.insert("run".into(), Term::Str(claims.run.clone()));
     params.insert("tenant".into(), Term::Str(claims.tenant.clone()));
@@ -224,7 +233,8 @@ pub fn mint(root: &KeyPair, key_id: u32, claims: &RunClaims) -> Result<String, C
         .root_key_id(key_id)
         .build(root)
         .map_err(invalid)?;
-    token.to_base64().map_err(invalid)
+    let id = token.revocation_identifiers().first().map(|id| hex(id)).unwrap_or_default();
+    Ok(Minted { token: token.to_base64().map_err(invalid)?, id })
 }
 
 /// Root public keys by id.
@@ -324,13 +334,19 @@ impl RunToken {
     /// to this very call only adds checks the call satisfies), at a fraction of the cost (no
     /// ed25519 key generation and signature). For calls whose upstream receives no token.
     pub fn authorize(&self, presented_run: &str, call: &CallFacts<'_>) -> Result<(), CapabilityError> {
-        if unix(call.now) > self.expires {
+        self.check_claims(presented_run, call.now)?;
+        authorize(&self.biscuit, presented_run, call)
+    }
+
+    /// Expiry and run, checked natively before any Datalog.
+    fn check_claims(&self, presented_run: &str, now: SystemTime) -> Result<(), CapabilityError> {
+        if unix(now) > self.expires {
             return Err(CapabilityError::Expired(rfc3339(self.expires)));
         }
         if self.run != presented_run {
             return Err(CapabilityError::WrongRun { token_run: self.run.clone(), presented: presented_run.to_owned() });
         }
-        authorize(&self.biscuit, presented_run, call)
+        Ok(())
     }
 
     /// Checks expiry and run, appends a block bound to `call` (valid `ttl` from `call.now`),
@@ -341,12 +357,7 @@ impl RunToken {
         call: &CallFacts<'_>,
         ttl: Duration,
     ) -> Result<CallToken, CapabilityError> {
-        if unix(call.now) > self.expires {
-            return Err(CapabilityError::Expired(rfc3339(self.expires)));
-        }
-        if self.run != presented_run {
-            return Err(CapabilityError::WrongRun { token_run: self.run.clone(), presented: presented_run.to_owned() });
-        }
+        self.check_claims(presented_run, call.now)?;
         let block = call_block(call, unix(call.now) + ttl.as_secs().max(1))?;
         let attenuated = self.biscuit.append(block).map_err(invalid)?;
         authorize(&attenuated, presented_run, call)?;
@@ -448,9 +459,7 @@ fn describe(e: &biscuit_auth::error::Token) -> CapabilityError {
 /// this call now. Returns the run id.
 pub fn verify_for_call(token: &str, roots: &RootKeys, call: &CallFacts<'_>) -> Result<String, CapabilityError> {
     let verified = RunToken::verify(token, roots)?;
-    if unix(call.now) > verified.expires {
-        return Err(CapabilityError::Expired(rfc3339(verified.expires)));
-    }
+    verified.check_claims(&verified.run, call.now)?;
     authorize(&verified.biscuit, &verified.run, call)?;
     Ok(verified.run)
 }

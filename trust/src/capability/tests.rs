@@ -12,7 +12,7 @@ fn setup(grants: Grants) -> (RootKeys, String, KeyPair) {
     let expires = unix(SystemTime::now()) + 3600;
     let claims =
         RunClaims { run: "run-a".into(), tenant: "acme".into(), agent: Some("planner".into()), expires, grants };
-    (roots, mint(&root, 7, &claims).unwrap(), root)
+    (roots, mint(&root, 7, &claims).unwrap().token, root)
 }
 
 fn call<'a>(host: &'a str, path: &'a str, model: Option<&'a str>) -> CallFacts<'a> {
@@ -34,6 +34,18 @@ fn a_run_token_verifies_and_carries_its_claims() {
     let (roots, token, _) = setup(grants());
     let t = RunToken::verify(&token, &roots).unwrap();
     assert_eq!((t.run.as_str(), t.tenant.as_str(), t.agent.as_deref()), ("run-a", "acme", Some("planner")));
+    let (private, _) = generate_root();
+    let claims = RunClaims {
+        run: "r".into(),
+        tenant: "t".into(),
+        agent: None,
+        expires: 4_000_000_000,
+        grants: Grants::default(),
+    };
+    let minted = mint(&root_from_bytes(&private).unwrap(), 1, &claims).unwrap();
+    let mut other = RootKeys::default();
+    other.insert(1, &root_from_bytes(&private).unwrap().public().to_bytes()).unwrap();
+    assert_eq!(RunToken::verify(&minted.token, &other).unwrap().id(), minted.id, "mint reports the token's id");
     assert_eq!(t.revocation_ids.len(), 1);
     assert_eq!(t.id().len(), 128, "ed25519 signature, hex");
     assert_eq!(root_key_id(&token), Some(7));
@@ -111,7 +123,7 @@ fn expired_tokens_are_refused() {
     let past = unix(SystemTime::now()) - 10;
     let claims =
         RunClaims { run: "run-old".into(), tenant: "t".into(), agent: None, expires: past, grants: Grants::default() };
-    let token = mint(&root, 1, &claims).unwrap();
+    let token = mint(&root, 1, &claims).unwrap().token;
     let t = RunToken::verify(&token, &roots).unwrap();
     let err = t.authorize_call("run-old", &call("x.test", "/", None), Duration::from_secs(1)).unwrap_err();
     assert!(matches!(err, CapabilityError::Expired(_)) && err.is_authentication(), "{err}");
