@@ -20,10 +20,10 @@ use bytes::Bytes;
 use fleetforge_control::config::{ControlConfig, Flags};
 use fleetforge_control::store::{self, ReceiptRow, Store};
 use fleetforge_proxy::config::Secret;
+use fleetforge_trust::RunId;
 use fleetforge_trust::canonical::hex;
-use fleetforge_trust::receipt::{Chain, Decision, Receipt, ReceiptBody, SCHEMA, Seal, Upstream, genesis_hex};
+use fleetforge_trust::receipt::{Chain, Receipt, ReceiptBody, Seal, genesis_hex};
 use fleetforge_trust::sign::SigningKey;
-use fleetforge_trust::{ReceiptId, RunId};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -34,40 +34,18 @@ const STREAMS: usize = 4;
 const RECEIPTS: usize = 50_000;
 const BATCH: usize = 500;
 
+/// A receipt of realistic size: digests and byte counts of a chat completion.
 fn body(run: &str, lane: &str, seq: u64, prev: String) -> ReceiptBody {
-    ReceiptBody {
-        agent: None,
-        budget: None,
-        capability: None,
-        chain: Chain { lane: lane.into(), prev_hash: prev, seq },
-        decision: Decision { allow: true, error: None, policy_packs: vec![], reasons: vec![] },
-        ended_at: "2026-11-26T18:00:00.000250Z".into(),
-        id: ReceiptId::generate(),
-        kind: "call".into(),
-        outcome: "completed".into(),
-        run: RunId::new(run).unwrap(),
-        schema: SCHEMA.into(),
-        seal: Seal {
-            request_bytes: 412,
-            request_digest: Some(hex(&[7; 32])),
-            response_bytes: 1830,
-            response_digest: Some(hex(&[9; 32])),
-            status: Some(200),
-        },
-        started_at: "2026-11-26T18:00:00.000001Z".into(),
-        step: seq,
-        step_label: None,
-        tenant: None,
-        trace: None,
-        upstream: Upstream {
-            host: "api.openai.com".into(),
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            port: 443,
-            scheme: "https".into(),
-        },
-        usage: None,
-    }
+    let mut b = ReceiptBody::example(RunId::new(run).unwrap(), Chain { lane: lane.into(), prev_hash: prev, seq });
+    b.seal = Seal {
+        request_bytes: 412,
+        request_digest: Some(hex(&[7; 32])),
+        response_bytes: 1830,
+        response_digest: Some(hex(&[9; 32])),
+        status: Some(200),
+    };
+    b.ended_at = "2026-11-26T18:00:00.000250Z".into();
+    b
 }
 
 /// Signed receipts in shipping order, in batches of `BATCH` (each batch signed once, as the

@@ -202,6 +202,46 @@ impl ReceiptBody {
     }
 }
 
+impl ReceiptBody {
+    /// A plain receipt: an allowed, completed `POST https://api.openai.com/v1/chat/completions`
+    /// of `run` at `chain`, step = seq, no digests. For tests, benchmarks and examples.
+    pub fn example(run: RunId, chain: Chain) -> Self {
+        ReceiptBody {
+            agent: None,
+            budget: None,
+            capability: None,
+            step: chain.seq,
+            chain,
+            decision: Decision { allow: true, error: None, policy_packs: vec![], reasons: vec![] },
+            ended_at: "2026-11-26T18:00:00.000002Z".into(),
+            id: ReceiptId::generate(),
+            kind: "call".into(),
+            outcome: "completed".into(),
+            run,
+            schema: SCHEMA.into(),
+            seal: Seal {
+                request_bytes: 1,
+                request_digest: None,
+                response_bytes: 2,
+                response_digest: None,
+                status: Some(200),
+            },
+            started_at: "2026-11-26T18:00:00.000001Z".into(),
+            step_label: None,
+            tenant: None,
+            trace: None,
+            upstream: Upstream {
+                host: "api.openai.com".into(),
+                method: "POST".into(),
+                path: "/v1/chat/completions".into(),
+                port: 443,
+                scheme: "https".into(),
+            },
+            usage: None,
+        }
+    }
+}
+
 /// The `prev_hash` of the first receipt of `run` in `lane`.
 pub fn genesis(run: &str, lane: &str) -> Hash {
     sha256(format!("fleetforge.genesis/v1\n{run}\n{lane}").as_bytes())

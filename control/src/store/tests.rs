@@ -3,10 +3,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use fleetforge_trust::RunId;
 use fleetforge_trust::canonical::hex;
-use fleetforge_trust::receipt::{Chain, Decision, Receipt, ReceiptBody, SCHEMA, Seal, Upstream, genesis_hex};
+use fleetforge_trust::receipt::{Chain, Receipt, ReceiptBody, genesis_hex};
 use fleetforge_trust::sign::SigningKey;
-use fleetforge_trust::{ReceiptId, RunId};
 use serde_json::Value;
 
 use super::Store;
@@ -50,39 +50,7 @@ impl Db {
 }
 
 fn body(run: &str, lane: &str, seq: u64, prev: &str) -> ReceiptBody {
-    ReceiptBody {
-        agent: None,
-        budget: None,
-        capability: None,
-        chain: Chain { lane: lane.into(), prev_hash: prev.into(), seq },
-        decision: Decision { allow: true, error: None, policy_packs: vec![], reasons: vec![] },
-        ended_at: "2026-11-26T18:00:00.000002Z".into(),
-        id: ReceiptId::generate(),
-        kind: "call".into(),
-        outcome: "completed".into(),
-        run: RunId::new(run).unwrap(),
-        schema: SCHEMA.into(),
-        seal: Seal {
-            request_bytes: 1,
-            request_digest: None,
-            response_bytes: 2,
-            response_digest: None,
-            status: Some(200),
-        },
-        started_at: "2026-11-26T18:00:00.000001Z".into(),
-        step: seq,
-        step_label: None,
-        tenant: None,
-        trace: None,
-        upstream: Upstream {
-            host: "api.openai.com".into(),
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            port: 443,
-            scheme: "https".into(),
-        },
-        usage: None,
-    }
+    ReceiptBody::example(RunId::new(run).unwrap(), Chain { lane: lane.into(), prev_hash: prev.into(), seq })
 }
 
 /// A signed chain of `n` receipts of `run` continuing after `(seq, prev)`.

@@ -2,11 +2,11 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use fleetforge_trust::RunId;
 use fleetforge_trust::canonical::hex;
-use fleetforge_trust::receipt::{Chain, Decision, ReceiptBody, SCHEMA, Seal, Upstream};
+use fleetforge_trust::receipt::{Chain, ReceiptBody};
 use fleetforge_trust::sign::SigningKey;
 use fleetforge_trust::verify::{Link, check_chain, verify};
-use fleetforge_trust::{ReceiptId, RunId};
 
 use super::{Shippable, Spool, SpoolError, SpoolLimits};
 
@@ -19,39 +19,7 @@ fn key(dir: &Path) -> SigningKey {
 }
 
 fn body(run: &str, chain: Chain) -> ReceiptBody {
-    ReceiptBody {
-        agent: None,
-        budget: None,
-        capability: None,
-        step: chain.seq,
-        chain,
-        decision: Decision { allow: true, error: None, policy_packs: vec![], reasons: vec![] },
-        ended_at: "2026-11-26T18:00:00.000002Z".into(),
-        id: ReceiptId::generate(),
-        kind: "call".into(),
-        outcome: "completed".into(),
-        run: RunId::new(run).unwrap(),
-        schema: SCHEMA.into(),
-        seal: Seal {
-            request_bytes: 2,
-            request_digest: None,
-            response_bytes: 3,
-            response_digest: None,
-            status: Some(200),
-        },
-        started_at: "2026-11-26T18:00:00.000001Z".into(),
-        step_label: None,
-        tenant: None,
-        trace: None,
-        upstream: Upstream {
-            host: "api.openai.com".into(),
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            port: 443,
-            scheme: "https".into(),
-        },
-        usage: None,
-    }
+    ReceiptBody::example(RunId::new(run).unwrap(), chain)
 }
 
 /// Verifies every shipped receipt and the chains they form; returns (run, seq) pairs.
