@@ -130,7 +130,14 @@ fn bench_pipeline_pieces(c: &mut Criterion) {
     let set: HashSet<String> = ["api.openai.com".to_owned()].into_iter().collect();
     let mut g = c.benchmark_group("authorize");
     g.bench_function("destination_allow_list", |b| {
-        b.iter(|| authorize::destination(&proxy, black_box(&target)).unwrap())
+        b.iter_batched(
+            || Call::new(&conn, Method::POST),
+            |mut call| {
+                authorize::destination(&proxy, &mut call, black_box(&target)).unwrap();
+                call
+            },
+            criterion::BatchSize::SmallInput,
+        )
     });
     g.bench_function("baseline_hashset_lookup", |b| b.iter(|| set.contains(black_box("api.openai.com"))));
     g.finish();

@@ -5,37 +5,46 @@
 //!   allow-lists of hosts and ports, and the loop guard. Resolution-time checks — a name that
 //!   resolves to a loopback, private or link-local address — run when the upstream connection is
 //!   made (see [`crate::upstream`]), so a DNS answer cannot be swapped between check and use.
-//! - [`call`] runs once the body is in hand: the model allow-list for LLM calls.
+//! - [`call`] runs once the body is in hand: the model allow-list for LLM calls, then the policy
+//!   packs (see [`crate::policy`]), whose obligations are applied to the request here.
+//! - [`tunnel`] asks the packs about a `CONNECT` tunnel that is not intercepted.
 //! - [`capability`] then checks the run's capability token against this exact call (see
 //!   [`crate::capability`]).
 //!
 //! Result: `Ok(())` — continue to meter; or a 403 `policy_denied` error with reasons, a 403
-//! `capability_denied`, or a 407 for a missing or invalid token. Wasm/Rego/Cedar policy packs
-//! plug in here.
+//! `capability_denied`, or a 407 for a missing or invalid token.
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use serde::Deserialize;
 
 use crate::capability::Capabilities;
 use crate::context::{Call, Target};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
+use crate::policy::Policy;
+use crate::policy::extract::{self, CallFacts};
+use crate::policy::input::{Document, Obligations};
 use crate::proxy::Proxy;
 
 fn denied(message: String, reason: &str) -> ProxyError {
     ProxyError::new(ErrorKind::PolicyDenied, Phase::Authorize, Side::Agent, message).with_reason(reason)
 }
 
-/// Host-level decision: allowed host, allowed port, and not the proxy itself.
-pub fn destination(proxy: &Proxy, target: &Target) -> Result<(), ProxyError> {
+/// Host-level decision: the built-in allow-list pack's host check, allowed port, and not the
+/// proxy itself.
+pub fn destination(proxy: &Proxy, call: &mut Call, target: &Target) -> Result<(), ProxyError> {
     let config = &proxy.config;
-    if !config.allowed_hosts.matches(&target.host) {
+    if let Some(id) = proxy.builtin.id() {
+        call.decided.packs.push(id.to_owned());
+    }
+    if let Err(reason) = proxy.builtin.check_host(&target.host) {
         return Err(denied(
             format!(
                 "host {} is not in the egress allow-list (FLEETFORGE_ALLOWED_HOSTS); ask an operator to add it",
                 target.host
             ),
-            "host_not_allowed",
+            reason,
         ));
     }
     // A host pinned with FLEETFORGE_RESOLVE names its own address and port: the operator chose it.
@@ -60,25 +69,153 @@ struct ModelField {
     model: Option<String>,
 }
 
-/// Call-level decision, with the body in hand.
+/// Call-level decision, with the body in hand: the built-in pack's model check, then every
+/// policy pack (deny-overrides), then the obligations of an allowed call are applied to the
+/// request (headers removed or set, output tokens capped).
 ///
-/// The model is parsed from JSON bodies only when the model allow-list is restricted, so an
-/// unrestricted proxy does not pay for parsing.
-pub fn call(proxy: &Proxy, call: &mut Call, parts: &Parts, body: &Bytes) -> Result<(), ProxyError> {
-    let models = &proxy.config.allowed_models;
-    if models.is_any() || body.is_empty() || !is_json(parts) {
+/// The model is parsed from JSON bodies only when the model allow-list is restricted or packs
+/// are configured, so an unrestricted proxy does not pay for parsing.
+pub fn call(proxy: &Proxy, call: &mut Call, parts: &mut Parts, body: &mut Bytes) -> Result<(), ProxyError> {
+    builtin_model(proxy, call, parts, body)?;
+    let Some(policy) = &proxy.policy else { return Ok(()) };
+    let doc = document(proxy, policy, call, &parts.headers, body);
+    if let Some(llm) = &doc.input.llm {
+        call.model.get_or_insert_with(|| llm.model.clone());
+    }
+    let set = policy.current();
+    let verdict = set.evaluate(&doc, &policy.limits);
+    call.decided.packs.extend(set.ids().map(str::to_owned));
+    if !verdict.allow {
+        let mut err = ProxyError::new(
+            ErrorKind::PolicyDenied,
+            Phase::Authorize,
+            Side::Agent,
+            format!("policy denied the call: {}", verdict.reasons.join("; ")),
+        );
+        err.reasons = verdict.reasons;
+        return Err(err);
+    }
+    call.decided.tool = doc.input.mcp.and_then(|m| m.tool.filter(|_| m.method == "tools/call"));
+    call.decided.reasons = verdict.reasons;
+    obligations(call, parts, body, &verdict.obligations, doc.input.llm.is_some())
+}
+
+/// A tunnel that is not intercepted is one call the packs can see only as a `CONNECT`: they
+/// decide it on its destination and the run's state.
+pub fn tunnel(proxy: &Proxy, call: &mut Call) -> Result<(), ProxyError> {
+    let Some(policy) = &proxy.policy else { return Ok(()) };
+    let doc = document(proxy, policy, call, &http::HeaderMap::new(), &Bytes::new());
+    let set = policy.current();
+    let verdict = set.evaluate(&doc, &policy.limits);
+    call.decided.packs.extend(set.ids().map(str::to_owned));
+    if !verdict.allow {
+        let mut err = ProxyError::new(
+            ErrorKind::PolicyDenied,
+            Phase::Authorize,
+            Side::Agent,
+            format!("policy denied the tunnel: {}", verdict.reasons.join("; ")),
+        );
+        err.reasons = verdict.reasons;
+        return Err(err);
+    }
+    call.decided.reasons = verdict.reasons;
+    left(proxy, call);
+    Ok(())
+}
+
+/// Notes in the run's state that a call policy allowed is leaving (hosts and tools seen by later
+/// calls' packs).
+pub fn left(proxy: &Proxy, call: &Call) {
+    if let (Some(policy), Some(run), Some(target)) = (&proxy.policy, call.run(), &call.target) {
+        policy.note_call(run.as_str(), &target.host, call.decided.tool.as_deref());
+    }
+}
+
+fn document(proxy: &Proxy, policy: &Policy, call: &Call, headers: &http::HeaderMap, body: &Bytes) -> Document {
+    let run = call.run().unwrap_or(&proxy.anonymous_run).as_str();
+    let target = call.target.as_ref();
+    let path = crate::record::redact_path(&call.path);
+    let time = crate::record::rfc3339(call.started_at);
+    let facts = CallFacts {
+        run,
+        agent: None,
+        tenant: None,
+        step: call.identity.as_ref().map_or(0, |i| i.step),
+        // Microseconds to milliseconds: "….123456Z" → "….123Z".
+        time: format!("{}Z", time.get(..time.len().saturating_sub(4)).unwrap_or(&time)),
+        method: call.method.as_str(),
+        scheme: target.map_or("https", |t| t.scheme.as_str()),
+        host: target.map_or("", |t| t.host.as_str()),
+        port: target.map_or(0, |t| t.port),
+        path_and_query: if call.method == http::Method::CONNECT { "" } else { &path },
+    };
+    let json = is_json_headers(headers);
+    extract::document(&facts, headers, body, json, policy.state(run))
+}
+
+/// Headers a pack may neither set nor remove: they frame the request or name its destination.
+const FRAMING_HEADERS: [&str; 6] = ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te"];
+
+fn obligations(
+    call: &mut Call,
+    parts: &mut Parts,
+    body: &mut Bytes,
+    o: &Obligations,
+    llm: bool,
+) -> Result<(), ProxyError> {
+    let invalid = |what: String| {
+        ProxyError::new(
+            ErrorKind::PolicyDenied,
+            Phase::Authorize,
+            Side::Internal,
+            format!(
+                "a policy pack set an obligation the proxy cannot apply ({what}); the call is denied (fail closed)"
+            ),
+        )
+        .with_reason("invalid_obligation")
+    };
+    for name in &o.strip_headers {
+        if FRAMING_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+            return Err(invalid(format!("strip_headers names {name}")));
+        }
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            parts.headers.remove(name);
+        }
+    }
+    for (name, value) in &o.add_headers {
+        if FRAMING_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+            return Err(invalid(format!("add_headers sets {name}")));
+        }
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("{name:?} is not a header name")))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| invalid(format!("the value of {name} is not a header value")))?;
+        parts.headers.insert(name, value);
+    }
+    if let Some(cap) = o.max_tokens_cap.filter(|_| llm)
+        && let Some(capped) = extract::cap_max_tokens(body, cap)
+    {
+        parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(capped.len()));
+        call.request_bytes = capped.len() as u64;
+        *body = capped;
+    }
+    Ok(())
+}
+
+fn builtin_model(proxy: &Proxy, call: &mut Call, parts: &Parts, body: &Bytes) -> Result<(), ProxyError> {
+    if !proxy.builtin.restricts_models() || body.is_empty() || !is_json(parts) {
         return Ok(());
     }
     let Ok(ModelField { model: Some(model) }) = serde_json::from_slice::<ModelField>(body) else {
         return Ok(());
     };
-    let allowed = models.matches(&model);
+    let allowed = proxy.builtin.check_model(&model);
     call.model = Some(model);
-    if !allowed {
+    if let Err(reason) = allowed {
         let model = call.model.as_deref().unwrap_or_default();
         return Err(denied(
             format!("model {model:?} is not in the model allow-list (FLEETFORGE_ALLOWED_MODELS)"),
-            "model_not_allowed",
+            reason,
         ));
     }
     Ok(())
@@ -124,8 +261,11 @@ pub async fn capability(
 }
 
 fn is_json(parts: &Parts) -> bool {
-    parts
-        .headers
+    is_json_headers(&parts.headers)
+}
+
+fn is_json_headers(headers: &http::HeaderMap) -> bool {
+    headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))

@@ -191,6 +191,19 @@ pub struct Config {
     pub control_token: Option<Secret>,
     /// Capability tokens: whether calls need one, and which upstreams are tools.
     pub capabilities: CapabilitiesConfig,
+    /// Policy packs.
+    pub policy: PolicyConfig,
+}
+
+/// Policy pack settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Pack paths, in evaluation order.
+    pub packs: Vec<PathBuf>,
+    /// How often pack files are checked for changes (zero: only on SIGHUP).
+    pub reload_interval: Duration,
+    /// Bounds on each Wasm evaluation.
+    pub limits: crate::policy::Limits,
 }
 
 /// Capability tokens (Biscuit run tokens from control).
@@ -287,6 +300,24 @@ pub struct FileConfig {
     pub capabilities: FileCapabilities,
     /// Tool upstreams (`[[proxy.tool]] host = "…"`): they receive the per-call capability.
     pub tool: Vec<FileTool>,
+    /// Policy packs.
+    pub policy: FilePolicy,
+}
+
+/// `[proxy.policy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilePolicy {
+    /// Pack paths (directories with `pack.toml`, manifests, or bare module files).
+    pub packs: Option<Vec<String>>,
+    /// How often to look for changed pack files, e.g. `"1s"`; `"0s"` = only on SIGHUP.
+    pub reload_interval: Option<String>,
+    /// Wasm fuel per evaluation.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per Wasm evaluation, e.g. `"100ms"`.
+    pub timeout: Option<String>,
+    /// Linear-memory limit per Wasm evaluation, e.g. `"16MiB"`.
+    pub memory: Option<String>,
 }
 
 /// `[proxy.capabilities]`
@@ -439,6 +470,8 @@ pub struct Flags {
     pub default_run: Option<String>,
     /// `--allow-private`
     pub allow_private: bool,
+    /// `--policy PATH`, repeatable; replaces the file's and the environment's packs
+    pub policy: Vec<PathBuf>,
 }
 
 /// Reads environment variables; a function so tests need not touch the process environment.
@@ -702,6 +735,55 @@ impl Builder<'_> {
             };
             CapabilitiesConfig { required, call_ttl, tool_hosts }
         };
+        let policy = {
+            let p = &raw.policy;
+            let packs: Vec<PathBuf> = if flags.policy.is_empty() {
+                self.list("FLEETFORGE_POLICY", p.packs.clone())
+                    .map(|g| g.value)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .collect()
+            } else {
+                flags.policy.clone()
+            };
+            let reload_interval = match p.reload_interval.as_deref().map(str::trim) {
+                // Zero turns polling off (SIGHUP still reloads).
+                Some("0" | "0s" | "0ms") => Duration::ZERO,
+                _ => duration("proxy.policy.reload_interval", p.reload_interval.clone(), Duration::from_secs(1))?,
+            };
+            let defaults = crate::policy::Limits::default();
+            let timeout = duration("proxy.policy.timeout", p.timeout.clone(), defaults.timeout)?;
+            let memory = match self.file(p.memory.clone()) {
+                Some(g) => {
+                    let (value, origin) = (g.value.clone(), g.origin.clone());
+                    let bytes = parse_size("proxy.policy.memory", g)?;
+                    if bytes > crate::policy::MAX_WASM_MEMORY {
+                        return Err(value_error(
+                            "proxy.policy.memory",
+                            &value,
+                            origin,
+                            "the most a pack may be given is 256MiB",
+                        ));
+                    }
+                    bytes
+                }
+                None => defaults.memory,
+            };
+            let fuel = match p.fuel {
+                Some(0) => {
+                    return Err(value_error(
+                        "proxy.policy.fuel",
+                        "0",
+                        self.file_origin.clone(),
+                        "expected a positive amount of fuel, e.g. 50000000",
+                    ));
+                }
+                Some(f) => f,
+                None => defaults.fuel,
+            };
+            PolicyConfig { packs, reload_interval, limits: crate::policy::Limits { fuel, timeout, memory } }
+        };
 
         let sidecars = if flags.sidecar.is_empty() {
             raw.sidecar
@@ -755,6 +837,7 @@ impl Builder<'_> {
             control_url,
             control_token,
             capabilities,
+            policy,
         };
         check_distinct_listeners(&config)?;
         Ok(config)

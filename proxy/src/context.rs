@@ -178,6 +178,19 @@ pub struct Call {
     pub response_bytes: u64,
     /// The capability check's result: token ids for the receipt, the header for tools.
     pub capability: Option<crate::capability::Grant>,
+    /// What policy decided, for the receipt.
+    pub decided: Decided,
+}
+
+/// What the policy packs decided about a call.
+#[derive(Debug, Default)]
+pub struct Decided {
+    /// How receipts name the packs that decided the call.
+    pub packs: Vec<String>,
+    /// Reasons the packs gave for allowing it (denials carry theirs in the error).
+    pub reasons: Vec<String>,
+    /// The MCP tool a `tools/call` names, noted in the run's state once the call leaves.
+    pub tool: Option<String>,
 }
 
 impl Call {
@@ -204,6 +217,7 @@ impl Call {
             status: None,
             response_bytes: 0,
             capability: None,
+            decided: Decided::default(),
         }
     }
 

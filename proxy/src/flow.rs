@@ -2,8 +2,11 @@
 //!
 //! ```text
 //!  request ─▶ target ─▶ 1 identify ─▶ 2a authorize::destination ─▶ read body ─▶ 2b authorize::call
-//!                            │                 │                        │               │
-//!                           407               403                      413             403
+//!                            │                 │                        │        (policy packs,
+//!                           407               403                      413       obligations) 403
+//!          ─▶ 2c authorize::capability ─▶ (run state notes the call)
+//!                        │
+//!                     403/407
 //!          ─▶ 3 meter ─▶ 4 forward (seal) ─▶ response streams to the client through the tap
 //!                │             │                                  │
 //!               429         502/504                      end of body (or error, or client gone)
@@ -70,15 +73,18 @@ async fn pipeline(
     // 1. identify first, so every later phase — and every error response — can name the run.
     identify::identify(proxy, conn, call, req.headers())?;
     // 2a. Refuse a destination before reading the body, so a denied host costs no buffering.
-    authorize::destination(proxy, &target)?;
-    let (parts, body) = req.into_parts();
-    let body = read_body(proxy, call, &parts, body).await?;
-    // 2b. The decisions that need the body (model allow-list; capability and policy packs).
-    authorize::call(proxy, call, &parts, &body)?;
+    authorize::destination(proxy, call, &target)?;
+    let (mut parts, body) = req.into_parts();
+    let mut body = read_body(proxy, call, &parts, body).await?;
+    // 2b. The decisions that need the body: model allow-list and policy packs, whose obligations
+    // (headers, token cap) change the request here.
+    authorize::call(proxy, call, &mut parts, &mut body)?;
     // 2c. The run's capability token must allow exactly this call.
     if let Some(caps) = &proxy.capabilities {
         authorize::capability(proxy, caps, call, &parts, &body).await?;
     }
+    // Allowed: later calls' packs see this one in the run's state.
+    authorize::left(proxy, call);
     // 3. Reserve budget only for calls policy allowed, so a denied call never holds budget.
     call.reservation = meter::meter(proxy, call)?;
     // 4. Forward; the response body streams back through the tap, which calls `finish` at its end.

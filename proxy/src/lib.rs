@@ -26,6 +26,7 @@ pub mod listener;
 pub mod meter;
 pub mod metrics;
 pub mod pattern;
+pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod runs;

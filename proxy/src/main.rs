@@ -71,6 +71,10 @@ struct Cli {
     /// Allow loopback/private/link-local destinations [env FLEETFORGE_ALLOW_PRIVATE].
     #[arg(long)]
     allow_private: bool,
+    /// Policy pack to load (repeatable; replaces FLEETFORGE_POLICY and [proxy.policy] packs): a pack
+    /// directory with pack.toml, a pack.toml, or a .wasm/.rego/.tar.gz/.cedar file.
+    #[arg(long, value_name = "PATH")]
+    policy: Vec<PathBuf>,
     /// Log filter, e.g. info or fleetforge_proxy=debug,info [env FLEETFORGE_LOG; default info].
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         sidecar: cli.sidecar,
         default_run: cli.default_run,
         allow_private: cli.allow_private,
+        policy: cli.policy,
     };
     let config = match Config::load(cli.config.as_deref(), &|k| std::env::var(k).ok(), &flags) {
         Ok(c) => c,
@@ -111,8 +116,16 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        // The packs are part of the configuration: one that does not load is a bad config.
+        let packs = match fleetforge_proxy::policy::Policy::load(&config.policy.packs, config.policy.limits) {
+            Ok(p) => p.current().packs.len(),
+            Err(e) => {
+                eprintln!("fleetforge-proxy: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        };
         println!(
-            "config ok: forward {}, admin {}, {} sidecar(s), home {}",
+            "config ok: forward {}, admin {}, {} sidecar(s), {packs} policy pack(s), home {}",
             config.listen,
             config.admin_listen,
             config.sidecars.len(),

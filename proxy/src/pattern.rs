@@ -54,6 +54,16 @@ impl PatternSet {
         !self.any && self.exact.is_empty() && self.globs.is_empty()
     }
 
+    /// The patterns, sorted (`*` when the set matches everything), e.g. for a digest of the set.
+    pub fn patterns(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.exact.iter().chain(&self.globs).cloned().collect();
+        if self.any {
+            all.push("*".into());
+        }
+        all.sort();
+        all
+    }
+
     /// Whether `name` matches, ignoring ASCII case.
     pub fn matches(&self, name: &str) -> bool {
         if self.any {

@@ -25,6 +25,8 @@ use crate::capability::Capabilities;
 use crate::config::{Config, SidecarConfig};
 use crate::listener;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::policy::builtin::Builtin;
 use crate::runs::Runs;
 use crate::ship::{self, Background};
 use crate::shutdown::Drain;
@@ -57,6 +59,9 @@ pub enum StartError {
     /// The receipt spool could not be opened.
     #[error("receipt spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
+    /// A policy pack did not load.
+    #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyError),
     /// Settings that cannot work together.
     #[error("{0}")]
     Unusable(String),
@@ -79,6 +84,10 @@ pub struct Proxy {
     pub spool: Option<Arc<Spool>>,
     /// Capability state (`None` when capability tokens are not required).
     pub capabilities: Option<Arc<Capabilities>>,
+    /// Policy packs (`None` when none are configured).
+    pub policy: Option<Arc<Policy>>,
+    /// The built-in allow-list pack.
+    pub builtin: Builtin,
     /// Per-run state (steps).
     pub runs: Runs,
     /// The run of calls that name none when no default run is configured.
@@ -191,6 +200,18 @@ impl Proxy {
             None
         };
 
+        let policy = if config.policy.packs.is_empty() {
+            None
+        } else {
+            let policy = Arc::new(Policy::load(&config.policy.packs, config.policy.limits)?);
+            policy.watch(config.policy.reload_interval).map_err(StartError::Worker)?;
+            for pack in &policy.current().packs {
+                tracing::info!(pack = %pack.id, kind = %pack.kind(), "policy pack loaded");
+            }
+            Some(policy)
+        };
+        let builtin = Builtin::new(config.allowed_hosts.clone(), config.allowed_models.clone());
+
         let (forward_addr, forward) = bind_group("proxy.listen", config.listen, workers)?;
         let (admin_addr, mut admin) = bind_group("proxy.admin_listen", config.admin_listen, 1)?;
         let mut sidecar_addrs = Vec::new();
@@ -239,6 +260,8 @@ impl Proxy {
             metrics,
             spool,
             capabilities: capabilities.clone(),
+            policy,
+            builtin,
             runs: Runs::default(),
             anonymous_run: RunId::new("anonymous").map_err(|e| StartError::Tls(TlsError::BadCa(e.to_string())))?,
             drain: Drain::new(),

@@ -79,7 +79,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
                 err.reasons.clone(),
             )
         }
-        _ => (true, None, Vec::new()),
+        _ => (true, None, call.decided.reasons.clone()),
     };
     let (scheme, host, port) = match &call.target {
         Some(t) => (t.scheme.as_str().to_owned(), t.host.clone(), t.port),
@@ -90,7 +90,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
         budget: None,
         capability: call.capability.as_ref().map(crate::capability::Grant::receipt_value),
         chain,
-        decision: Decision { allow, error, policy_packs: Vec::new(), reasons },
+        decision: Decision { allow, error, policy_packs: call.decided.packs.clone(), reasons },
         ended_at: rfc3339(SystemTime::now()),
         id: call.receipt_id,
         kind: match call.kind {

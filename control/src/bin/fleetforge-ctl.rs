@@ -14,6 +14,9 @@ use fleetforge_proxy::config::Flags;
 use fleetforge_proxy::{Config, Proxy};
 use serde_json::{Value, json};
 
+#[path = "fleetforge-ctl/policy.rs"]
+mod policy;
+
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser, Debug)]
@@ -76,6 +79,11 @@ enum Command {
     Capability {
         #[command(subcommand)]
         command: CapabilityCommand,
+    },
+    /// Policy packs, offline: inspect one, test one against input documents, lint packs.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
     },
 }
 
@@ -237,6 +245,12 @@ fn main() -> ExitCode {
             Command::Receipts { run, json } => receipts(&run, json).await,
             Command::Verify { run } => verify(&run).await,
             Command::Capability { command } => capability(command).await,
+            Command::Policy { command } => policy::run(command, || {
+                let env = |k: &str| std::env::var(k).ok();
+                let config =
+                    Config::load(cli.config.as_deref(), &env, &Flags::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(config.policy.packs)
+            }),
         }
     });
     match result {

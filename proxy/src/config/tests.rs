@@ -142,10 +142,44 @@ fn every_example_config_loads() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            Config::load(Some(&path), &env_of(&[]), &Flags::default())
+            let c = Config::load(Some(&path), &env_of(&[]), &Flags::default())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // The packs it names (relative to the repository root, where the examples run) load.
+            let packs: Vec<_> = c.policy.packs.iter().map(|p| dir.join("..").join(p)).collect();
+            crate::policy::Policy::load(&packs, c.policy.limits).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;
         }
     }
     assert!(checked >= 3, "expected the example configs in {}", dir.display());
+}
+
+#[test]
+fn policy_settings_come_from_file_env_and_flags() {
+    let file = "[proxy.policy]\npacks = [\"a\", \"b\"]\nreload_interval = \"0s\"\nfuel = 1000\ntimeout = \"20ms\"\nmemory = \"1MiB\"\n";
+    let c = load_text(file, &[], &Flags::default()).unwrap();
+    assert_eq!(c.policy.packs, vec![std::path::PathBuf::from("a"), "b".into()]);
+    assert_eq!(c.policy.reload_interval, Duration::ZERO);
+    assert_eq!(
+        (c.policy.limits.fuel, c.policy.limits.timeout, c.policy.limits.memory),
+        (1000, Duration::from_millis(20), 1 << 20)
+    );
+    let c = load_text(file, &[("FLEETFORGE_POLICY", "x, y")], &Flags::default()).unwrap();
+    assert_eq!(c.policy.packs, vec![std::path::PathBuf::from("x"), "y".into()]);
+    let flags = Flags { policy: vec!["z".into()], ..Flags::default() };
+    assert_eq!(
+        load_text(file, &[("FLEETFORGE_POLICY", "x")], &flags).unwrap().policy.packs,
+        vec![std::path::PathBuf::from("z")]
+    );
+    let defaults = load_text("", &[], &Flags::default()).unwrap().policy;
+    assert!(defaults.packs.is_empty());
+    assert_eq!(defaults.reload_interval, Duration::from_secs(1));
+    for (bad, key) in [
+        ("fuel = 0", "proxy.policy.fuel"),
+        ("memory = \"1GiB\"", "proxy.policy.memory"),
+        ("timeout = \"soon\"", "proxy.policy.timeout"),
+        ("colour = 1", "colour"),
+    ] {
+        let err = load_text(&format!("[proxy.policy]\n{bad}\n"), &[], &Flags::default()).unwrap_err().to_string();
+        assert!(err.contains(key), "{bad}: {err}");
+    }
 }

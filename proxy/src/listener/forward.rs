@@ -117,7 +117,7 @@ async fn connect(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming>) 
     let admitted = if tunnel_ctx.credentials.is_none() && proxy.config.require_credentials {
         Err(identify::missing_credentials())
     } else {
-        authorize::destination(&proxy, &target)
+        authorize::destination(&proxy, &mut call, &target)
     };
     if let Err(e) = admitted {
         // Best effort: name the run in the refusal when the credentials allow it.
@@ -147,6 +147,9 @@ async fn connect(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming>) 
         return refuse(&proxy, call, e);
     }
     call.target = Some(target.clone());
+    if let Err(e) = authorize::tunnel(&proxy, &mut call) {
+        return refuse(&proxy, call, e);
+    }
     let upstream = match proxy.egress.connect(&target.host, target.port).await {
         Ok(s) => s,
         Err(e) => {
