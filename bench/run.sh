@@ -10,7 +10,8 @@
 # with a sidecar listener and the forward listener that records every call and ships the receipts
 # to that control, a second proxy with recording off (FLEETFORGE_RECEIPTS=false, sidecar only),
 # and a third with recording off and capability tokens on (FLEETFORGE_CAPABILITIES=true; the load
-# presents a run token minted by control), so the cost of each shows against the same baseline.
+# presents a run token minted by control), and a fourth with recording off and the four example
+# Wasm policy packs on (sidecar-pol), so the cost of each shows against the same baseline.
 # Then drives the same OpenAI-shaped load with oha (JSON and SSE) straight at the upstream,
 # through the three sidecars, and through the forward proxy (CONNECT + TLS interception, keep-alive
 # inside the tunnel). Rounds alternate the scenario order. Prints req/s, p50/p99 latency, TTFB,
@@ -92,6 +93,23 @@ FLEETFORGE_RECEIPTS=false FLEETFORGE_CAPABILITIES=true FLEETFORGE_CONTROL_URL="h
   FLEETFORGE_CONTROL_TOKEN="$token" "$target/fleetforge-proxy" --home "$work/home-cap" "${proxy_args[@]}" \
   >"$work/proxy-cap.out" 2>"$work/proxy-cap.err" &
 pids+=($!); cap_pid=$!
+# Recording off, policy on: the four example Wasm packs (configured for the bench host) decide
+# every call, deny-overrides.
+packdir=$work/packs
+mk_pack() { # name config
+  mkdir -p "$packdir/$1"
+  cp "$root/policies/packs/$1/$1.wasm" "$packdir/$1/"
+  printf 'name = "%s"\nversion = "bench"\nkind = "wasm"\nmodule = "%s.wasm"\nsha256 = "%s"\n%s\n' "$1" "$1" \
+    "$(sha256sum "$packdir/$1/$1.wasm" | cut -d' ' -f1)" "$2" >"$packdir/$1/pack.toml"
+}
+mk_pack allowlist $'[config]\nhosts = ["api.llm.test"]\nmodels = ["gpt-4o*"]'
+mk_pack model-limits $'[config]\ndefault_max_tokens = 4096\n[config.models."gpt-4o*"]\nmax_tokens = 1024'
+mk_pack mcp-tools $'[config]\ndeny_tools = ["delete_*", "shell_exec"]'
+mk_pack info-flow $'[config]\nsecret_reading_tools = ["read_secret"]\noutbound_hosts = ["pastebin.com"]'
+FLEETFORGE_RECEIPTS=false "$target/fleetforge-proxy" --home "$work/home-pol" "${proxy_args[@]}" \
+  --policy "$packdir/allowlist" --policy "$packdir/model-limits" --policy "$packdir/mcp-tools" --policy "$packdir/info-flow" \
+  >"$work/proxy-pol.out" 2>"$work/proxy-pol.err" &
+pids+=($!); pol_pid=$!
 run_json=$(curl -sf "http://$control/v1/runs" -H "authorization: Bearer $token" -H 'content-type: application/json' \
   -d '{"agent":"bench","grants":{"hosts":["api.llm.test"],"methods":["POST"],"paths":["/v1/"],"models":["gpt-4o*"]}}')
 cap_run=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["id"])' "$run_json")
@@ -103,6 +121,7 @@ side=$(field "$ready" sidecars)
 admin=$(field "$ready" admin)
 side_norec=$(field "$(ready_line "$work/proxy-norec.out")" sidecars)
 side_cap=$(field "$(ready_line "$work/proxy-cap.out")" sidecars)
+side_pol=$(field "$(ready_line "$work/proxy-pol.out")" sidecars)
 cat "$work/test-ca.pem" "$work/home/ca/ca.pem" >"$work/client-ca.pem"
 log "upstream $up, control $control ($([[ -n ${BENCH_DATABASE_URL:-} ]] && echo postgres || echo sqlite)), proxy forward $fwd" \
   "sidecar $side (recording), sidecar $side_norec (recording off), oha $($oha --version | head -1)"
@@ -136,6 +155,7 @@ measure() { # scenario mode round
     sidecar) args=("http://$side/v1/chat/completions") ;;
     sidecar-norec) args=("http://$side_norec/v1/chat/completions") ;;
     sidecar-cap) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_cap/v1/chat/completions") ;;
+    sidecar-pol) args=("http://$side_pol/v1/chat/completions") ;;
     forward) args=(-x "http://$fwd" --no-pre-lookup --cacert "$work/client-ca.pem" "$url_direct") ;;
   esac
   local common=(-c "$CONC" --no-tui --output-format json -m POST -T application/json
@@ -144,8 +164,9 @@ measure() { # scenario mode round
   local pid=$proxy_pid lag=- p0 u0 c0 p1 u1 c1
   [[ $s == sidecar-norec ]] && pid=$norec_pid
   [[ $s == sidecar-cap ]] && pid=$cap_pid
+  [[ $s == sidecar-pol ]] && pid=$pol_pid
   local records=1
-  [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap ]] && records=0
+  [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap || $s == sidecar-pol ]] && records=0
   ((records)) && drain >/dev/null # the warm-up's receipts are in before we count
   p0=$(ticks "$pid"); u0=$(ticks "$up_pid"); c0=$(ticks "$control_pid")
   "$oha" -z "${DURATION}s" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
@@ -157,8 +178,8 @@ measure() { # scenario mode round
 }
 ((LOAD)) || ROUNDS=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  order=(direct sidecar sidecar-norec sidecar-cap forward)
-  ((r % 2 == 0)) && order=(forward sidecar-cap sidecar-norec sidecar direct)
+  order=(direct sidecar sidecar-norec sidecar-cap sidecar-pol forward)
+  ((r % 2 == 0)) && order=(forward sidecar-pol sidecar-cap sidecar-norec sidecar direct)
   for s in "${order[@]}"; do
     for mode in nonstream stream; do
       log "round $r: $s/$mode"

@@ -82,19 +82,7 @@ pub fn call(proxy: &Proxy, call: &mut Call, parts: &mut Parts, body: &mut Bytes)
     if let Some(llm) = &doc.input.llm {
         call.model.get_or_insert_with(|| llm.model.clone());
     }
-    let set = policy.current();
-    let verdict = set.evaluate(&doc, &policy.limits);
-    call.decided.packs.extend(set.ids().map(str::to_owned));
-    if !verdict.allow {
-        let mut err = ProxyError::new(
-            ErrorKind::PolicyDenied,
-            Phase::Authorize,
-            Side::Agent,
-            format!("policy denied the call: {}", verdict.reasons.join("; ")),
-        );
-        err.reasons = verdict.reasons;
-        return Err(err);
-    }
+    let verdict = decide(policy, call, &doc, "call")?;
     call.decided.tool = doc.input.mcp.and_then(|m| m.tool.filter(|_| m.method == "tools/call"));
     call.decided.reasons = verdict.reasons;
     obligations(call, parts, body, &verdict.obligations, doc.input.llm.is_some())
@@ -105,22 +93,34 @@ pub fn call(proxy: &Proxy, call: &mut Call, parts: &mut Parts, body: &mut Bytes)
 pub fn tunnel(proxy: &Proxy, call: &mut Call) -> Result<(), ProxyError> {
     let Some(policy) = &proxy.policy else { return Ok(()) };
     let doc = document(proxy, policy, call, &http::HeaderMap::new(), &Bytes::new());
-    let set = policy.current();
-    let verdict = set.evaluate(&doc, &policy.limits);
-    call.decided.packs.extend(set.ids().map(str::to_owned));
-    if !verdict.allow {
-        let mut err = ProxyError::new(
-            ErrorKind::PolicyDenied,
-            Phase::Authorize,
-            Side::Agent,
-            format!("policy denied the tunnel: {}", verdict.reasons.join("; ")),
-        );
-        err.reasons = verdict.reasons;
-        return Err(err);
-    }
+    let verdict = decide(policy, call, &doc, "tunnel")?;
     call.decided.reasons = verdict.reasons;
     left(proxy, call);
     Ok(())
+}
+
+/// Asks the packs in force about `doc`, naming them in the call's receipt; a deny is the
+/// `policy_denied` error (`what`: "call" or "tunnel").
+fn decide(
+    policy: &Policy,
+    call: &mut Call,
+    doc: &Document,
+    what: &str,
+) -> Result<crate::policy::input::Verdict, ProxyError> {
+    let set = policy.current();
+    let verdict = set.evaluate(doc, &policy.limits);
+    call.decided.packs.extend(set.ids().map(str::to_owned));
+    if verdict.allow {
+        return Ok(verdict);
+    }
+    let mut err = ProxyError::new(
+        ErrorKind::PolicyDenied,
+        Phase::Authorize,
+        Side::Agent,
+        format!("policy denied the {what}: {}", verdict.reasons.join("; ")),
+    );
+    err.reasons = verdict.reasons;
+    Err(err)
 }
 
 /// Notes in the run's state that a call policy allowed is leaving (hosts and tools seen by later

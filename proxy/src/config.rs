@@ -738,12 +738,15 @@ impl Builder<'_> {
         let policy = {
             let p = &raw.policy;
             let packs: Vec<PathBuf> = if flags.policy.is_empty() {
-                self.list("FLEETFORGE_POLICY", p.packs.clone())
-                    .map(|g| g.value)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(PathBuf::from)
-                    .collect()
+                match self.list("FLEETFORGE_POLICY", p.packs.clone()) {
+                    // Paths in a config file are relative to the file; others to the working directory.
+                    Some(Given { value, origin: Origin::File(file) }) => {
+                        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+                        value.into_iter().map(|v| base.join(v)).collect()
+                    }
+                    Some(g) => g.value.into_iter().map(PathBuf::from).collect(),
+                    None => Vec::new(),
+                }
             } else {
                 flags.policy.clone()
             };

@@ -465,6 +465,23 @@ impl ControlProcess {
         };
         Ok((status, json))
     }
+
+    /// Polls control (for up to 20 s) until `run` has at least `n` receipts; returns them in
+    /// chain order.
+    pub fn receipts(&self, run: &str, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = self.api("GET", &format!("/v1/runs/{run}/receipts?limit=1000"), &self.token, None)?;
+            let got = body["receipts"].as_array().cloned().unwrap_or_default();
+            if got.len() >= n {
+                return Ok(got);
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("control has {} of {n} receipts for run {run}", got.len());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn dechunk(mut s: &str) -> String {

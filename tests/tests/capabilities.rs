@@ -109,19 +109,7 @@ impl Stack {
 
     /// Polls control until `run` has at least `n` receipts.
     fn receipts(&self, run: &str, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, body) = self
-                .control
-                .api("GET", &format!("/v1/runs/{run}/receipts?limit=1000"), &self.control.token, None)
-                .unwrap();
-            let got = body["receipts"].as_array().cloned().unwrap_or_default();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "{} of {n} receipts for {run}", got.len());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.control.receipts(run, n).unwrap()
     }
 }
 

@@ -20,6 +20,8 @@ const CHAT: &str = "https://api.openai.com/v1/chat/completions";
 
 struct Stack {
     dir: tempfile::TempDir,
+    /// The upstream's CA, for clients that talk TLS to the upstream through a tunnel.
+    upstream_ca: PathBuf,
     upstream: Upstream,
     control: ControlProcess,
     proxy: ProxyProcess,
@@ -77,6 +79,10 @@ mod toml_lite {
 }
 
 async fn stack(packs: &[&Path], config: Option<&str>) -> Stack {
+    stack_intercepting(packs, config, &HOSTS).await
+}
+
+async fn stack_intercepting(packs: &[&Path], config: Option<&str>, intercept: &[&str]) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path()).unwrap();
     let upstream = Upstream::builder().tls(&ca, &HOSTS).record(true).start().await.unwrap();
@@ -87,7 +93,7 @@ async fn stack(packs: &[&Path], config: Option<&str>) -> Stack {
         .upstream_ca(ca.pem_path())
         .env("FLEETFORGE_CONTROL_URL", control.url())
         .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
-        .env("FLEETFORGE_INTERCEPT", HOSTS.join(","))
+        .env("FLEETFORGE_INTERCEPT", intercept.join(","))
         .env("FLEETFORGE_POLICY", packs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","));
     if let Some(config) = config {
         let path = dir.path().join("fleetforge.toml");
@@ -98,18 +104,22 @@ async fn stack(packs: &[&Path], config: Option<&str>) -> Stack {
         b = b.resolve(h, upstream.addr());
     }
     let proxy = b.start().unwrap();
-    Stack { dir, upstream, control, proxy, clients: Clients::locate(), calls: Default::default() }
+    let upstream_ca = ca.pem_path().to_owned();
+    Stack { dir, upstream_ca, upstream, control, proxy, clients: Clients::locate(), calls: Default::default() }
 }
 
 impl Stack {
     /// POSTs `body` to `url` through the proxy as `run`.
     async fn call(&self, run: &str, url: &str, body: &Value) -> Answer {
+        self.call_trusting(run, url, body, &self.proxy.bundle.clone()).await
+    }
+
+    /// [`Stack::call`], trusting the CAs in `ca_bundle`.
+    async fn call_trusting(&self, run: &str, url: &str, body: &Value, ca_bundle: &Path) -> Answer {
         let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = self.dir.path().join(format!("out-{n}"));
-        let env = [
-            ("HTTPS_PROXY", self.proxy.proxy_url(run, "t")),
-            ("CURL_CA_BUNDLE", self.proxy.bundle.display().to_string()),
-        ];
+        let env =
+            [("HTTPS_PROXY", self.proxy.proxy_url(run, "t")), ("CURL_CA_BUNDLE", ca_bundle.display().to_string())];
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let out_path = out.to_str().unwrap();
         let body = body.to_string();
@@ -133,19 +143,7 @@ impl Stack {
 
     /// Polls control until `run` has at least `n` receipts.
     fn receipts(&self, run: &str, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, body) = self
-                .control
-                .api("GET", &format!("/v1/runs/{run}/receipts?limit=1000"), &self.control.token, None)
-                .unwrap();
-            let got = body["receipts"].as_array().cloned().unwrap_or_default();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "{} of {n} receipts for {run}", got.len());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.control.receipts(run, n).unwrap()
     }
 
     fn verifies(&self, run: &str) {
@@ -313,6 +311,32 @@ async fn the_information_flow_pack_blocks_outbound_hosts_only_after_a_secret_rea
     let receipts = s.receipts("flow", 6);
     assert_eq!(receipts.iter().filter(|r| r["decision"]["allow"] == false).count(), 1);
     s.verifies("flow");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn packs_decide_tunnels_they_cannot_see_into_by_their_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = write_pack(
+        dir.path(),
+        "info-flow",
+        "wasm",
+        ("info-flow.wasm", &example_module("info-flow")),
+        "[config]\nsecret_reading_tools = [\"read_secret\"]\noutbound_hosts = [\"paste.example\"]\n",
+    );
+    // paste.example is not intercepted: its calls are CONNECT tunnels the client's TLS goes through.
+    let s = stack_intercepting(&[&pack], None, &["api.openai.com", "tools.example"]).await;
+    let paste = "https://paste.example/echo";
+    let before = s.call_trusting("tunnel-run", paste, &json!({}), &s.upstream_ca).await;
+    assert_eq!(before.status, 200, "{}", before.body);
+    assert_eq!(s.call("tunnel-run", "https://tools.example/echo", &mcp_call("read_secret")).await.status, 200);
+    let after = s.call_trusting("tunnel-run", paste, &json!({}), &s.upstream_ca).await;
+    assert_ne!(after.status, 200, "the tunnel is refused after the secret read: {}", after.body);
+    let receipts = s.receipts("tunnel-run", 3);
+    let refused = receipts.iter().find(|r| r["decision"]["error"]["type"] == "policy_denied").unwrap();
+    assert_eq!(refused["upstream"]["method"], "CONNECT", "{refused}");
+    assert_eq!(refused["decision"]["error"]["type"], "policy_denied", "{refused}");
+    assert!(refused["decision"]["reasons"].to_string().contains("read_secret"), "{refused}");
+    assert!(refused["decision"]["policy_packs"].to_string().contains(&pack_id_prefix(&pack)), "{refused}");
 }
 
 /// A module that loops forever in `evaluate`.

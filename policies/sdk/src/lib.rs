@@ -39,6 +39,8 @@
 //!   packs are unit-tested with plain `cargo test`.
 
 mod abi;
+#[cfg(target_arch = "wasm32")]
+mod bump;
 pub mod glob;
 mod input;
 pub mod testing;
@@ -51,6 +53,11 @@ pub use crate::verdict::{Obligations, Verdict};
 #[doc(hidden)]
 #[cfg(target_arch = "wasm32")]
 pub use crate::abi::wasm as __wasm;
+
+/// Packs allocate with a bump allocator: each call runs in a fresh instance, so nothing is reused.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: bump::Bump = bump::Bump::new();
 
 /// Turns a policy function into a pack: generates the Wasm exports `alloc` and `evaluate`.
 ///

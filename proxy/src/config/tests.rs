@@ -144,9 +144,9 @@ fn every_example_config_loads() {
         if path.extension().is_some_and(|e| e == "toml") {
             let c = Config::load(Some(&path), &env_of(&[]), &Flags::default())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            // The packs it names (relative to the repository root, where the examples run) load.
-            let packs: Vec<_> = c.policy.packs.iter().map(|p| dir.join("..").join(p)).collect();
-            crate::policy::Policy::load(&packs, c.policy.limits).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // The packs it names (relative to the file) load.
+            crate::policy::Policy::load(&c.policy.packs, c.policy.limits)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;
         }
     }
@@ -157,7 +157,11 @@ fn every_example_config_loads() {
 fn policy_settings_come_from_file_env_and_flags() {
     let file = "[proxy.policy]\npacks = [\"a\", \"b\"]\nreload_interval = \"0s\"\nfuel = 1000\ntimeout = \"20ms\"\nmemory = \"1MiB\"\n";
     let c = load_text(file, &[], &Flags::default()).unwrap();
-    assert_eq!(c.policy.packs, vec![std::path::PathBuf::from("a"), "b".into()]);
+    // Relative to the config file's folder.
+    assert!(c.policy.packs[0].is_absolute() && c.policy.packs[0].ends_with("a"), "{:?}", c.policy.packs);
+    assert_eq!(c.policy.packs[0].parent(), c.policy.packs[1].parent());
+    let absolute = load_text("[proxy.policy]\npacks = [\"/opt/packs/x\"]\n", &[], &Flags::default()).unwrap();
+    assert_eq!(absolute.policy.packs, vec![std::path::PathBuf::from("/opt/packs/x")]);
     assert_eq!(c.policy.reload_interval, Duration::ZERO);
     assert_eq!(
         (c.policy.limits.fuel, c.policy.limits.timeout, c.policy.limits.memory),

@@ -94,6 +94,9 @@ fn read(path: &Path) -> Result<Vec<u8>, PolicyError> {
 impl Source {
     /// Reads the pack named by `path`, verifying the module digest against its manifest.
     pub fn read(path: &Path) -> Result<Self, PolicyError> {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(PolicyError::Read { path: path.to_owned(), reason: e.to_string() });
+        }
         let manifest_path = if path.is_dir() { path.join("pack.toml") } else { path.to_owned() };
         let file_name = manifest_path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         if !file_name.ends_with(".toml") {

@@ -89,8 +89,11 @@ fn manifests_are_checked() {
         let err = Pack::load(&p).unwrap_err().to_string();
         assert!(err.contains(expect), "{manifest:?}: {err}");
     }
+    std::fs::write(dir.path().join("policy.lua"), b"return true").unwrap();
     let err = Pack::load(&dir.path().join("policy.lua")).unwrap_err().to_string();
     assert!(err.contains("expected a pack directory"), "{err}");
+    let err = Pack::load(&dir.path().join("missing")).unwrap_err().to_string();
+    assert!(err.contains("cannot read policy file") && err.contains("missing"), "{err}");
 }
 
 #[test]
