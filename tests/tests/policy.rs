@@ -50,6 +50,17 @@ fn write_pack(dir: &Path, name: &str, kind: &str, module: (&str, &[u8]), config:
     pack
 }
 
+/// The example information-flow pack: `read_secret` taints the run, `paste.example` is outbound.
+fn info_flow_pack(dir: &Path) -> PathBuf {
+    write_pack(
+        dir,
+        "info-flow",
+        "wasm",
+        ("info-flow.wasm", &example_module("info-flow")),
+        "[config]\nsecret_reading_tools = [\"read_secret\"]\noutbound_hosts = [\"paste.example\"]\n",
+    )
+}
+
 fn example_module(name: &str) -> Vec<u8> {
     std::fs::read(workspace().join(format!("policies/packs/{name}/{name}.wasm"))).unwrap()
 }
@@ -286,13 +297,7 @@ async fn a_cedar_pack_allows_and_denies() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_information_flow_pack_blocks_outbound_hosts_only_after_a_secret_read() {
     let dir = tempfile::tempdir().unwrap();
-    let pack = write_pack(
-        dir.path(),
-        "info-flow",
-        "wasm",
-        ("info-flow.wasm", &example_module("info-flow")),
-        "[config]\nsecret_reading_tools = [\"read_secret\"]\noutbound_hosts = [\"paste.example\"]\n",
-    );
+    let pack = info_flow_pack(dir.path());
     let s = stack(&[&pack], None).await;
     let paste = "https://paste.example/echo";
     let tools = "https://tools.example/echo";
@@ -316,13 +321,7 @@ async fn the_information_flow_pack_blocks_outbound_hosts_only_after_a_secret_rea
 #[tokio::test(flavor = "multi_thread")]
 async fn packs_decide_tunnels_they_cannot_see_into_by_their_destination() {
     let dir = tempfile::tempdir().unwrap();
-    let pack = write_pack(
-        dir.path(),
-        "info-flow",
-        "wasm",
-        ("info-flow.wasm", &example_module("info-flow")),
-        "[config]\nsecret_reading_tools = [\"read_secret\"]\noutbound_hosts = [\"paste.example\"]\n",
-    );
+    let pack = info_flow_pack(dir.path());
     // paste.example is not intercepted: its calls are CONNECT tunnels the client's TLS goes through.
     let s = stack_intercepting(&[&pack], None, &["api.openai.com", "tools.example"]).await;
     let paste = "https://paste.example/echo";
