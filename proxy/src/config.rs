@@ -181,6 +181,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Run to charge calls to when a call names none and its listener has no default.
     pub default_run: Option<RunId>,
+    /// Run token presented for calls that fall to a default run (`FLEETFORGE_DEFAULT_TOKEN`; env
+    /// only, never a file): a sidecar bound to one run whose agent cannot send headers.
+    pub default_token: Option<Secret>,
     /// Reject calls that carry no run credentials with 407.
     pub require_credentials: bool,
     /// Receipts: recording, spool and signing.
@@ -721,6 +724,7 @@ impl Builder<'_> {
             }
         };
         let control_token = self.env("FLEETFORGE_CONTROL_TOKEN").map(|g| Secret::new(g.value.trim().to_owned()));
+        let default_token = self.env("FLEETFORGE_DEFAULT_TOKEN").map(|g| Secret::new(g.value.trim().to_owned()));
         let capabilities = {
             let required = match self.env("FLEETFORGE_CAPABILITIES") {
                 Some(g) => parse_bool("proxy.capabilities.required", g)?,
@@ -835,6 +839,7 @@ impl Builder<'_> {
             body_timeout,
             drain_timeout,
             default_run,
+            default_token,
             require_credentials,
             receipts,
             control_url,

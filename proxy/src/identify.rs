@@ -3,7 +3,8 @@
 //! The run is taken, in order, from proxy credentials (`Proxy-Authorization: Basic RUN:TOKEN`,
 //! which unmodified clients send when `HTTPS_PROXY=http://RUN:TOKEN@host:port`; inside an
 //! intercepted tunnel the credentials of its `CONNECT` apply), from the `x-fleetforge-run` /
-//! `x-fleetforge-token` headers, or from the listener's or the proxy's default run.
+//! `x-fleetforge-token` headers, or from the listener's or the proxy's default run (with
+//! `FLEETFORGE_DEFAULT_TOKEN` as its token, when set).
 //!
 //! Result: `Ok(())` with `call.identity` set — continue to authorize; or a 407
 //! `proxy_auth_required` error when credentials are malformed, or missing while
@@ -118,10 +119,10 @@ pub fn identify(proxy: &Proxy, conn: &ConnCtx, call: &mut Call, headers: &Header
         (run, token, IdentitySource::Headers)
     } else if proxy.config.require_credentials {
         return Err(missing_credentials());
-    } else if let Some(run) = conn.default_run.clone().or_else(|| proxy.config.default_run.clone()) {
-        (run, None, IdentitySource::Default)
     } else {
-        (proxy.anonymous_run.clone(), None, IdentitySource::Default)
+        let run = conn.default_run.clone().or_else(|| proxy.config.default_run.clone());
+        let token = proxy.config.default_token.as_ref().map(|t| Token::new(t.expose().to_owned()));
+        (run.unwrap_or_else(|| proxy.anonymous_run.clone()), token, IdentitySource::Default)
     };
     let step_label = headers
         .get(X_STEP)

@@ -206,9 +206,21 @@ impl Shipper {
             .map_err(|e| Failure::Operator(format!("control's ingest answer is not understood: {e}")))?;
         let mut acked = Vec::with_capacity(chunk.len());
         let (mut accepted, mut duplicate, mut rejected) = (0, 0, 0);
-        for item in chunk {
-            // Control answers per receipt id; a receipt it did not mention is not acknowledged.
-            let Some(result) = parsed.results.iter().find(|r| r.id == item.id) else { continue };
+        // Control answers per receipt id, in the order posted; a receipt it did not mention is not
+        // acknowledged. The order is only a shortcut: an answer out of order is found by id.
+        let mut by_id: Option<std::collections::HashMap<&str, &ItemResult>> = None;
+        for (i, item) in chunk.iter().enumerate() {
+            let result = match parsed.results.get(i) {
+                Some(r) if r.id == item.id => r,
+                _ => {
+                    let index =
+                        by_id.get_or_insert_with(|| parsed.results.iter().map(|r| (r.id.as_str(), r)).collect());
+                    match index.get(item.id.as_str()) {
+                        Some(r) => *r,
+                        None => continue,
+                    }
+                }
+            };
             match result.status.as_str() {
                 "accepted" => accepted += 1,
                 "duplicate" => duplicate += 1,

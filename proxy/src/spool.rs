@@ -6,7 +6,9 @@
 //! operator), and `.lock` (held while a proxy uses the spool, so two proxies never share one).
 //!
 //! Records are framed `[u32 length][u32 CRC-32 of payload][payload]` (little-endian), payload
-//! `[kind][bytes]`: kind 1 is a receipt body in canonical JSON (its SHA-256 is the receipt hash);
+//! `[kind][bytes]`: kind 3 is a receipt — its hash (32 bytes), its id (one length byte, then the
+//! id) and its body in canonical JSON (whose SHA-256 is the hash), so the shipper reads receipts
+//! back without parsing or hashing them; kind 1, written by earlier versions, is a bare body;
 //! kind 2 is a batch seal — the key id, Merkle root, signature and the leaf hashes it covers.
 //!
 //! Invariants:
@@ -39,7 +41,10 @@ use fleetforge_trust::receipt::{BatchProof, Chain, ReceiptBody, Signature, genes
 use fleetforge_trust::sign::SigningKey;
 use serde::{Deserialize, Serialize};
 
+/// A bare receipt body (earlier versions; still read).
 const KIND_RECEIPT: u8 = 1;
+/// A receipt with its hash and id in front of the body.
+const KIND_RECEIPT_INDEXED: u8 = 3;
 const KIND_SEAL: u8 = 2;
 /// Frames larger than this are corruption, not receipts.
 const MAX_FRAME: u32 = 16 << 20;
@@ -185,14 +190,43 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(payload.len() + 1);
-    body.push(kind);
-    body.extend_from_slice(payload);
-    let mut out = Vec::with_capacity(body.len() + 8);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    frame_parts(kind, &[payload])
+}
+
+/// One frame whose payload is `parts` concatenated, built in a single allocation.
+fn frame_parts(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(len + 8);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    let crc = crc32fast::hash(&out[8..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// The frame of an indexed receipt record: hash, id (at most 255 bytes; ids are 36), body.
+fn indexed_receipt(hash: &Hash, id: &str, body: &[u8]) -> Vec<u8> {
+    let id = &id.as_bytes()[..id.len().min(255)];
+    frame_parts(KIND_RECEIPT_INDEXED, &[hash, &[id.len() as u8], id, body])
+}
+
+/// A receipt record's hash, id (when the record carries it) and body; `None` if it is not a
+/// receipt record or is malformed.
+fn receipt_parts(kind: u8, payload: &[u8]) -> Option<(Hash, Option<&str>, &[u8])> {
+    match kind {
+        KIND_RECEIPT => Some((sha256(payload), None, payload)),
+        KIND_RECEIPT_INDEXED => {
+            let hash: Hash = payload.get(..32)?.try_into().ok()?;
+            let id_len = usize::from(*payload.get(32)?);
+            let id = std::str::from_utf8(payload.get(33..33 + id_len)?).ok()?;
+            Some((hash, Some(id), payload.get(33 + id_len..)?))
+        }
+        _ => None,
+    }
 }
 
 /// Parses frames from `data`; returns the records and the length of the valid prefix.
@@ -313,9 +347,13 @@ impl Spool {
             let mut state = SegmentState { bytes: valid as u64, ..SegmentState::default() };
             for (kind, payload) in records {
                 match kind {
-                    KIND_RECEIPT => {
-                        let hash = sha256(payload);
-                        let Ok(body) = serde_json::from_slice::<ReceiptBody>(payload) else {
+                    KIND_RECEIPT | KIND_RECEIPT_INDEXED => {
+                        // Recovery trusts nothing it can recompute: the hash must be the body's.
+                        let parsed =
+                            receipt_parts(kind, payload).filter(|(hash, _, body)| sha256(body) == *hash).and_then(
+                                |(hash, _, body)| Some((hash, serde_json::from_slice::<ReceiptBody>(body).ok()?)),
+                            );
+                        let Some((hash, body)) = parsed else {
                             tracing::error!(path = %path.display(), "unreadable receipt in the spool; skipped");
                             continue;
                         };
@@ -417,26 +455,27 @@ impl Spool {
         self.lock().pending.len()
     }
 
-    /// Writes one receipt: `build` gets the receipt's chain position in `run` and returns the body.
+    /// Writes one receipt of `run`. `build` makes the body outside the spool's lock, with the
+    /// lane set and the chain position left blank (`prev_hash` empty, `seq` 0); the position is
+    /// filled in under the lock, which then covers only serializing, hashing and writing.
     pub fn append(&self, run: &str, build: impl FnOnce(Chain) -> ReceiptBody) -> Result<(), SpoolError> {
         if self.is_full() {
             return Err(SpoolError::Full { bytes: self.bytes(), max: self.limits.max_bytes });
         }
         let lane = self.key.id();
+        let mut body = build(Chain { lane: lane.to_owned(), prev_hash: String::new(), seq: 0 });
+        let receipt_id = body.id.to_string();
         let mut inner = self.lock();
         let head = inner.heads.get(run).copied();
-        let chain = Chain {
-            lane: lane.to_owned(),
-            prev_hash: head.map_or_else(|| genesis_hex(run, lane), |h| hex(&h.hash)),
-            seq: head.map_or(1, |h| h.seq + 1),
-        };
-        let seq = chain.seq;
-        let body = build(chain);
+        let seq = head.map_or(1, |h| h.seq + 1);
+        body.chain.prev_hash = head.map_or_else(|| genesis_hex(run, lane), |h| hex(&h.hash));
+        body.chain.seq = seq;
         let bytes = body.canonical().map_err(|e| SpoolError::Encode(e.to_string()))?;
         let hash = sha256(&bytes);
-        let record = frame(KIND_RECEIPT, &bytes);
-        let path = segment_path(&self.dir, inner.active_id);
-        inner.active.write_all(&record).map_err(io_err(&path))?;
+        let record = indexed_receipt(&hash, &receipt_id, &bytes);
+        if let Err(e) = inner.active.write_all(&record) {
+            return Err(io_err(&segment_path(&self.dir, inner.active_id))(e));
+        }
         let segment = inner.active_id;
         if let Some(s) = inner.segments.get_mut(&segment) {
             s.bytes += record.len() as u64;
@@ -444,7 +483,12 @@ impl Spool {
             s.unsealed += 1;
         }
         self.bytes.fetch_add(record.len() as u64, Ordering::Relaxed);
-        inner.heads.insert(run.to_owned(), Head { seq, hash });
+        match inner.heads.get_mut(run) {
+            Some(head) => *head = Head { seq, hash },
+            None => {
+                inner.heads.insert(run.to_owned(), Head { seq, hash });
+            }
+        }
         let was_empty = inner.pending.is_empty();
         inner.pending.push(Pending { hash, segment });
         if inner.segments.get(&segment).is_some_and(|s| s.bytes >= self.limits.segment_bytes) {
@@ -658,9 +702,13 @@ impl Reader {
             let (records, valid) = parse_frames(&data);
             for (kind, payload) in records {
                 match kind {
-                    KIND_RECEIPT => {
-                        let id = serde_json::from_slice::<IdOnly>(payload).map(|r| r.id).unwrap_or_default();
-                        self.unsealed.insert(sha256(payload), (id, payload.to_vec(), self.segment));
+                    KIND_RECEIPT | KIND_RECEIPT_INDEXED => {
+                        let Some((hash, id, body)) = receipt_parts(kind, payload) else { continue };
+                        let id = match id {
+                            Some(id) => id.to_owned(),
+                            None => serde_json::from_slice::<IdOnly>(body).map(|r| r.id).unwrap_or_default(),
+                        };
+                        self.unsealed.insert(hash, (id, body.to_vec(), self.segment));
                     }
                     KIND_SEAL => {
                         let Ok(seal) = serde_json::from_slice::<SealRecord>(payload) else { continue };

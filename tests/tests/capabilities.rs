@@ -19,6 +19,8 @@ struct Stack {
     proxy: ProxyProcess,
     clients: Clients,
     calls: std::sync::atomic::AtomicUsize,
+    /// The test CA the upstream's certificate is signed by.
+    ca_pem: std::path::PathBuf,
 }
 
 async fn stack() -> Stack {
@@ -40,7 +42,8 @@ async fn stack() -> Stack {
         b = b.resolve(h, upstream.addr());
     }
     let proxy = b.start().unwrap();
-    Stack { dir, upstream, control, proxy, clients: Clients::locate(), calls: Default::default() }
+    let ca_pem = ca.pem_path().to_owned();
+    Stack { dir, upstream, control, proxy, clients: Clients::locate(), calls: Default::default(), ca_pem }
 }
 
 /// One call's outcome as the client saw it.
@@ -186,6 +189,68 @@ async fn tokens_allow_exactly_their_grants_and_every_refusal_is_a_verifiable_rec
     let (_, all) = s.control.api("GET", &format!("/v1/runs/{run}/receipts"), &s.control.token, None).unwrap();
     assert!(!all.to_string().contains(&token), "the run token appears nowhere in receipts");
     assert!(!s.proxy.logs().contains(&token), "nor in the proxy's logs");
+}
+
+/// A sidecar bound to one run (`FLEETFORGE_DEFAULT_RUN` + `FLEETFORGE_DEFAULT_TOKEN`): an agent
+/// that sends no credentials at all is checked against that run's token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_bound_to_a_run_presents_its_default_token() {
+    let s = stack().await;
+    let (run, token, token_id) = s.create_run(grants());
+    let (other, _, _) = s.create_run(json!({}));
+    let sidecar = |default_run: &str| {
+        ProxyProcess::builder()
+            .upstream_ca(&s.ca_pem)
+            .env("FLEETFORGE_CONTROL_URL", s.control.url())
+            .env("FLEETFORGE_CONTROL_TOKEN", s.control.token.clone())
+            .env("FLEETFORGE_CAPABILITIES", "true")
+            .env("FLEETFORGE_DEFAULT_RUN", default_run)
+            .env("FLEETFORGE_DEFAULT_TOKEN", token.clone())
+            .resolve("api.openai.com", s.upstream.addr())
+            .sidecar("https://api.openai.com")
+            .start()
+            .unwrap()
+    };
+    let post = |proxy: &ProxyProcess, model: &str| {
+        let url = format!("http://{}/v1/chat/completions", proxy.sidecars[0]);
+        let body = chat(model).to_string();
+        let clients = &s.clients;
+        async move {
+            let out = clients
+                .curl(
+                    &[
+                        "-s",
+                        "-w",
+                        "\n%{http_code}",
+                        "-H",
+                        "content-type: application/json",
+                        "--data-binary",
+                        &body,
+                        &url,
+                    ],
+                    &[],
+                )
+                .await
+                .unwrap();
+            let (text, status) = out.stdout.trim().rsplit_once('\n').unwrap();
+            (status.parse::<u16>().unwrap(), serde_json::from_str::<Value>(text).unwrap_or(Value::Null))
+        }
+    };
+
+    let bound = sidecar(&run);
+    let (status, body) = post(&bound, "gpt-4o-mini").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(&bound, "claude-3-opus").await;
+    assert_eq!(status, 403, "outside the default token's grants: {body}");
+    assert_eq!(body["error"]["type"], "capability_denied", "{body}");
+    let receipts = s.receipts(&run, 2);
+    assert_eq!(receipts[0]["capability"]["token_id"], token_id.as_str(), "{}", receipts[0]);
+
+    // The default token must belong to the default run: another run's calls are refused.
+    let mismatched = sidecar(&other);
+    let (status, body) = post(&mismatched, "gpt-4o-mini").await;
+    assert_eq!(status, 407, "{body}");
+    assert!(!mismatched.logs().contains(&token), "the default token is never logged");
 }
 
 #[tokio::test(flavor = "multi_thread")]

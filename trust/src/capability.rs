@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use biscuit_auth::builder::{BlockBuilder, Term};
 use biscuit_auth::datalog::RunLimits;
+use biscuit_auth::macros::{authorizer, block};
 use biscuit_auth::{AuthorizerBuilder, Biscuit, KeyPair, PublicKey, RootKeyProvider, UnverifiedBiscuit};
 
 /// Why a token was refused or could not be made.
@@ -358,7 +359,7 @@ impl RunToken {
         ttl: Duration,
     ) -> Result<CallToken, CapabilityError> {
         self.check_claims(presented_run, call.now)?;
-        let block = call_block(call, unix(call.now) + ttl.as_secs().max(1))?;
+        let block = call_block(call, unix(call.now) + ttl.as_secs().max(1));
         let attenuated = self.biscuit.append(block).map_err(invalid)?;
         authorize(&attenuated, presented_run, call)?;
         let id = attenuated.revocation_identifiers().last().map(|id| hex(id)).unwrap_or_default();
@@ -381,53 +382,52 @@ impl CallToken {
     }
 }
 
-fn call_block(call: &CallFacts<'_>, expires: u64) -> Result<BlockBuilder, CapabilityError> {
-    let mut params: HashMap<String, Term> = HashMap::new();
-    params.insert("host".into(), Term::Str(call.host.to_ascii_lowercase()));
-    params.insert("method".into(), Term::Str(call.method.to_ascii_uppercase()));
-    params.insert("path".into(), Term::Str(call.path.to_owned()));
-    params.insert("step".into(), Term::Integer(i64::try_from(call.step).unwrap_or(i64::MAX)));
-    params.insert("expires".into(), Term::Date(expires));
+fn call_block(call: &CallFacts<'_>, expires: u64) -> BlockBuilder {
+    // Datalog compiled by the macro at build time: nothing is parsed per call.
+    let host = call.host.to_ascii_lowercase();
+    let method = call.method.to_ascii_uppercase();
+    let path = call.path;
+    let step = i64::try_from(call.step).unwrap_or(i64::MAX);
+    let expires = Term::Date(expires);
     // The step is recorded, not checked: a tool verifying the token offline knows the host,
     // method and path it was called with, not the run's step counter.
-    let mut code = String::from(
-        "call_step({step});\ncheck if host({host}), method({method}), path({path});\ncheck if time($t), $t <= {expires};\n",
+    let block = block!(
+        r#"
+        call_step({step});
+        check if host({host}), method({method}), path({path});
+        check if time($t), $t <= {expires};
+        "#
     );
-    match call.model {
-        Some(m) => {
-            params.insert("model".into(), Term::Str(m.to_owned()));
-            code.push_str("check if model({model});\n");
-        }
-        None => code.push_str("check if no_model(true);\n"),
-    }
-    BlockBuilder::new().code_with_params(&code, params, HashMap::new()).map_err(invalid)
+    let model_check = match call.model {
+        Some(model) => block!("check if model({model});"),
+        None => block!("check if no_model(true);"),
+    };
+    block.merge(model_check)
 }
 
 /// Runs the authorizer for `call` on `token`, requiring it to be `run`'s.
 fn authorize(token: &Biscuit, run: &str, call: &CallFacts<'_>) -> Result<(), CapabilityError> {
-    let mut params: HashMap<String, Term> = HashMap::new();
-    params.insert("now".into(), Term::Date(unix(call.now)));
-    params.insert("host".into(), Term::Str(call.host.to_ascii_lowercase()));
-    params.insert("method".into(), Term::Str(call.method.to_ascii_uppercase()));
-    params.insert("path".into(), Term::Str(call.path.to_owned()));
-    params.insert("step".into(), Term::Integer(i64::try_from(call.step).unwrap_or(i64::MAX)));
-    params.insert("run".into(), Term::Str(run.to_owned()));
-    let mut code = String::from(
-        "time({now});\nhost({host});\nmethod({method});\npath({path});\nstep({step});\nallow if run({run});\n",
+    // Datalog compiled by the macro at build time: nothing is parsed per call.
+    let now = Term::Date(unix(call.now));
+    let host = call.host.to_ascii_lowercase();
+    let method = call.method.to_ascii_uppercase();
+    let path = call.path;
+    let step = i64::try_from(call.step).unwrap_or(i64::MAX);
+    let facts = authorizer!(
+        r#"
+        time({now});
+        host({host});
+        method({method});
+        path({path});
+        step({step});
+        allow if run({run});
+        "#
     );
-    match call.model {
-        Some(m) => {
-            params.insert("model".into(), Term::Str(m.to_owned()));
-            code.push_str("model({model});\n");
-        }
-        None => code.push_str("no_model(true);\n"),
-    }
-    let mut authorizer = AuthorizerBuilder::new()
-        .code_with_params(&code, params, HashMap::new())
-        .map_err(invalid)?
-        .set_limits(limits())
-        .build(token)
-        .map_err(invalid)?;
+    let model = match call.model {
+        Some(model) => authorizer!("model({model});"),
+        None => authorizer!("no_model(true);"),
+    };
+    let mut authorizer = facts.merge(model).set_limits(limits()).build(token).map_err(invalid)?;
     authorizer.authorize_with_limits(limits()).map(|_| ()).map_err(|e| describe(&e))
 }
 

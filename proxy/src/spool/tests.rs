@@ -134,6 +134,31 @@ fn a_torn_tail_is_cut_off_and_the_rest_kept() {
 }
 
 #[test]
+fn receipts_written_by_earlier_versions_are_recovered_and_shipped() {
+    // Earlier versions framed a receipt as its bare canonical body (kind 1), unsealed here as if
+    // the proxy stopped before sealing.
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    let signing = key(dir.path());
+    let lane = signing.id().to_owned();
+    let first = body(
+        "run-old",
+        Chain { lane: lane.clone(), prev_hash: fleetforge_trust::receipt::genesis_hex("run-old", &lane), seq: 1 },
+    );
+    let bytes = first.canonical().unwrap();
+    std::fs::write(spool_dir.join("0000000000000001.seg"), super::frame(super::KIND_RECEIPT, &bytes)).unwrap();
+
+    let spool = Spool::open(&spool_dir, signing, limits()).unwrap();
+    spool.append("run-old", |c| body("run-old", c)).unwrap();
+    spool.seal().unwrap();
+    let shipped = spool.reader().next(&spool, 100).unwrap();
+    assert_eq!(shipped.len(), 2, "the old receipt is sealed again and shipped with the new one");
+    assert_eq!(shipped[0].id, first.id.to_string(), "the old record's id is read from its body");
+    assert_eq!(check(&shipped, spool.public_key()), [("run-old".to_owned(), 1), ("run-old".to_owned(), 2)]);
+}
+
+#[test]
 fn acknowledged_closed_segments_are_deleted_and_heads_survive() {
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
