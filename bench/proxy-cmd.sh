@@ -53,18 +53,10 @@ case $feature in
     export FLEETFORGE_DEFAULT_RUN FLEETFORGE_DEFAULT_TOKEN ;;
   policy)
     export FLEETFORGE_RECEIPTS=false
-    packs=$PROXY_WORK_DIR/packs
-    mk_pack() { # name config
-      mkdir -p "$packs/$1"
-      cp "$here/../policies/packs/$1/$1.wasm" "$packs/$1/"
-      printf 'name = "%s"\nversion = "bench"\nkind = "wasm"\nmodule = "%s.wasm"\nsha256 = "%s"\n%s\n' "$1" "$1" \
-        "$(sha256sum "$packs/$1/$1.wasm" | cut -d' ' -f1)" "$2" >"$packs/$1/pack.toml"
-      common+=(--policy "$packs/$1")
-    }
-    mk_pack allowlist "$(printf '[config]\nhosts = ["%s"]\nmodels = ["gpt-4o*"]' "$UPSTREAM_HOST")"
-    mk_pack model-limits $'[config]\ndefault_max_tokens = 4096\n[config.models."gpt-4o*"]\nmax_tokens = 1024'
-    mk_pack mcp-tools $'[config]\ndeny_tools = ["delete_*", "shell_exec"]'
-    mk_pack info-flow $'[config]\nsecret_reading_tools = ["read_secret"]\noutbound_hosts = ["pastebin.com"]' ;;
+    # shellcheck source=bench/example-packs.sh
+    source "$here/example-packs.sh"
+    mapfile -t pack_args < <(example_packs "$PROXY_WORK_DIR/packs" "$UPSTREAM_HOST")
+    common+=("${pack_args[@]}") ;;
   *) echo "proxy-cmd.sh: FLEETFORGE_BENCH_FEATURE must be norec, record, caps or policy, got $feature" >&2; exit 2 ;;
 esac
 common+=("${extra[@]}")

@@ -95,19 +95,10 @@ FLEETFORGE_RECEIPTS=false FLEETFORGE_CAPABILITIES=true FLEETFORGE_CONTROL_URL="h
 pids+=($!); cap_pid=$!
 # Recording off, policy on: the four example Wasm packs (configured for the bench host) decide
 # every call, deny-overrides.
-packdir=$work/packs
-mk_pack() { # name config
-  mkdir -p "$packdir/$1"
-  cp "$root/policies/packs/$1/$1.wasm" "$packdir/$1/"
-  printf 'name = "%s"\nversion = "bench"\nkind = "wasm"\nmodule = "%s.wasm"\nsha256 = "%s"\n%s\n' "$1" "$1" \
-    "$(sha256sum "$packdir/$1/$1.wasm" | cut -d' ' -f1)" "$2" >"$packdir/$1/pack.toml"
-}
-mk_pack allowlist $'[config]\nhosts = ["api.llm.test"]\nmodels = ["gpt-4o*"]'
-mk_pack model-limits $'[config]\ndefault_max_tokens = 4096\n[config.models."gpt-4o*"]\nmax_tokens = 1024'
-mk_pack mcp-tools $'[config]\ndeny_tools = ["delete_*", "shell_exec"]'
-mk_pack info-flow $'[config]\nsecret_reading_tools = ["read_secret"]\noutbound_hosts = ["pastebin.com"]'
-FLEETFORGE_RECEIPTS=false "$target/fleetforge-proxy" --home "$work/home-pol" "${proxy_args[@]}" \
-  --policy "$packdir/allowlist" --policy "$packdir/model-limits" --policy "$packdir/mcp-tools" --policy "$packdir/info-flow" \
+# shellcheck source=bench/example-packs.sh
+source "$here/example-packs.sh"
+mapfile -t pack_args < <(example_packs "$work/packs" api.llm.test)
+FLEETFORGE_RECEIPTS=false "$target/fleetforge-proxy" --home "$work/home-pol" "${proxy_args[@]}" "${pack_args[@]}" \
   >"$work/proxy-pol.out" 2>"$work/proxy-pol.err" &
 pids+=($!); pol_pid=$!
 run_json=$(curl -sf "http://$control/v1/runs" -H "authorization: Bearer $token" -H 'content-type: application/json' \
