@@ -23,6 +23,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use fleetforge_proxy::capability::Capabilities;
 use fleetforge_trust::capability::{self as cap, CallFacts, Grants, RootKeys, RunClaims, RunToken};
 
+/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn setup() -> (RootKeys, String) {
     let (private, public) = cap::generate_root();
     let root = cap::root_from_bytes(&private).unwrap();

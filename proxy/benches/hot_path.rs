@@ -38,6 +38,11 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn sdk_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in [

@@ -23,6 +23,11 @@ use fleetforge_proxy::policy::manifest::sha256_hex;
 use fleetforge_proxy::policy::{Limits, Pack, PackSet};
 use http::HeaderMap;
 
+/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -16,6 +16,11 @@ use fleetforge_proxy::{Config, Proxy};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a configuration error (EX_USAGE... EX_DATAERR family; 64 is what the contract names).
 const EXIT_BAD_CONFIG: u8 = 64;
 

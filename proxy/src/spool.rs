@@ -178,6 +178,8 @@ pub struct Spool {
     sealed: tokio::sync::Notify,
     bytes: AtomicU64,
     stopping: AtomicBool,
+    /// Marks the chain position in bodies serialized outside the lock.
+    placeholder: Placeholder,
     _lock: File,
 }
 
@@ -208,10 +210,82 @@ fn frame_parts(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// The frame of an indexed receipt record: hash, id (at most 255 bytes; ids are 36), body.
-fn indexed_receipt(hash: &Hash, id: &str, body: &[u8]) -> Vec<u8> {
+/// The frame of an indexed receipt record whose body `write_body` appends, and the body's hash:
+/// one buffer, the body hashed where it lies.
+fn receipt_record(id: &str, write_body: impl FnOnce(&mut Vec<u8>)) -> (Vec<u8>, Hash) {
     let id = &id.as_bytes()[..id.len().min(255)];
-    frame_parts(KIND_RECEIPT_INDEXED, &[hash, &[id.len() as u8], id, body])
+    let body_at = 8 + 1 + 32 + 1 + id.len();
+    let mut out = Vec::with_capacity(body_at + 2048);
+    out.extend_from_slice(&[0; 8]);
+    out.push(KIND_RECEIPT_INDEXED);
+    out.extend_from_slice(&[0; 32]);
+    out.push(id.len() as u8);
+    out.extend_from_slice(id);
+    write_body(&mut out);
+    let hash = sha256(&out[body_at..]);
+    out[9..41].copy_from_slice(&hash);
+    let len = (out.len() - 8) as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&out[8..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    (out, hash)
+}
+
+/// Where a receipt's chain position goes in a body serialized before the position was known.
+///
+/// The body is serialized with `prev_hash` set to `sentinel` (64 random hex digits, new for
+/// every spool opening) and `seq` 0; the chain object is the last thing in `{"lane":…,
+/// "prev_hash":…,"seq":…}`, so `"prev_hash":"<sentinel>","seq":0}` marks exactly the bytes the
+/// real position replaces. Canonical JSON has no whitespace and escapes nothing in hex digits,
+/// so the spliced bytes are what serializing the body with its position would give.
+#[derive(Debug)]
+struct Placeholder {
+    sentinel: String,
+    needle: Vec<u8>,
+    /// A searcher for `needle`, built once.
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl Placeholder {
+    fn new() -> Self {
+        let mut seed = [0u8; 32];
+        // Any unpredictable value will do; on the (never seen) failure of the system RNG, the
+        // clock and process id still make a collision with receipt content implausible.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_err() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            seed = sha256(format!("{now:?}/{}", std::process::id()).as_bytes());
+        }
+        let sentinel = hex(&seed);
+        let needle = format!("\"prev_hash\":\"{sentinel}\",\"seq\":0}}").into_bytes();
+        let finder = memchr::memmem::Finder::new(&needle).into_owned();
+        Self { sentinel, needle, finder }
+    }
+
+    /// Where the needle starts in `draft`, if it occurs exactly once.
+    fn find(&self, draft: &[u8]) -> Option<usize> {
+        let at = self.finder.find(draft)?;
+        self.finder.find(&draft[at + 1..]).is_none().then_some(at)
+    }
+
+    /// Appends what replaces the needle: the real `prev_hash` and `seq`.
+    fn write_position(out: &mut Vec<u8>, prev_hash: &str, seq: u64) {
+        out.extend_from_slice(b"\"prev_hash\":\"");
+        out.extend_from_slice(prev_hash.as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
+        let mut digits = [0u8; 20];
+        let mut n = seq;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[i..]);
+        out.push(b'}');
+    }
 }
 
 /// A receipt record's hash, id (when the record carries it) and body; `None` if it is not a
@@ -412,6 +486,7 @@ impl Spool {
             sealed: tokio::sync::Notify::new(),
             bytes: AtomicU64::new(total),
             stopping: AtomicBool::new(false),
+            placeholder: Placeholder::new(),
             _lock: lock,
         };
         let resealed = spool.seal()?;
@@ -456,23 +531,37 @@ impl Spool {
     }
 
     /// Writes one receipt of `run`. `build` makes the body outside the spool's lock, with the
-    /// lane set and the chain position left blank (`prev_hash` empty, `seq` 0); the position is
-    /// filled in under the lock, which then covers only serializing, hashing and writing.
+    /// lane set and the chain position left open; the body is serialized there too, with this
+    /// spool's random sentinel standing in for `prev_hash`. Under the lock only the chain
+    /// position is spliced in where the sentinel stands, and the result hashed and written.
     pub fn append(&self, run: &str, build: impl FnOnce(Chain) -> ReceiptBody) -> Result<(), SpoolError> {
         if self.is_full() {
             return Err(SpoolError::Full { bytes: self.bytes(), max: self.limits.max_bytes });
         }
         let lane = self.key.id();
-        let mut body = build(Chain { lane: lane.to_owned(), prev_hash: String::new(), seq: 0 });
+        let mut body = build(Chain { lane: lane.to_owned(), prev_hash: self.placeholder.sentinel.clone(), seq: 0 });
         let receipt_id = body.id.to_string();
+        let draft = body.canonical().map_err(|e| SpoolError::Encode(e.to_string()))?;
+        let splice = self.placeholder.find(&draft);
         let mut inner = self.lock();
         let head = inner.heads.get(run).copied();
         let seq = head.map_or(1, |h| h.seq + 1);
-        body.chain.prev_hash = head.map_or_else(|| genesis_hex(run, lane), |h| hex(&h.hash));
-        body.chain.seq = seq;
-        let bytes = body.canonical().map_err(|e| SpoolError::Encode(e.to_string()))?;
-        let hash = sha256(&bytes);
-        let record = indexed_receipt(&hash, &receipt_id, &bytes);
+        let prev_hash = head.map_or_else(|| genesis_hex(run, lane), |h| hex(&h.hash));
+        let (record, hash) = match splice {
+            Some(at) => receipt_record(&receipt_id, |out| {
+                out.extend_from_slice(&draft[..at]);
+                Placeholder::write_position(out, &prev_hash, seq);
+                out.extend_from_slice(&draft[at + self.placeholder.needle.len()..]);
+            }),
+            // The sentinel is missing or not unique (a free-form member quoting it): serialize
+            // again with the position filled in.
+            None => {
+                body.chain.prev_hash = prev_hash;
+                body.chain.seq = seq;
+                let bytes = body.canonical().map_err(|e| SpoolError::Encode(e.to_string()))?;
+                receipt_record(&receipt_id, |out| out.extend_from_slice(&bytes))
+            }
+        };
         if let Err(e) = inner.active.write_all(&record) {
             return Err(io_err(&segment_path(&self.dir, inner.active_id))(e));
         }
@@ -495,6 +584,7 @@ impl Spool {
             self.roll(&mut inner)?;
         }
         drop(inner);
+        drop(record);
         if was_empty {
             self.wake.notify_one();
         }

@@ -15,6 +15,11 @@ use fleetforge_control::store::Store;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser, Debug)]

@@ -206,3 +206,51 @@ fn one_spool_per_proxy_and_a_full_spool_refuses() {
     }
     assert!(full && spool.is_full());
 }
+
+#[test]
+fn the_spliced_chain_position_is_what_serializing_it_gives() {
+    let placeholder = super::Placeholder::new();
+    let draft_chain = Chain { lane: "k1".into(), prev_hash: placeholder.sentinel.clone(), seq: 0 };
+    let quoted = String::from_utf8(placeholder.needle.clone()).unwrap();
+    // Plain, free-form (canonicalized generically), and a free-form member quoting the needle
+    // inside a string (escaped, so not a second occurrence).
+    for capability in [None, Some(serde_json::json!({"z": 1, "facts": ["right(\"x\")"]})), Some(quoted.into())] {
+        let mut draft_body = body("run-a", draft_chain.clone());
+        draft_body.capability = capability;
+        let draft = draft_body.canonical().unwrap();
+        let at = placeholder.find(&draft).expect("the needle occurs once");
+        for seq in [1, 9, 10, 1_234_567, (1 << 53) - 1] {
+            let mut spliced = draft[..at].to_vec();
+            super::Placeholder::write_position(&mut spliced, &"ab".repeat(32), seq);
+            spliced.extend_from_slice(&draft[at + placeholder.needle.len()..]);
+            let mut want = draft_body.clone();
+            want.chain.prev_hash = "ab".repeat(32);
+            want.chain.seq = seq;
+            assert_eq!(String::from_utf8(spliced).unwrap(), String::from_utf8(want.canonical().unwrap()).unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_body_repeating_the_placeholder_is_serialized_again_under_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool"), key(dir.path()), limits()).unwrap();
+    let mut reader = spool.reader();
+    for _ in 0..3 {
+        spool
+            .append("run-a", |c| {
+                let mut b = body("run-a", c.clone());
+                // A free-form member that serializes to exactly the needle's bytes.
+                b.capability = Some(serde_json::json!({"prev_hash": c.prev_hash, "seq": 0}));
+                assert!(spool.placeholder.find(&b.canonical().unwrap()).is_none());
+                b
+            })
+            .unwrap();
+    }
+    spool.seal().unwrap();
+    let shipped = reader.next(&spool, 100).unwrap();
+    assert_eq!(
+        check(&shipped, spool.public_key()),
+        vec![("run-a".into(), 1), ("run-a".into(), 2), ("run-a".into(), 3)]
+    );
+}
