@@ -23,7 +23,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use fleetforge_proxy::capability::Capabilities;
 use fleetforge_trust::capability::{self as cap, CallFacts, Grants, RootKeys, RunClaims, RunToken};
 
-/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+/// The allocator (feature `mimalloc`, on by default): it returns what a burst allocated, where
+/// glibc's malloc kept it (README, Benchmarks).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -38,7 +38,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+/// The allocator (feature `mimalloc`, on by default): it returns what a burst allocated, where
+/// glibc's malloc kept it (README, Benchmarks).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -23,7 +23,8 @@ use fleetforge_proxy::policy::manifest::sha256_hex;
 use fleetforge_proxy::policy::{Limits, Pack, PackSet};
 use http::HeaderMap;
 
-/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+/// The allocator (feature `mimalloc`, on by default): it returns what a burst allocated, where
+/// glibc's malloc kept it (README, Benchmarks).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

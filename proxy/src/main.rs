@@ -16,7 +16,8 @@ use fleetforge_proxy::{Config, Proxy};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+/// The allocator (feature `mimalloc`, on by default): it returns what a burst allocated, where
+/// glibc's malloc kept it (README, Benchmarks).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

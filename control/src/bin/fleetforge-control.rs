@@ -15,7 +15,8 @@ use fleetforge_control::store::Store;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// The allocator (feature `mimalloc`, on by default): see bench/README.md for why.
+/// The allocator (feature `mimalloc`, on by default): it returns what a burst allocated, where
+/// glibc's malloc kept it (README, Benchmarks).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
