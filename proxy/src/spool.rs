@@ -755,6 +755,29 @@ impl Spool {
     }
 }
 
+/// The most of a segment the reader holds in memory at once, so a shipper catching up after a
+/// control outage reads a 16 MiB segment a piece at a time.
+const READ_CHUNK: u64 = 1 << 20;
+
+/// The length of the first frame in `data` (header included), if its header is there.
+fn first_frame_len(data: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(data.get(..4)?.try_into().ok()?);
+    Some(8 + len as usize)
+}
+
+/// Reads `file` from `offset`, at most `limit` bytes (all of the rest with `None`).
+fn read_at(file: &File, offset: u64, limit: Option<u64>) -> io::Result<Vec<u8>> {
+    use std::io::Seek as _;
+    let mut file = file;
+    file.seek(io::SeekFrom::Start(offset))?;
+    let mut data = Vec::new();
+    match limit {
+        Some(limit) => file.take(limit).read_to_end(&mut data)?,
+        None => file.read_to_end(&mut data)?,
+    };
+    Ok(data)
+}
+
 /// Reads sealed receipts off the spool files in order, for the shipper. The files are the single
 /// source of truth: the shipper holds at most one chunk in memory however long control is away.
 #[derive(Debug)]
@@ -773,14 +796,16 @@ impl Reader {
         while out.len() < max {
             let active = spool.active_segment();
             let path = segment_path(&self.dir, self.segment);
-            let data = match File::open(&path) {
-                Ok(mut f) => {
-                    use std::io::Seek as _;
-                    let mut data = Vec::new();
-                    f.seek(io::SeekFrom::Start(self.offset))
-                        .and_then(|_| f.read_to_end(&mut data))
-                        .map_err(io_err(&path))?;
-                    data
+            let (data, more) = match File::open(&path) {
+                Ok(f) => {
+                    let chunk = read_at(&f, self.offset, Some(READ_CHUNK)).map_err(io_err(&path))?;
+                    let more = chunk.len() as u64 >= READ_CHUNK;
+                    // A chunk holding no whole frame: one frame is larger than a chunk; read it whole.
+                    if more && first_frame_len(&chunk).is_none_or(|len| len > chunk.len()) {
+                        (read_at(&f, self.offset, None).map_err(io_err(&path))?, false)
+                    } else {
+                        (chunk, more)
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && self.segment < active => {
                     self.segment += 1;
@@ -814,6 +839,10 @@ impl Reader {
                 }
             }
             self.offset += valid as u64;
+            if more {
+                // The rest of this segment is read by the next round.
+                continue;
+            }
             let at_end = valid == data.len();
             if self.segment < active && (at_end || valid == 0) {
                 if !at_end {

@@ -254,3 +254,34 @@ fn a_body_repeating_the_placeholder_is_serialized_again_under_the_lock() {
         vec![("run-a".into(), 1), ("run-a".into(), 2), ("run-a".into(), 3)]
     );
 }
+
+#[test]
+fn a_backlog_larger_than_a_read_chunk_ships_whole_a_piece_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("spool"), key(dir.path()), limits()).unwrap();
+    // About 1.5 KiB each: well over one 1 MiB read chunk in one segment, sealed in a few batches.
+    let receipts = 2_000;
+    for i in 0..receipts {
+        spool.append("run-a", |c| body("run-a", c)).unwrap();
+        if i % 700 == 699 {
+            spool.seal().unwrap();
+        }
+    }
+    spool.seal().unwrap();
+    assert!(spool.bytes() > super::READ_CHUNK, "the backlog spans more than one chunk: {}", spool.bytes());
+    let mut reader = spool.reader();
+    let mut shipped = Vec::new();
+    let mut rounds = 0;
+    for _ in 0..100 {
+        let next = reader.next(&spool, 100).unwrap();
+        if next.is_empty() {
+            break;
+        }
+        rounds += 1;
+        shipped.extend(next);
+    }
+    assert!(rounds >= 2, "the backlog came in pieces, not in one read: {rounds} round(s)");
+    let seqs = check(&shipped, spool.public_key());
+    assert_eq!(seqs.len(), receipts, "every receipt shipped exactly once");
+    assert_eq!(seqs.last(), Some(&("run-a".to_owned(), receipts as u64)));
+}
