@@ -199,15 +199,21 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 fn frame_parts(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
     let mut out = Vec::with_capacity(len + 8);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; 8]);
     out.push(kind);
     for part in parts {
         out.extend_from_slice(part);
     }
-    let crc = crc32fast::hash(&out[8..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    finish_frame(&mut out);
     out
+}
+
+/// Fills in the length and CRC-32 of a frame built after 8 placeholder header bytes.
+fn finish_frame(frame: &mut [u8]) {
+    let len = (frame.len() - 8) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&frame[8..]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The frame of an indexed receipt record whose body `write_body` appends, and the body's hash:
@@ -224,10 +230,7 @@ fn receipt_record(id: &str, write_body: impl FnOnce(&mut Vec<u8>)) -> (Vec<u8>, 
     write_body(&mut out);
     let hash = sha256(&out[body_at..]);
     out[9..41].copy_from_slice(&hash);
-    let len = (out.len() - 8) as u32;
-    out[..4].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32fast::hash(&out[8..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    finish_frame(&mut out);
     (out, hash)
 }
 
@@ -269,22 +272,8 @@ impl Placeholder {
 
     /// Appends what replaces the needle: the real `prev_hash` and `seq`.
     fn write_position(out: &mut Vec<u8>, prev_hash: &str, seq: u64) {
-        out.extend_from_slice(b"\"prev_hash\":\"");
-        out.extend_from_slice(prev_hash.as_bytes());
-        out.extend_from_slice(b"\",\"seq\":");
-        let mut digits = [0u8; 20];
-        let mut n = seq;
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&digits[i..]);
-        out.push(b'}');
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "\"prev_hash\":\"{prev_hash}\",\"seq\":{seq}}}");
     }
 }
 
@@ -584,7 +573,6 @@ impl Spool {
             self.roll(&mut inner)?;
         }
         drop(inner);
-        drop(record);
         if was_empty {
             self.wake.notify_one();
         }
@@ -839,7 +827,8 @@ impl Reader {
                 }
             }
             self.offset += valid as u64;
-            if more {
+            // A chunk that starts with a bad frame is corruption, handled below like at the end.
+            if more && valid > 0 {
                 // The rest of this segment is read by the next round.
                 continue;
             }

@@ -285,3 +285,25 @@ fn a_backlog_larger_than_a_read_chunk_ships_whole_a_piece_at_a_time() {
     assert_eq!(seqs.len(), receipts, "every receipt shipped exactly once");
     assert_eq!(seqs.last(), Some(&("run-a".to_owned(), receipts as u64)));
 }
+
+#[test]
+fn a_bad_frame_at_the_start_of_a_full_chunk_stops_the_reader_instead_of_looping() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let spool = Spool::open(&spool_dir, key(dir.path()), limits()).unwrap();
+    while spool.bytes() < 2 * super::READ_CHUNK {
+        spool.append("run-a", |c| body("run-a", c)).unwrap();
+    }
+    spool.seal().unwrap();
+    // Flip a payload byte of the first frame of the (active) segment: its CRC no longer matches.
+    let segment = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let mut data = std::fs::read(&segment).unwrap();
+    data[20] ^= 0xff;
+    std::fs::write(&segment, data).unwrap();
+    let read = spool.reader().next(&spool, 100).unwrap();
+    assert!(read.is_empty(), "nothing past the bad frame of the active segment is shipped: {}", read.len());
+}
