@@ -29,6 +29,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+/// The allocator of `fleetforge-control` (feature `mimalloc`, on by default), so the bench
+/// measures what the service pays.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RUNS: usize = 50;
 const STREAMS: usize = 4;
 const RECEIPTS: usize = 50_000;

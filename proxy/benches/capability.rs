@@ -3,9 +3,11 @@
 //! - `per_call`: what an LLM call pays — the run token from the verified-token cache and the
 //!   Datalog authorization of the call's facts (everything `Capabilities::check` does for a
 //!   non-tool upstream but the revocation lookup);
-//! - `per_call_tool`: what a tool call pays — the same plus one block appended (bound to host,
-//!   method, path, model, 60 s expiry; an ed25519 key pair and signature), authorized as a whole
-//!   and serialized for `x-fleetforge-capability`;
+//! - `per_call_tool`: what a tool call pays the first time its facts are decided — the same plus
+//!   one block appended (bound to host, method, path, model, 60 s expiry; an ed25519 key pair and
+//!   signature) and serialized for `x-fleetforge-capability`;
+//! - `mint_call`: what a tool call pays when the proxy remembers the decision (single-block run
+//!   tokens, the same call facts): the block, its signature and the serialization;
 //! - `verify_uncached`: checking a run token's signature and reading its claims, which the cache
 //!   keeps off the per-call path (once per token);
 //! - `attenuate_offline`: appending a block to a token without its key (what
@@ -78,6 +80,12 @@ fn bench(c: &mut Criterion) {
             let t = caps.run_token(black_box(&token)).unwrap();
             let per_call = t.authorize_call("run-bench", &facts(), Duration::from_secs(60)).unwrap();
             black_box(per_call.to_base64().unwrap())
+        })
+    });
+    g.bench_function("mint_call", |b| {
+        b.iter(|| {
+            let t = caps.run_token(black_box(&token)).unwrap();
+            black_box(t.mint_call(&facts(), Duration::from_secs(60)).unwrap().to_base64().unwrap())
         })
     });
     g.bench_function("verify_uncached", |b| b.iter(|| black_box(RunToken::verify(black_box(&token), &roots).unwrap())));

@@ -118,6 +118,11 @@ fn bench(c: &mut Criterion) {
     assert!(allowlist.try_evaluate(&doc, &limits).unwrap().allow);
     c.bench_function("wasm_allowlist", |b| b.iter(|| black_box(allowlist.try_evaluate(&doc, &limits).unwrap())));
 
+    for pack in &wasm[1..] {
+        let name = format!("wasm_{}", pack.name());
+        c.bench_function(&name, |b| b.iter(|| black_box(pack.try_evaluate(&doc, &limits).unwrap())));
+    }
+
     let set = PackSet { packs: wasm.clone() };
     assert!(set.evaluate(&doc, &limits).allow, "{:?}", set.evaluate(&doc, &limits));
     c.bench_function("wasm_four_packs", |b| b.iter(|| black_box(set.evaluate(&doc, &limits))));

@@ -7,8 +7,9 @@
 //! revocations are polled every second and checked per call with one hash lookup per block.
 //! Per call: one Datalog authorization of the call's facts — remembered for single-block run
 //! tokens, whose decision depends on time only through their expiry (checked on every call); for
-//! tool upstreams, which receive the per-call token, also one block appended (an ed25519 key pair
-//! and signature) and authorized.
+//! tool upstreams, which receive the per-call token, also one block appended that restates the
+//! allowed call's facts (an ed25519 key pair and signature; no second authorization, see
+//! `RunToken::mint_call`).
 //!
 //! Result: `Ok(Some(grant))` — the per-call token, its ids for the receipt, and the header value
 //! for tool upstreams; `Ok(None)` when capabilities are off; or `407 proxy_auth_required` (no,
@@ -187,13 +188,14 @@ impl Capabilities {
             now: SystemTime::now(),
         };
         let expires = fleetforge_trust::capability::unix_now() + self.call_ttl.as_secs().max(1);
+        self.decide(&run_token, run, &facts).map_err(|e| refused(&e))?;
         if !tool {
             // Nobody receives a per-call token, so none is minted: the decision is the same (see
             // `RunToken::authorize`) without an ed25519 key generation and signature per call.
-            self.decide(&run_token, run, &facts).map_err(|e| refused(&e))?;
             return Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: None, expires, header: None });
         }
-        let per_call = run_token.authorize_call(run, &facts, self.call_ttl).map_err(|e| refused(&e))?;
+        // The call is allowed; the per-call block only restates its facts (`RunToken::mint_call`).
+        let per_call = run_token.mint_call(&facts, self.call_ttl).map_err(|e| refused(&e))?;
         let b64 = per_call.to_base64().map_err(|e| refused(&e))?;
         let header = HeaderValue::from_str(&b64).ok();
         Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: Some(per_call.id), expires, header })

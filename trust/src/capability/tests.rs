@@ -154,6 +154,25 @@ fn offline_attenuation_narrows_and_never_widens() {
 }
 
 #[test]
+fn a_minted_call_token_carries_every_block_and_verifies_for_that_call_only() {
+    let (roots, token, _) = setup(grants());
+    let narrow = Grants { paths: vec!["/v1/chat/".into()], ..Grants::default() };
+    let sub = attenuate(&token, &narrow, None, SystemTime::now()).unwrap();
+    let t = RunToken::verify(&sub, &roots).unwrap();
+    let c = call("api.openai.com", "/v1/chat/completions", Some("gpt-4o-mini"));
+    t.authorize("run-a", &c).unwrap();
+    let minted = t.mint_call(&c, Duration::from_secs(60)).unwrap();
+    let b64 = minted.to_base64().unwrap();
+    // Authorized afresh as a whole (signatures, the sub-agent's narrowing, the call block): allowed.
+    assert_eq!(verify_for_call(&b64, &roots, &c).unwrap(), "run-a");
+    let again = RunToken::verify(&b64, &roots).unwrap();
+    assert_eq!(again.revocation_ids.len(), 3);
+    assert_eq!(again.revocation_ids[2], minted.id);
+    let other = call("api.openai.com", "/v1/chat/other", Some("gpt-4o-mini"));
+    assert!(matches!(verify_for_call(&b64, &roots, &other), Err(CapabilityError::Denied(_))));
+}
+
+#[test]
 fn quotes_in_grants_are_refused() {
     let (private, _) = generate_root();
     let root = root_from_bytes(&private).unwrap();
