@@ -367,7 +367,9 @@ impl RunToken {
     /// call [`RunToken::authorize`] allowed: the block's checks are built from the very facts the
     /// authorizer was given, so they hold for this call by construction, and the minted token
     /// authorizes exactly what the run token authorized for it (a tool re-checks it offline with
-    /// [`verify_for_call`]). Costs one ed25519 key pair and signature, and no Datalog.
+    /// [`verify_for_call`]; a token minted for a call the run token does not allow keeps every
+    /// check of the run token, so it fails there). Costs biscuit's append — a fresh ed25519 key
+    /// pair, the previous block's key pair re-derived from its secret, a signature — and no Datalog.
     pub fn mint_call(&self, call: &CallFacts<'_>, ttl: Duration) -> Result<CallToken, CapabilityError> {
         let block = call_block(call, unix(call.now) + ttl.as_secs().max(1));
         let attenuated = self.biscuit.append(block).map_err(invalid)?;

@@ -170,6 +170,11 @@ fn a_minted_call_token_carries_every_block_and_verifies_for_that_call_only() {
     assert_eq!(again.revocation_ids[2], minted.id);
     let other = call("api.openai.com", "/v1/chat/other", Some("gpt-4o-mini"));
     assert!(matches!(verify_for_call(&b64, &roots, &other), Err(CapabilityError::Denied(_))));
+    // Minted for a call the run token does not allow (misuse): the tool's check still refuses it.
+    let outside = call("api.openai.com", "/v1/files", Some("gpt-4o-mini"));
+    assert!(t.authorize("run-a", &outside).is_err());
+    let b64 = t.mint_call(&outside, Duration::from_secs(60)).unwrap().to_base64().unwrap();
+    assert!(matches!(verify_for_call(&b64, &roots, &outside), Err(CapabilityError::Denied(_))));
 }
 
 #[test]
