@@ -52,7 +52,11 @@ where
     C: DeserializeOwned + Default,
     F: FnOnce(&C, &Input) -> Verdict,
 {
-    match serde_json::from_slice::<Document<C>>(document) {
+    // One UTF-8 check of the whole document, then a parse that does not re-check every string.
+    let parsed = std::str::from_utf8(document)
+        .map_err(|e| format!("the document is not UTF-8: {e}"))
+        .and_then(|text| serde_json::from_str::<Document<C>>(text).map_err(|e| e.to_string()));
+    match parsed {
         Ok(doc) if doc.input.version == INPUT_VERSION => decide(&doc.config, &doc.input),
         Ok(doc) => Verdict::deny(format!(
             "{INVALID}input version {} is not supported (this pack understands version {INPUT_VERSION})",
