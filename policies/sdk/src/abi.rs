@@ -1,8 +1,10 @@
-//! The call document in, the verdict out: [`run`] on every target, the raw Wasm exports on `wasm32`.
+//! The call document in, the verdict out: [`run`] and [`run_binary`] on every target, the raw Wasm
+//! exports on `wasm32`.
 //!
 //! Invariants:
-//! - one `serde_json` parse of the whole document into typed structs, nothing else allocated
-//!   before the pack's function runs;
+//! - one read of the whole document into typed structs (a `serde_json` parse for [`run`]; the
+//!   config's parse and a binary decode for [`run_binary`]), nothing else allocated before the
+//!   pack's function runs;
 //! - every failure to read the document becomes a deny verdict whose reason starts with
 //!   `policy input is not valid: ` (never a trap);
 //! - the only `unsafe` in the SDK is the one slice construction in [`wasm::evaluate`], which relies
@@ -66,6 +68,42 @@ where
     }
 }
 
+/// Like [`run`], for the binary call document that the `evaluate_binary` export receives: a `u32`
+/// (little-endian) byte length, the pack's config as JSON text of that length (`null` when it has
+/// none), then the input in the binary layout ([`crate::binary`]). Same verdicts, same deny reasons
+/// for a document that does not decode; the input is decoded without parsing JSON, which is most of
+/// what a verdict costs in the JSON form.
+pub fn run_binary<C, F>(document: &[u8], decide: F) -> Verdict
+where
+    C: DeserializeOwned + Default,
+    F: FnOnce(&C, &Input) -> Verdict,
+{
+    let parsed = split_binary(document).and_then(|(config, input)| {
+        let config = std::str::from_utf8(config)
+            .map_err(|e| format!("the config is not UTF-8: {e}"))
+            .and_then(|text| serde_json::from_str::<Option<C>>(text).map_err(|e| format!("config: {e}")))?
+            .unwrap_or_default();
+        let input = crate::binary::decode(input).map_err(|e| e.to_string())?;
+        Ok((config, input))
+    });
+    match parsed {
+        Ok((config, input)) => decide(&config, &input),
+        Err(err) => Verdict::deny(format!("{INVALID}{err}")),
+    }
+}
+
+/// Splits a binary call document into its config JSON and its binary input.
+fn split_binary(document: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let (head, rest) = document
+        .split_first_chunk::<4>()
+        .ok_or_else(|| format!("the document is {} bytes, too short for its config length", document.len()))?;
+    let len = u32::from_le_bytes(*head) as usize;
+    if len > rest.len() {
+        return Err(format!("the config length {len} is past the end of the document ({} bytes)", document.len()));
+    }
+    Ok(rest.split_at(len))
+}
+
 /// [`run`], then the verdict as UTF-8 JSON: the bytes the `evaluate` export hands to the host.
 pub fn run_to_json<C, F>(document: &[u8], decide: F) -> Vec<u8>
 where
@@ -73,6 +111,15 @@ where
     F: FnOnce(&C, &Input) -> Verdict,
 {
     run(document, decide).to_json()
+}
+
+/// [`run_binary`], then the verdict as UTF-8 JSON: what the `evaluate_binary` export hands back.
+pub fn run_binary_to_json<C, F>(document: &[u8], decide: F) -> Vec<u8>
+where
+    C: DeserializeOwned + Default,
+    F: FnOnce(&C, &Input) -> Verdict,
+{
+    run_binary(document, decide).to_json()
 }
 
 /// The raw exports behind [`policy!`](crate::policy); meaningful only where pointers are 32 bits.
@@ -118,8 +165,9 @@ pub mod wasm {
 mod tests {
     use serde::Deserialize;
 
-    use super::{INPUT_VERSION, run, run_to_json};
+    use super::{INPUT_VERSION, run, run_binary, run_to_json};
     use crate::input::Input;
+    use crate::testing::{binary_document, example_input};
     use crate::verdict::Verdict;
 
     #[derive(Deserialize, Default, Debug, PartialEq)]
@@ -189,5 +237,42 @@ mod tests {
     fn run_to_json_emits_the_verdict() {
         let out = run_to_json(&doc(r#"{"limit":5}"#, INPUT), by_step);
         assert_eq!(std::str::from_utf8(&out).unwrap(), r#"{"allow":true,"reasons":[],"obligations":{}}"#);
+    }
+
+    #[test]
+    fn the_binary_document_gives_the_same_verdicts() {
+        let input: Input = serde_json::from_str(INPUT).unwrap();
+        for config in [r#"{"limit":5}"#, r#"{"limit":2}"#, "null"] {
+            assert_eq!(
+                run_binary(&binary_document(config, &input), by_step),
+                run(&doc(config, INPUT), by_step),
+                "{config}"
+            );
+        }
+        // A config that does not fit is denied on both paths, naming the field (positions differ).
+        let bad = run_binary(&binary_document(r#"{"limt":5}"#, &input), by_step);
+        assert!(!bad.allow);
+        assert!(bad.reasons[0].starts_with("policy input is not valid: config: unknown field `limt`"), "{bad:?}");
+        let mut v2 = example_input();
+        v2.version = 2;
+        assert_eq!(
+            run_binary(&binary_document("null", &v2), by_step),
+            run(&doc("null", &serde_json::to_string(&v2).unwrap()), by_step)
+        );
+    }
+
+    #[test]
+    fn bad_binary_documents_are_denied_with_a_reason() {
+        let good = binary_document(r#"{"limit":5}"#, &example_input());
+        for bad in [vec![], vec![1, 0], vec![200, 0, 0, 0, b'{'], good[..good.len() - 1].to_vec(), {
+            let mut b = good.clone();
+            b[4] = 0xff;
+            b
+        }] {
+            let verdict = run_binary(&bad, by_step);
+            assert!(!verdict.allow);
+            assert!(verdict.reasons[0].starts_with("policy input is not valid: "), "{:?}", verdict.reasons);
+        }
+        assert!(run_binary(&good, by_step).allow);
     }
 }

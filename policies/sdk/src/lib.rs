@@ -1,9 +1,10 @@
 //! The FleetForge policy SDK: write a policy pack as one plain Rust function.
 //!
 //! A pack is a core Wasm module (`wasm32-unknown-unknown`, no imports) that the proxy runs once per
-//! call in a fresh instance. The proxy writes the call document
-//! `{"config": <the pack's manifest config>, "input": <the input document>}` into the module's
-//! memory and reads back a JSON [`Verdict`]. This crate owns both ends of that exchange so a pack
+//! call in a fresh instance. The proxy writes the call document into the module's memory — the
+//! pack's manifest config as JSON and the input document in the binary layout of [`binary`]
+//! (through the `evaluate_binary` export), or `{"config": …, "input": …}` as JSON (through
+//! `evaluate`, for hosts that only speak JSON) — and reads back a JSON [`Verdict`]. This crate owns both ends of that exchange so a pack
 //! author only writes the decision:
 //!
 //! ```
@@ -31,7 +32,8 @@
 //! ```
 //!
 //! Invariants the SDK keeps:
-//! - the document is parsed once, straight into typed structs (no `serde_json::Value` tree);
+//! - the document is read once, straight into typed structs (no `serde_json::Value` tree); both
+//!   entry points give the same [`Input`] and the same verdicts;
 //! - a document that does not parse, or an input version this SDK does not understand, yields a
 //!   deny verdict whose reason starts with `policy input is not valid: ` — a pack never traps on
 //!   bad input (a panic in pack logic still traps, which the host treats as deny);
@@ -39,6 +41,7 @@
 //!   packs are unit-tested with plain `cargo test`.
 
 mod abi;
+pub mod binary;
 #[cfg(target_arch = "wasm32")]
 mod bump;
 pub mod glob;
@@ -46,7 +49,7 @@ mod input;
 pub mod testing;
 mod verdict;
 
-pub use crate::abi::{INPUT_VERSION, run, run_to_json};
+pub use crate::abi::{INPUT_VERSION, run, run_binary, run_binary_to_json, run_to_json};
 pub use crate::input::{Input, Llm, Mcp, Request, Run, State};
 pub use crate::verdict::{Obligations, Verdict};
 
@@ -67,7 +70,9 @@ static ALLOCATOR: bump::Bump = bump::Bump::new();
 ///
 /// - `alloc(len: i32) -> i32` returns a pointer to `len` writable bytes (0 if `len` is negative);
 /// - `evaluate(ptr: i32, len: i32) -> i64` parses the document at `ptr..ptr+len`, calls `decide`,
-///   and returns `(out_ptr << 32) | out_len` of the UTF-8 JSON verdict.
+///   and returns `(out_ptr << 32) | out_len` of the UTF-8 JSON verdict;
+/// - `evaluate_binary(ptr: i32, len: i32) -> i64` does the same for the binary call document
+///   ([`run_binary`]), which the proxy prefers when a module exports it.
 ///
 /// The exports are generated only when compiling for `wasm32`, so a pack crate also builds and
 /// tests on the host. Invoke the macro once per crate, at its root.
@@ -93,12 +98,25 @@ macro_rules! policy {
                 // returned by `alloc(len)` in this instance and the host wrote `len` bytes there.
                 unsafe { $crate::__wasm::evaluate(ptr, len, super::__fleetforge_policy_entry) }
             }
+
+            /// Wasm export: `evaluate` for the binary call document (config JSON, binary input).
+            #[unsafe(no_mangle)]
+            pub extern "C" fn evaluate_binary(ptr: i32, len: i32) -> i64 {
+                // SAFETY: as for `evaluate`.
+                unsafe { $crate::__wasm::evaluate(ptr, len, super::__fleetforge_policy_entry_binary) }
+            }
         }
 
         #[doc(hidden)]
         #[cfg(target_arch = "wasm32")]
         fn __fleetforge_policy_entry(document: &[u8]) -> ::std::vec::Vec<u8> {
             $crate::run_to_json(document, $decide)
+        }
+
+        #[doc(hidden)]
+        #[cfg(target_arch = "wasm32")]
+        fn __fleetforge_policy_entry_binary(document: &[u8]) -> ::std::vec::Vec<u8> {
+            $crate::run_binary_to_json(document, $decide)
         }
     };
 }

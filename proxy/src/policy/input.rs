@@ -119,8 +119,11 @@ pub struct StateInput {
 pub struct Document {
     /// The typed document (Cedar and the built-in pack read fields directly).
     pub input: Input,
-    /// `input` as JSON (Wasm and Rego packs read this).
+    /// `input` as JSON (Rego packs and Wasm packs without `evaluate_binary` read this).
     pub json: String,
+    /// `input` in the binary layout ([`encode_binary`]), made on first use and shared by every
+    /// Wasm pack that exports `evaluate_binary`.
+    binary: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Document {
@@ -128,7 +131,7 @@ impl Document {
     pub fn new(input: Input) -> Self {
         // Serializing plain strings, integers and maps cannot fail.
         let json = serde_json::to_string(&input).unwrap_or_default();
-        Self { input, json }
+        Self { input, json, binary: std::sync::OnceLock::new() }
     }
 
     /// Parses a document written by hand (`fleetforge-ctl policy test --input`), checking its version.
@@ -142,6 +145,95 @@ impl Document {
         }
         Ok(Self::new(input))
     }
+
+    /// `input` in the binary layout, encoded on the first call.
+    pub fn binary(&self) -> &[u8] {
+        self.binary.get_or_init(|| encode_binary(&self.input))
+    }
+}
+
+/// Encodes `input` in the binary layout of `docs/reference/policy-input.md` ("Binary input"): the
+/// fields in document order, little-endian, fixed-width integers (`u16` port, `u32` version and
+/// lengths, `u64` otherwise), strings as a `u32` length and UTF-8 bytes, optional values behind a
+/// `u8` tag (0 null, 1 present), lists as a `u32` count and the items, headers as name/value pairs
+/// in name order, bools as one byte. Fields added later go at the end, where older packs stop
+/// reading. The SDK's decoder is `fleetforge_policy_sdk::binary`; both sides are checked against
+/// `policies/sdk/example-input.bin`.
+pub fn encode_binary(input: &Input) -> Vec<u8> {
+    struct Out(Vec<u8>);
+    impl Out {
+        fn len(&mut self, n: usize) {
+            // Documents are bounded by proxy.max_body and header limits, far below 4 GiB.
+            self.0.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+        }
+        fn str(&mut self, s: &str) {
+            self.len(s.len());
+            self.0.extend_from_slice(s.as_bytes());
+        }
+        fn u64(&mut self, n: u64) {
+            self.0.extend_from_slice(&n.to_le_bytes());
+        }
+        fn tag(&mut self, present: bool) {
+            self.0.push(u8::from(present));
+        }
+        fn opt_str(&mut self, s: Option<&str>) {
+            self.tag(s.is_some());
+            if let Some(s) = s {
+                self.str(s);
+            }
+        }
+        fn strs(&mut self, items: &[String]) {
+            self.len(items.len());
+            for s in items {
+                self.str(s);
+            }
+        }
+    }
+    let mut out = Out(Vec::with_capacity(512));
+    out.0.extend_from_slice(&input.version.to_le_bytes());
+    out.str(&input.time);
+    let run = &input.run;
+    out.str(&run.id);
+    out.opt_str(run.agent.as_deref());
+    out.opt_str(run.tenant.as_deref());
+    out.u64(run.step);
+    let q = &input.request;
+    out.str(&q.method);
+    out.str(&q.scheme);
+    out.str(&q.host);
+    out.0.extend_from_slice(&q.port.to_le_bytes());
+    out.str(&q.path);
+    out.str(&q.query);
+    out.len(q.headers.len());
+    for (name, value) in &q.headers {
+        out.str(name);
+        out.str(value);
+    }
+    out.tag(input.llm.is_some());
+    if let Some(llm) = &input.llm {
+        out.str(&llm.provider);
+        out.str(&llm.model);
+        out.tag(llm.max_tokens.is_some());
+        if let Some(n) = llm.max_tokens {
+            out.u64(n);
+        }
+        out.tag(llm.stream);
+        out.u64(llm.messages);
+        out.strs(&llm.tools);
+    }
+    out.tag(input.mcp.is_some());
+    if let Some(mcp) = &input.mcp {
+        out.str(&mcp.method);
+        out.opt_str(mcp.tool.as_deref());
+        out.strs(&mcp.argument_keys);
+    }
+    let state = &input.state;
+    out.u64(state.calls);
+    out.u64(state.tokens);
+    out.u64(state.cost_micro_usd);
+    out.strs(&state.hosts);
+    out.strs(&state.tools);
+    out.0
 }
 
 /// A pack's decision on one call.
@@ -239,6 +331,28 @@ mod tests {
         assert!(Verdict::parse(br#"{"allow":"yes"}"#).is_err());
         assert!(Verdict::parse(br#"{"allow":true,"obligations":{"strip_header":["x"]}}"#).is_err());
         assert!(Verdict::parse(b"\xff").is_err());
+    }
+
+    /// The example of `docs/reference/policy-input.md` encodes to exactly the bytes the SDK's
+    /// decoder is tested on, so the proxy and SDK-built packs agree on the binary layout.
+    #[test]
+    fn binary_encoding_matches_the_sdk_fixture() {
+        let example = r#"{"version": 1, "time": "2026-11-26T18:00:00.123Z",
+          "run": {"id": "run-1", "agent": "planner", "tenant": "default", "step": 3},
+          "request": {"method": "POST", "scheme": "https", "host": "api.openai.com", "port": 443,
+                      "path": "/v1/chat/completions", "query": "", "headers": {"content-type": "application/json"}},
+          "llm": {"provider": "openai", "model": "gpt-4o-mini", "max_tokens": 512, "stream": false, "messages": 2,
+                  "tools": ["get_weather"]},
+          "mcp": {"method": "tools/call", "tool": "read_file", "argument_keys": ["path"]},
+          "state": {"calls": 2, "tokens": 1200, "cost_micro_usd": 3400, "hosts": ["api.openai.com"], "tools": ["read_file"]}}"#;
+        let doc = Document::parse(example).unwrap();
+        assert_eq!(doc.binary(), include_bytes!("../../../policies/sdk/example-input.bin"));
+        // Absent optional values are a 0 tag, and the encoding is made once.
+        let mut bare = doc.input.clone();
+        (bare.run.agent, bare.llm, bare.mcp) = (None, None, None);
+        let bare = Document::new(bare);
+        assert!(bare.binary().len() < doc.binary().len());
+        assert!(std::ptr::eq(bare.binary(), bare.binary()));
     }
 
     #[test]

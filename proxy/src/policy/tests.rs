@@ -108,6 +108,13 @@ fn modules_without_the_abi_are_refused_at_load() {
                 (func (export "evaluate") (param i32 i32) (result i32) (i32.const 0)))"#,
             "wrong signature",
         ),
+        (
+            "badbin",
+            r#"(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) (i32.const 0))
+                (func (export "evaluate") (param i32 i32) (result i64) (i64.const 0))
+                (func (export "evaluate_binary") (param i32) (result i64) (i64.const 0)))"#,
+            "export evaluate_binary has the wrong signature",
+        ),
     ] {
         let err = Pack::load(&pack(dir.path(), name, &wat(text), "")).unwrap_err().to_string();
         assert!(err.contains(expect), "{name}: {err}");
@@ -149,6 +156,37 @@ fn every_failure_of_a_wasm_pack_denies_with_a_reason() {
         assert!(!verdict.allow, "{name} fails closed");
         assert!(verdict.reasons[0].contains(&format!("policy pack {name} failed")), "{verdict:?}");
     }
+}
+
+/// A module with both entry points gets the binary document through `evaluate_binary`: the
+/// config's length and JSON, then the input starting with its version.
+#[test]
+fn modules_with_evaluate_binary_get_the_binary_document() {
+    let (allow, json, other) = (
+        r#"{\"allow\":true}"#,
+        r#"{\"allow\":false,\"reasons\":[\"json\"]}"#,
+        r#"{\"allow\":false,\"reasons\":[\"layout\"]}"#,
+    );
+    let packed = |at: u64, text: &str| (at << 32) | text.replace('\\', "").len() as u64;
+    let text = format!(
+        r#"(module (memory (export "memory") 1)
+            (data (i32.const 64) "{allow}") (data (i32.const 128) "{json}") (data (i32.const 192) "{other}")
+            (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+            (func (export "evaluate") (param i32 i32) (result i64) (i64.const {}))
+            (func (export "evaluate_binary") (param $p i32) (param $n i32) (result i64)
+              (if (result i64)
+                (i32.and (i32.eq (i32.load (local.get $p)) (i32.const 4))
+                         (i32.and (i32.eq (i32.load (i32.add (local.get $p) (i32.const 4))) (i32.const 0x6c6c756e))
+                                  (i32.eq (i32.load (i32.add (local.get $p) (i32.const 8))) (i32.const 1))))
+                (then (i64.const {})) (else (i64.const {})))))"#,
+        packed(128, json),
+        packed(64, allow),
+        packed(192, other)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pack::load(&pack(dir.path(), "both", &wat(&text), "")).unwrap();
+    let verdict = p.try_evaluate(&doc("h", None, &[]), &Limits::default()).unwrap();
+    assert!(verdict.allow, "{verdict:?}");
 }
 
 #[test]

@@ -39,15 +39,15 @@ fleetforge_policy_sdk::policy!(evaluate);
 
 #[cfg(test)]
 mod tests {
-    use fleetforge_policy_sdk::testing::{document, example_input};
-    use fleetforge_policy_sdk::{Input, Verdict, run};
+    use fleetforge_policy_sdk::testing::{decide_both, example_input};
+    use fleetforge_policy_sdk::{Input, Verdict};
 
     use super::evaluate;
 
     const CONFIG: &str = r#"{"hosts":["api.openai.com","*.anthropic.com"],"models":["gpt-4o*","claude-*"]}"#;
 
     fn decide(config: &str, input: &Input) -> Verdict {
-        run(&document(config, input), evaluate)
+        decide_both(config, input, evaluate)
     }
 
     #[test]

@@ -41,8 +41,8 @@ fleetforge_policy_sdk::policy!(evaluate);
 
 #[cfg(test)]
 mod tests {
-    use fleetforge_policy_sdk::testing::{document, example_input};
-    use fleetforge_policy_sdk::{Input, Verdict, run};
+    use fleetforge_policy_sdk::testing::{decide_both, example_input};
+    use fleetforge_policy_sdk::{Input, Verdict};
 
     use super::evaluate;
 
@@ -50,7 +50,7 @@ mod tests {
         "outbound_hosts":["*.pastebin.com","hooks.slack.com"]}"#;
 
     fn decide(config: &str, input: &Input) -> Verdict {
-        run(&document(config, input), evaluate)
+        decide_both(config, input, evaluate)
     }
 
     fn call(host: &str, tools_so_far: &[&str], this_tool: Option<&str>) -> Input {

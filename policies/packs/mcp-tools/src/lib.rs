@@ -34,15 +34,15 @@ fleetforge_policy_sdk::policy!(evaluate);
 
 #[cfg(test)]
 mod tests {
-    use fleetforge_policy_sdk::testing::{document, example_input};
-    use fleetforge_policy_sdk::{Input, Verdict, run};
+    use fleetforge_policy_sdk::testing::{decide_both, example_input};
+    use fleetforge_policy_sdk::{Input, Verdict};
 
     use super::evaluate;
 
     const CONFIG: &str = r#"{"deny_tools":["delete_*","shell"]}"#;
 
     fn decide(config: &str, input: &Input) -> Verdict {
-        run(&document(config, input), evaluate)
+        decide_both(config, input, evaluate)
     }
 
     fn calling(method: &str, tool: Option<&str>) -> Input {

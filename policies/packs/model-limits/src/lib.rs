@@ -65,8 +65,8 @@ fleetforge_policy_sdk::policy!(evaluate);
 
 #[cfg(test)]
 mod tests {
-    use fleetforge_policy_sdk::testing::{document, example_input};
-    use fleetforge_policy_sdk::{Input, Verdict, run};
+    use fleetforge_policy_sdk::testing::{decide_both, example_input};
+    use fleetforge_policy_sdk::{Input, Verdict};
 
     use super::evaluate;
 
@@ -74,7 +74,7 @@ mod tests {
         "deny_models":["o1-*","*-preview"],"default_max_tokens":1024}"#;
 
     fn decide(config: &str, input: &Input) -> Verdict {
-        run(&document(config, input), evaluate)
+        decide_both(config, input, evaluate)
     }
 
     fn with_model(model: &str, max_tokens: Option<u64>) -> Input {
