@@ -4,18 +4,9 @@
 use crate::input::Input;
 use crate::verdict::Verdict;
 
-/// The full example input document from `docs/reference/policy-input.md`.
-pub const EXAMPLE_INPUT: &str = r#"{
-  "version": 1,
-  "time": "2026-11-26T18:00:00.123Z",
-  "run": {"id": "run-1", "agent": "planner", "tenant": "default", "step": 3},
-  "request": {"method": "POST", "scheme": "https", "host": "api.openai.com", "port": 443,
-              "path": "/v1/chat/completions", "query": "", "headers": {"content-type": "application/json"}},
-  "llm": {"provider": "openai", "model": "gpt-4o-mini", "max_tokens": 512, "stream": false, "messages": 2,
-          "tools": ["get_weather"]},
-  "mcp": {"method": "tools/call", "tool": "read_file", "argument_keys": ["path"]},
-  "state": {"calls": 2, "tokens": 1200, "cost_micro_usd": 3400, "hosts": ["api.openai.com"], "tools": ["read_file"]}
-}"#;
+/// The full example input document from `docs/reference/policy-input.md` (`example-input.json`,
+/// which the proxy's tests read too; `example-input.bin` is the same document in the binary layout).
+pub const EXAMPLE_INPUT: &str = include_str!("../example-input.json");
 
 /// [`EXAMPLE_INPUT`], parsed; tests change the fields they care about.
 pub fn example_input() -> Input {

@@ -337,14 +337,7 @@ mod tests {
     /// decoder is tested on, so the proxy and SDK-built packs agree on the binary layout.
     #[test]
     fn binary_encoding_matches_the_sdk_fixture() {
-        let example = r#"{"version": 1, "time": "2026-11-26T18:00:00.123Z",
-          "run": {"id": "run-1", "agent": "planner", "tenant": "default", "step": 3},
-          "request": {"method": "POST", "scheme": "https", "host": "api.openai.com", "port": 443,
-                      "path": "/v1/chat/completions", "query": "", "headers": {"content-type": "application/json"}},
-          "llm": {"provider": "openai", "model": "gpt-4o-mini", "max_tokens": 512, "stream": false, "messages": 2,
-                  "tools": ["get_weather"]},
-          "mcp": {"method": "tools/call", "tool": "read_file", "argument_keys": ["path"]},
-          "state": {"calls": 2, "tokens": 1200, "cost_micro_usd": 3400, "hosts": ["api.openai.com"], "tools": ["read_file"]}}"#;
+        let example = include_str!("../../../policies/sdk/example-input.json");
         let doc = Document::parse(example).unwrap();
         assert_eq!(doc.binary(), include_bytes!("../../../policies/sdk/example-input.bin"));
         // Absent optional values are a 0 tag, and the encoding is made once.
