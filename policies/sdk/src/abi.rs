@@ -70,9 +70,10 @@ where
 
 /// Like [`run`], for the binary call document that the `evaluate_binary` export receives: a `u32`
 /// (little-endian) byte length, the pack's config as JSON text of that length (`null` when it has
-/// none), then the input in the binary layout ([`crate::binary`]). Same verdicts, same deny reasons
-/// for a document that does not decode; the input is decoded without parsing JSON, which is most of
-/// what a verdict costs in the JSON form.
+/// none), then the input in the binary layout ([`crate::binary`]). The same verdicts as [`run`]
+/// on the same config and input; a document that does not decode is denied with a reason starting
+/// `policy input is not valid: `. The input is read without parsing JSON, which was most of what a
+/// verdict cost in the JSON form.
 pub fn run_binary<C, F>(document: &[u8], decide: F) -> Verdict
 where
     C: DeserializeOwned + Default,
