@@ -4,8 +4,8 @@
 //! call in a fresh instance. The proxy writes the call document into the module's memory — the
 //! pack's manifest config as JSON and the input document in the binary layout of [`binary`]
 //! (through the `evaluate_binary` export), or `{"config": …, "input": …}` as JSON (through
-//! `evaluate`, for hosts that only speak JSON) — and reads back a JSON [`Verdict`]. This crate owns both ends of that exchange so a pack
-//! author only writes the decision:
+//! `evaluate`, for hosts that only speak JSON) — and reads back a JSON [`Verdict`]. This crate
+//! owns both ends of that exchange so a pack author only writes the decision:
 //!
 //! ```
 //! use fleetforge_policy_sdk::{Input, Verdict, glob};
