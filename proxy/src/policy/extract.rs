@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(doc.input.request.path, "/v1/chat/completions");
         assert_eq!(doc.input.request.headers.keys().collect::<Vec<_>>(), vec!["content-type"]);
         for secret in ["sk-secret", "AIza", "tok\""] {
-            assert!(!doc.json.contains(secret), "{secret} leaked into {}", doc.json);
+            assert!(!doc.json().contains(secret), "{secret} leaked into {}", doc.json());
         }
     }
 
@@ -243,10 +243,10 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_secret","arguments":{"path":"/etc/x","mode":"r"}}}"#,
         );
         let doc = document(&facts("tools.internal", "/mcp"), &HeaderMap::new(), &body, true, StateInput::default());
-        let mcp = doc.input.mcp.unwrap();
+        let mcp = doc.input.mcp.clone().unwrap();
         assert_eq!(mcp.tool.as_deref(), Some("read_secret"));
         assert_eq!(mcp.argument_keys, vec!["mode", "path"]);
-        assert!(!doc.json.contains("/etc/x"));
+        assert!(!doc.json().contains("/etc/x"));
         assert!(doc.input.llm.is_none());
     }
 

@@ -1,8 +1,8 @@
 //! The input document (version 1) every pack is asked about, and the verdict it answers with.
 //!
 //! Specified in `docs/reference/policy-input.md`; the pack side lives in `policies/sdk`. The
-//! proxy builds one [`Input`] per call and serializes it once ([`Document`]); every pack of every
-//! kind reads that same document.
+//! proxy builds one [`Input`] per call and serializes it at most once per form, JSON or binary
+//! ([`Document`]); every pack of every kind reads that same document.
 
 use std::collections::BTreeMap;
 
@@ -119,19 +119,23 @@ pub struct StateInput {
 pub struct Document {
     /// The typed document (Cedar and the built-in pack read fields directly).
     pub input: Input,
-    /// `input` as JSON (Rego packs and Wasm packs without `evaluate_binary` read this).
-    pub json: String,
+    /// `input` as JSON, made on first use: Rego packs and Wasm packs without `evaluate_binary` read it.
+    json: std::sync::OnceLock<String>,
     /// `input` in the binary layout ([`encode_binary`]), made on first use and shared by every
     /// Wasm pack that exports `evaluate_binary`.
     binary: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Document {
-    /// Serializes `input` once.
+    /// Wraps `input`; each serialization is made when a pack first needs it, once per call.
     pub fn new(input: Input) -> Self {
+        Self { input, json: std::sync::OnceLock::new(), binary: std::sync::OnceLock::new() }
+    }
+
+    /// `input` as JSON, serialized on the first call.
+    pub fn json(&self) -> &str {
         // Serializing plain strings, integers and maps cannot fail.
-        let json = serde_json::to_string(&input).unwrap_or_default();
-        Self { input, json, binary: std::sync::OnceLock::new() }
+        self.json.get_or_init(|| serde_json::to_string(&self.input).unwrap_or_default())
     }
 
     /// Parses a document written by hand (`fleetforge-ctl policy test --input`), checking its version.

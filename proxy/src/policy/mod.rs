@@ -1,7 +1,7 @@
 //! Policy packs: every call is decided by policy before it leaves the machine.
 //!
 //! A pack is Wasm ([`wasm`]), Rego ([`rego`]) or Cedar ([`cedar`]); all get the same input
-//! document ([`input::Document`], serialized once per call) and answer with the same
+//! document ([`input::Document`], serialized at most once per form per call) and answer with the same
 //! [`input::Verdict`]. Packs compose deny-overrides: every pack is asked, the call proceeds only if
 //! all allow, and the receipt lists every pack that decided it (name, version and digest). The
 //! egress allow-lists (`FLEETFORGE_ALLOWED_HOSTS` / `FLEETFORGE_ALLOWED_MODELS`) are the built-in

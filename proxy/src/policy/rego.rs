@@ -238,7 +238,7 @@ impl RegoPack {
     /// Decides one call. An undefined or non-bool entrypoint, malformed reasons or obligations, or a
     /// runtime error is an error, which the caller turns into a deny.
     pub fn evaluate(&self, doc: &Document) -> Result<Verdict, String> {
-        let input = Value::from_json_str(&doc.json).map_err(|e| format!("the input document is not JSON: {e}"))?;
+        let input = Value::from_json_str(doc.json()).map_err(|e| format!("the input document is not JSON: {e}"))?;
         let mut engine = self.template.clone();
         engine.set_input(input);
         let verdict = self.decide(&mut engine);

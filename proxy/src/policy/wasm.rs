@@ -168,7 +168,7 @@ impl WasmPack {
 
         // JSON: prefix, input, closing brace. Binary: prefix (config), input.
         let (input, suffix): (&[u8], &[u8]) =
-            if self.binary { (doc.binary(), b"") } else { (doc.json.as_bytes(), b"}") };
+            if self.binary { (doc.binary(), b"") } else { (doc.json().as_bytes(), b"}") };
         let len = self.prefix.len() + input.len() + suffix.len();
         let len32 = i32::try_from(len).map_err(|_| format!("the call document is too large ({len} bytes)"))?;
         let ptr = alloc.call(&mut store, len32).map_err(|e| trap("alloc", e))?;
