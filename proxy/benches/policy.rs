@@ -5,7 +5,10 @@
 //!   example packs read (shared by every pack; the JSON form is made only if a pack needs it);
 //! - `wasm_allowlist`: one Wasm verdict (fresh store and instance, document written in, verdict
 //!   parsed) of the example allow-list pack;
-//! - `wasm_four_packs`: the four example Wasm packs deciding one call, deny-overrides;
+//! - `wasm_four_packs`: the four example Wasm packs deciding one call, deny-overrides (one store
+//!   for the call, an instance per pack);
+//! - `wasm_noop`: a module that answers without reading the document: the engine's fixed cost
+//!   per verdict (store, instance, document written in, verdict parsed, slot reset);
 //! - `rego_decision`: one Rego decision (allow rule and reasons) with regorus;
 //! - `cedar_decision`: one Cedar decision with cedar-policy.
 //!
@@ -64,13 +67,13 @@ fn chat_document() -> Document {
 }
 
 /// Writes a one-file pack with its manifest into `dir`.
-fn pack(dir: &Path, name: &str, kind: &str, file: &str, text: &str, config: &str) -> PathBuf {
+fn pack(dir: &Path, name: &str, kind: &str, file: &str, text: impl AsRef<[u8]>, config: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join(file), text).unwrap();
+    std::fs::write(p.join(file), text.as_ref()).unwrap();
     let manifest = format!(
         "name = \"{name}\"\nversion = \"1\"\nkind = \"{kind}\"\nmodule = \"{file}\"\nsha256 = \"{}\"\n{config}",
-        sha256_hex(text.as_bytes())
+        sha256_hex(text.as_ref())
     );
     std::fs::write(p.join("pack.toml"), manifest).unwrap();
     p
@@ -133,6 +136,19 @@ fn bench(c: &mut Criterion) {
     let set = PackSet { packs: wasm.clone() };
     assert!(set.evaluate(&doc, &limits).allow, "{:?}", set.evaluate(&doc, &limits));
     c.bench_function("wasm_four_packs", |b| b.iter(|| black_box(set.evaluate(&doc, &limits))));
+
+    // The engine's fixed cost: a module that returns a verdict without reading the document.
+    let noop_dir = tempfile::tempdir().unwrap();
+    let noop = wat::parse_str(
+        r#"(module (memory (export "memory") 2) (data (i32.const 64) "{\"allow\":true}")
+            (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+            (func (export "evaluate") (param i32 i32) (result i64) (i64.const 274877906958))
+            (func (export "evaluate_binary") (param i32 i32) (result i64) (i64.const 274877906958)))"#,
+    )
+    .unwrap();
+    let noop = Pack::load(&pack(noop_dir.path(), "noop", "wasm", "noop.wasm", &noop, "")).unwrap();
+    assert!(noop.try_evaluate(&doc, &limits).unwrap().allow);
+    c.bench_function("wasm_noop", |b| b.iter(|| black_box(noop.try_evaluate(&doc, &limits).unwrap())));
 
     let dir = tempfile::tempdir().unwrap();
     let rego = Pack::load(&pack(

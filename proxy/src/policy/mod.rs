@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use self::input::{Document, StateInput, Verdict};
 use self::manifest::{Kind, Source};
+use self::wasm::CallStore;
 
 /// Why a pack could not be loaded or evaluated.
 #[derive(Debug, thiserror::Error)]
@@ -221,8 +222,13 @@ impl Pack {
 
     /// Decides one call; an error is the pack failing, not a deny.
     pub fn try_evaluate(&self, doc: &Document, limits: &Limits) -> Result<Verdict, PolicyError> {
+        self.try_evaluate_in(&mut CallStore::default(), doc, limits)
+    }
+
+    /// [`Self::try_evaluate`], a Wasm pack instantiated in the call's `store`.
+    fn try_evaluate_in(&self, store: &mut CallStore, doc: &Document, limits: &Limits) -> Result<Verdict, PolicyError> {
         let result = match &self.engine {
-            Engine::Wasm(p) => p.evaluate(doc, limits),
+            Engine::Wasm(p) => p.evaluate(store, doc, limits),
             Engine::Rego(p) => p.evaluate(doc),
             Engine::Cedar(p) => p.evaluate(doc),
         };
@@ -231,7 +237,12 @@ impl Pack {
 
     /// Decides one call; a pack that fails denies it (fail closed) and logs an ERROR.
     pub fn evaluate(&self, doc: &Document, limits: &Limits) -> Verdict {
-        self.try_evaluate(doc, limits).unwrap_or_else(|e| {
+        self.evaluate_in(&mut CallStore::default(), doc, limits)
+    }
+
+    /// [`Self::evaluate`], a Wasm pack instantiated in the call's `store`.
+    fn evaluate_in(&self, store: &mut CallStore, doc: &Document, limits: &Limits) -> Verdict {
+        self.try_evaluate_in(store, doc, limits).unwrap_or_else(|e| {
             tracing::error!(pack = %self.id, run = %doc.input.run.id, error = %e, "policy pack failed; call denied");
             Verdict::deny(format!("{e}; the call is denied (fail closed)"))
         })
@@ -246,9 +257,11 @@ pub struct PackSet {
 }
 
 impl PackSet {
-    /// Asks every pack; deny-overrides.
+    /// Asks every pack; deny-overrides. The Wasm packs share one store for the call (each in
+    /// its own fresh instance).
     pub fn evaluate(&self, doc: &Document, limits: &Limits) -> Verdict {
-        self.packs.iter().fold(Verdict::allow(), |acc, p| acc.and(p.evaluate(doc, limits)))
+        let mut store = CallStore::default();
+        self.packs.iter().fold(Verdict::allow(), |acc, p| acc.and(p.evaluate_in(&mut store, doc, limits)))
     }
 
     /// How receipts name the packs.

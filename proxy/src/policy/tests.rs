@@ -2,11 +2,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::input::Document;
 use super::manifest::sha256_hex;
-use super::{Limits, Pack, Policy, PolicyError, Reloaded};
+use super::{Limits, Pack, PackSet, Policy, PolicyError, Reloaded};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -187,6 +188,36 @@ fn modules_with_evaluate_binary_get_the_binary_document() {
     let p = Pack::load(&pack(dir.path(), "both", &wat(&text), "")).unwrap();
     let verdict = p.try_evaluate(&doc("h", None, &[]), &Limits::default()).unwrap();
     assert!(verdict.allow, "{verdict:?}");
+}
+
+/// The Wasm packs of a call share one store, but each runs in its own instance with the whole
+/// fuel budget: twelve packs that each burn 80% of it all allow (so fuel is reset per pack, and
+/// the ninth starts a second store), and one that loops denies alone.
+#[test]
+fn wasm_packs_sharing_a_call_store_each_get_their_own_fuel() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { fuel: 1_000_000, timeout: Duration::from_secs(5), memory: 1 << 20 };
+    let burn = module(
+        "(local $i i32) (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+           (br_if $l (i32.lt_u (local.get $i) (i32.const 100000)))) (i64.const 274877906958)",
+    );
+    let burner = |i: usize| Arc::new(Pack::load(&pack(dir.path(), &format!("burn{i}"), &burn, "")).unwrap());
+    let d = doc("h", None, &[]);
+    assert!(burner(99).try_evaluate(&d, &Limits { fuel: 500_000, ..limits }).unwrap_err().to_string().contains("fuel"));
+
+    let mut packs: Vec<_> = (0..12).map(burner).collect();
+    let verdict = PackSet { packs: packs.clone() }.evaluate(&d, &limits);
+    assert!(verdict.allow, "{verdict:?}");
+
+    let looping = module("(loop $l (br $l)) (i64.const 0)");
+    packs.insert(3, Arc::new(Pack::load(&pack(dir.path(), "loop", &looping, "")).unwrap()));
+    let verdict = PackSet { packs }.evaluate(&d, &limits);
+    assert!(!verdict.allow);
+    assert_eq!(verdict.reasons.len(), 1, "{verdict:?}");
+    assert!(
+        verdict.reasons[0].contains("policy pack loop failed") && verdict.reasons[0].contains("fuel"),
+        "{verdict:?}"
+    );
 }
 
 #[test]
