@@ -4,10 +4,14 @@
 //!   Datalog authorization of the call's facts (everything `Capabilities::check` does for a
 //!   non-tool upstream but the revocation lookup);
 //! - `per_call_tool`: what a tool call pays the first time its facts are decided — the same plus
-//!   one block appended (bound to host, method, path, model, 60 s expiry; an ed25519 key pair and
-//!   signature) and serialized for `x-fleetforge-capability`;
+//!   one block appended (bound to host, method, path, model, 60 s expiry; one ed25519 signature,
+//!   the key pairs being derived once per run token) and serialized for `x-fleetforge-capability`;
 //! - `mint_call`: what a tool call pays when the proxy remembers the decision (single-block run
 //!   tokens, the same call facts): the block, its signature and the serialization;
+//! - `check_llm_call` / `check_tool_call`: the authorize phase's whole capability step as the
+//!   proxy runs it (`Capabilities::check` on a call that arrived with its run token: cached
+//!   verification, revocation lookup, remembered decision, and for a tool the per-call token and
+//!   its header), once the run's first call has warmed the caches;
 //! - `verify_uncached`: checking a run token's signature and reading its claims, which the cache
 //!   keeps off the per-call path (once per token);
 //! - `attenuate_offline`: appending a block to a token without its key (what
@@ -23,7 +27,12 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fleetforge_proxy::capability::Capabilities;
+use fleetforge_proxy::context::{Call, ConnCtx, ConnMode, Identity, IdentitySource, Target, Token};
+use fleetforge_proxy::metrics::ListenerKind;
+use fleetforge_trust::RunId;
 use fleetforge_trust::capability::{self as cap, CallFacts, Grants, RootKeys, RunClaims, RunToken};
+use http::Method;
+use http::uri::Scheme;
 
 /// The allocator (feature `mimalloc`, on by default): it returns what a burst allocated, where
 /// glibc's malloc kept it (README, Benchmarks).
@@ -88,6 +97,30 @@ fn bench(c: &mut Criterion) {
             black_box(t.mint_call(&facts(), Duration::from_secs(60)).unwrap().to_base64().unwrap())
         })
     });
+    let conn = ConnCtx {
+        listener: ListenerKind::Sidecar,
+        worker: 0,
+        mode: ConnMode::Sidecar,
+        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
+        target: None,
+        base_path: String::new(),
+        credentials: None,
+        default_run: None,
+    };
+    let mut call = Call::new(&conn, Method::POST);
+    call.path = "/v1/chat/completions".into();
+    call.model = Some("gpt-4o-mini".into());
+    call.target = Some(Target::new(Scheme::HTTPS, "api.openai.com".into(), 443).unwrap());
+    call.identity = Some(Identity {
+        run: RunId::new("run-bench").unwrap(),
+        token: Some(Token::new(token.clone())),
+        source: IdentitySource::ProxyAuthorization,
+        step: 42,
+        step_label: None,
+    });
+    caps.check(&call, true).unwrap();
+    g.bench_function("check_llm_call", |b| b.iter(|| black_box(caps.check(black_box(&call), false).unwrap())));
+    g.bench_function("check_tool_call", |b| b.iter(|| black_box(caps.check(black_box(&call), true).unwrap())));
     g.bench_function("verify_uncached", |b| b.iter(|| black_box(RunToken::verify(black_box(&token), &roots).unwrap())));
     let verified = RunToken::verify(&token, &roots).unwrap();
     g.bench_function("attenuate_offline", |b| {

@@ -8,8 +8,8 @@
 //! Per call: one Datalog authorization of the call's facts — remembered for single-block run
 //! tokens, whose decision depends on time only through their expiry (checked on every call); for
 //! tool upstreams, which receive the per-call token, also one block appended that restates the
-//! allowed call's facts (an ed25519 key pair and signature; no second authorization, see
-//! `RunToken::mint_call`).
+//! allowed call's facts (one ed25519 signature, the key pairs being derived once per run token;
+//! no second authorization, see `RunToken::mint_call`).
 //!
 //! Result: `Ok(Some(grant))` — the per-call token, its ids for the receipt, and the header value
 //! for tool upstreams; `Ok(None)` when capabilities are off; or `407 proxy_auth_required` (no,

@@ -190,3 +190,60 @@ fn quotes_in_grants_are_refused() {
     };
     assert!(matches!(mint(&root, 1, &claims), Err(CapabilityError::Parameter(_))));
 }
+
+/// The per-call token `mint::CallMinter` signs must be exactly what biscuit-auth's own append
+/// produces for the same block and next key pair (ed25519 signatures are deterministic), for one-
+/// and multi-block run tokens, with and without a model, whether the call's strings are new
+/// symbols, the token's own, or biscuit's default ones.
+#[test]
+fn the_fast_call_block_is_byte_identical_to_biscuit_append() {
+    let (roots, token, _) = setup(grants());
+    let narrow = Grants { paths: vec!["/v1/chat/".into()], ..Grants::default() };
+    let sub = attenuate(&token, &narrow, None, SystemTime::now()).unwrap();
+    let next = KeyPair::new();
+    let secret = next.private().to_bytes();
+    let calls = [
+        call("api.openai.com", "/v1/chat/completions", Some("gpt-4o-mini")),
+        call("API.OpenAI.com", "/v1/chat/completions", None),
+        // A host and path the token names (its symbols), a default symbol ("path") as the path,
+        // a value repeated within the block, and a huge step.
+        CallFacts {
+            host: "*.tools.example",
+            method: "get",
+            path: "path",
+            model: Some("GET"),
+            step: u64::MAX,
+            now: SystemTime::now(),
+        },
+        call("x.tools.example", "/", Some("x.tools.example")),
+    ];
+    for (label, text) in [("one block", &token), ("two blocks", &sub)] {
+        let t = RunToken::verify(text, &roots).unwrap();
+        assert!(t.minter.is_some(), "{label}: an ed25519 token gets the fast path");
+        let minter = mint::CallMinter::with_next_key(&t.biscuit, &secret).unwrap();
+        for c in &calls {
+            let expires = unix(c.now) + 60;
+            let (fast, id) = minter.mint(c, expires).unwrap();
+            let slow = t.biscuit.append_with_keypair(&next, call_block(c, expires)).unwrap();
+            assert_eq!(fast, slow.to_vec().unwrap(), "{label}: {c:?}");
+            assert_eq!(Some(&id), slow.revocation_identifiers().last(), "{label}: {c:?}");
+        }
+    }
+    // And the fast token is accepted by biscuit-auth as a whole, for that call only.
+    let t = RunToken::verify(&token, &roots).unwrap();
+    let c = call("api.openai.com", "/v1/chat/completions", Some("gpt-4o"));
+    let b64 = t.mint_call(&c, Duration::from_secs(60)).unwrap().to_base64().unwrap();
+    assert_eq!(verify_for_call(&b64, &roots, &c).unwrap(), "run-a");
+    let other = call("api.openai.com", "/v1/chat/completions", Some("gpt-4o-mini"));
+    assert!(matches!(verify_for_call(&b64, &roots, &other), Err(CapabilityError::Denied(_))));
+}
+
+#[test]
+fn a_sealed_run_token_falls_back_to_biscuit_append_and_is_refused_there() {
+    let (roots, token, _) = setup(grants());
+    let sealed = Biscuit::from_base64(&token, &roots).unwrap().seal().unwrap().to_base64().unwrap();
+    let t = RunToken::verify(&sealed, &roots).unwrap();
+    assert!(t.minter.is_none());
+    let c = call("api.openai.com", "/v1/chat/completions", Some("gpt-4o"));
+    assert!(matches!(t.mint_call(&c, Duration::from_secs(60)), Err(CapabilityError::Invalid(_))));
+}
