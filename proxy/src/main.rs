@@ -87,6 +87,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let filter = cli.log.clone().or_else(|| std::env::var("FLEETFORGE_LOG").ok()).unwrap_or_else(|| "info".into());
     let targets = match tracing_subscriber::filter::Targets::from_str(&filter) {
@@ -193,6 +194,22 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// Opts the process out of transparent huge pages, before anything sizeable is allocated.
+///
+/// mimalloc advises its arenas as huge-page candidates, so on Linux a 2 MiB page can back a region
+/// a few connections touched: with 1,000 client connections open the proxy measured 77 MiB
+/// resident with huge pages and 44 MiB without (`bench/rss.py`, 500 intercepted TLS + 500
+/// sidecar). Memory per connection matters more to an egress proxy than the TLB misses huge pages
+/// save. Elsewhere (and when the call fails) nothing changes.
+#[allow(unsafe_code)]
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
 }
 
 /// Raises the soft open-file limit to the hard limit: each proxied call holds two sockets, and
