@@ -200,7 +200,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 ///
 /// mimalloc advises its arenas as huge-page candidates, so on Linux a 2 MiB page can back a region
 /// a few connections touched: with 1,000 client connections open the proxy measured 77 MiB
-/// resident with huge pages and 44 MiB without (`bench/rss.py`, 500 intercepted TLS + 500
+/// resident with huge pages and 46 MiB without (`bench/rss.py`, 500 intercepted TLS + 500
 /// sidecar). Memory per connection matters more to an egress proxy than the TLB misses huge pages
 /// save. Elsewhere (and when the call fails) nothing changes.
 #[allow(unsafe_code)]

@@ -387,13 +387,20 @@ impl RunToken {
     }
 }
 
-/// A token attenuated to one call.
-#[derive(Debug, Clone)]
+/// A token attenuated to one call. `Debug` shows only its id: the token carries the secret that
+/// lets its holder attenuate it further.
+#[derive(Clone)]
 pub struct CallToken {
     /// The token, serialized.
     token: Vec<u8>,
     /// Revocation id of the call's block, hex.
     pub id: String,
+}
+
+impl std::fmt::Debug for CallToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallToken").field("id", &self.id).finish_non_exhaustive()
+    }
 }
 
 impl CallToken {
