@@ -7,8 +7,8 @@
 //! - the run token's proof key pair, derived once from the secret the token carries;
 //! - one next key pair, shared by every per-call token minted from this run token in this
 //!   process (see below);
-//! - the run token in protobuf form and its symbol table, so a call's block is encoded and
-//!   appended without decoding the token again.
+//! - the run token encoded once (without its proof) and its symbol table, so a call's block is
+//!   encoded and appended without decoding, cloning or re-encoding the token.
 //!
 //! Per call there is one signature (one multiplication), the block's protobuf and the token's.
 //! The bytes are exactly what `Biscuit::append_with_keypair` produces for the same block and next
@@ -46,8 +46,9 @@ pub(super) struct CallMinter {
     /// Secret of the next key pair (the per-call token's proof), and its public half.
     next_secret: [u8; 32],
     next_public: Vec<u8>,
-    /// The run token, to which each call block is appended.
-    token: schema::Biscuit,
+    /// The run token's protobuf without its proof: fields 1–3 (root key id, authority, blocks),
+    /// encoded once. A per-call token is this, its block (one more field 3) and its proof (4).
+    prefix: Vec<u8>,
     /// Signature of the run token's last block (chained into v1 signature payloads).
     previous_signature: Vec<u8>,
     signature_version: u32,
@@ -110,11 +111,19 @@ impl CallMinter {
         }
         let next = KeyPair::from_bytes(next_secret, schema::public_key::Algorithm::Ed25519).ok()?;
         let next_public = next.public().to_bytes();
+        let mut prefix = Vec::new();
+        if let Some(id) = token.root_key_id {
+            prost::encoding::uint32::encode(1, &id, &mut prefix);
+        }
+        prost::encoding::message::encode(2, &token.authority, &mut prefix);
+        for block in &token.blocks {
+            prost::encoding::message::encode(3, block, &mut prefix);
+        }
         Some(Self {
             proof,
             next_secret: next_secret.try_into().ok()?,
             next_public,
-            token,
+            prefix,
             previous_signature,
             signature_version,
             symbols,
@@ -127,8 +136,7 @@ impl CallMinter {
         let data = self.block(call, expires).encode_to_vec();
         let payload = self.signature_payload(&data);
         let signature = self.proof.sign(&payload).map_err(invalid)?.to_bytes().to_vec();
-        let mut token = self.token.clone();
-        token.blocks.push(schema::SignedBlock {
+        let block = schema::SignedBlock {
             block: data,
             next_key: schema::PublicKey {
                 algorithm: schema::public_key::Algorithm::Ed25519 as i32,
@@ -137,10 +145,12 @@ impl CallMinter {
             signature: signature.clone(),
             external_signature: None,
             version: (self.signature_version > SIGNATURE_V0).then_some(self.signature_version),
-        });
-        token.proof = schema::Proof { content: Some(schema::proof::Content::NextSecret(self.next_secret.to_vec())) };
-        let mut bytes = Vec::with_capacity(token.encoded_len());
-        token.encode(&mut bytes).map_err(invalid)?;
+        };
+        let proof = schema::Proof { content: Some(schema::proof::Content::NextSecret(self.next_secret.to_vec())) };
+        let mut bytes = Vec::with_capacity(self.prefix.len() + block.encoded_len() + 48);
+        bytes.extend_from_slice(&self.prefix);
+        prost::encoding::message::encode(3, &block, &mut bytes);
+        prost::encoding::message::encode(4, &proof, &mut bytes);
         Ok((bytes, signature))
     }
 
