@@ -297,6 +297,8 @@ pub struct RunToken {
     pub revocation_ids: Vec<String>,
     /// Signs per-call blocks with the keys derived once (`None`: biscuit-auth's append is used).
     minter: Option<Arc<mint::CallMinter>>,
+    /// The token's Datalog, loaded once (`None`: biscuit-auth's authorizer is used).
+    compiled: Option<Arc<decide::CompiledToken>>,
 }
 
 impl RunToken {
@@ -327,7 +329,8 @@ impl RunToken {
         };
         let revocation_ids = biscuit.revocation_identifiers().iter().map(|id| hex(id)).collect();
         let minter = mint::CallMinter::new(&biscuit).map(Arc::new);
-        Ok(Self { biscuit, run, tenant, agent, expires, revocation_ids, minter })
+        let compiled = decide::CompiledToken::new(&biscuit).map(Arc::new);
+        Ok(Self { biscuit, run, tenant, agent, expires, revocation_ids, minter, compiled })
     }
 
     /// The token's id: the revocation id of its authority block.
@@ -341,7 +344,10 @@ impl RunToken {
     /// ed25519 key generation and signature). For calls whose upstream receives no token.
     pub fn authorize(&self, presented_run: &str, call: &CallFacts<'_>) -> Result<(), CapabilityError> {
         self.check_claims(presented_run, call.now)?;
-        authorize(&self.biscuit, presented_run, call)
+        match &self.compiled {
+            Some(compiled) => compiled.authorize(presented_run, call),
+            None => authorize(&self.biscuit, presented_run, call),
+        }
     }
 
     /// Expiry and run, checked natively before any Datalog.
@@ -528,6 +534,7 @@ pub fn root_from_bytes(private: &[u8]) -> Result<KeyPair, CapabilityError> {
     Ok(KeyPair::from(&key))
 }
 
+mod decide;
 mod mint;
 
 #[cfg(test)]

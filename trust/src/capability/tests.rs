@@ -247,3 +247,87 @@ fn a_sealed_run_token_falls_back_to_biscuit_append_and_is_refused_there() {
     let c = call("api.openai.com", "/v1/chat/completions", Some("gpt-4o"));
     assert!(matches!(t.mint_call(&c, Duration::from_secs(60)), Err(CapabilityError::Invalid(_))));
 }
+
+/// Appends Datalog `code` to `token` offline (tests of Datalog the CLI does not write).
+fn append_code(token: &str, code: &str) -> String {
+    let block = BlockBuilder::new().code(code).unwrap();
+    UnverifiedBiscuit::from_base64(token).unwrap().append(block).unwrap().to_base64().unwrap()
+}
+
+/// `decide::CompiledToken` must reach biscuit-auth's decision, with the same failed checks, for
+/// every token shape the proxy sees (run tokens with and without grants, offline attenuations,
+/// per-call tokens, blocks with rules, `check all` and `reject if`) and every kind of call (in and
+/// out of scope on each dimension, another run, past a block's expiry).
+#[test]
+fn the_compiled_decision_is_biscuit_auths_decision() {
+    let (roots, token, _) = setup(grants());
+    let (open_roots, open, _) = setup(Grants::default());
+    let now = SystemTime::now();
+    let narrow = Grants { hosts: vec!["api.openai.com".into()], paths: vec!["/v1/chat/".into()], ..Grants::default() };
+    let attenuated = attenuate(&token, &narrow, Some(Duration::from_secs(60)), now).unwrap();
+    let run = RunToken::verify(&attenuated, &roots).unwrap();
+    let minted = run
+        .mint_call(&call("api.openai.com", "/v1/chat/completions", Some("gpt-4o")), Duration::from_secs(30))
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    let with_rules = append_code(
+        &token,
+        r#"known("api.openai.com"); known("a.tools.example");
+        ok($h) <- host($h), known($h);
+        check if ok($h);
+        reject if path($p), $p.starts_with("/v1/files");
+        check all model($m), $m.starts_with("gpt-4o");"#,
+    );
+    let tokens = [
+        ("run token", &roots, token.clone()),
+        ("run token without grants", &open_roots, open),
+        ("attenuated", &roots, attenuated),
+        ("per-call", &roots, minted),
+        ("rules", &roots, with_rules),
+    ];
+    let (mut allowed, mut denied) = (0, 0);
+    for (name, roots, token) in &tokens {
+        let t = RunToken::verify(token, roots).unwrap();
+        let compiled = t.compiled.as_ref().unwrap_or_else(|| panic!("{name}: not compiled"));
+        for host in ["api.openai.com", "API.OpenAI.com", "a.tools.example", "evil.example"] {
+            for method in ["POST", "get", "DELETE"] {
+                for path in ["/v1/chat/completions", "/v1/files", "/v2/x"] {
+                    for model in [Some("gpt-4o-mini"), Some("claude-3"), None] {
+                        for later in [0, 45, 120] {
+                            for presented in ["run-a", "run-b"] {
+                                let c = CallFacts {
+                                    host,
+                                    method,
+                                    path,
+                                    model,
+                                    step: 9,
+                                    now: now + Duration::from_secs(later),
+                                };
+                                let ours = compiled.authorize(presented, &c);
+                                let reference = authorize(&t.biscuit, presented, &c);
+                                assert_eq!(ours, reference, "{name}: {presented} {c:?}");
+                                if ours.is_ok() { allowed += 1 } else { denied += 1 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(allowed > 20 && denied > 1000, "allowed {allowed}, denied {denied}");
+}
+
+/// A token with a scoped check (`trusting`) is left to biscuit-auth, which still decides it.
+#[test]
+fn a_token_with_scoped_datalog_is_authorized_by_biscuit_auth() {
+    let (roots, token, _) = setup(grants());
+    let scoped = append_code(&token, r#"check if path($p), $p.starts_with("/v1/chat/") trusting authority;"#);
+    let t = RunToken::verify(&scoped, &roots).unwrap();
+    assert!(t.compiled.is_none());
+    t.authorize("run-a", &call("api.openai.com", "/v1/chat/completions", None)).unwrap();
+    assert!(matches!(
+        t.authorize("run-a", &call("api.openai.com", "/v1/models", None)),
+        Err(CapabilityError::Denied(_))
+    ));
+}
