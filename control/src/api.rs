@@ -545,26 +545,65 @@ pub struct ReceiptBatch {
 async fn post_receipts(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Json<ReceiptBatch>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<IngestResponse>> {
     let p = principal(&app, &headers).await?;
-    let Json(body) = body.map_err(bad_json)?;
     require(&p, &[Role::Proxy, Role::Admin])?;
-    if body.receipts.len() > app.max_batch {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "{} receipts in one batch; the limit is {} (control.max_batch)",
-                body.receipts.len(),
-                app.max_batch
-            ),
-        ));
-    }
+    require_json(&headers)?;
+    let max_batch = app.max_batch;
+    // Parsing, canonicalizing and hashing a batch is CPU work: one blocking task for all of it.
+    let prepared = tokio::task::spawn_blocking(move || {
+        let batch: ReceiptBatch = serde_json::from_slice(&body).map_err(json_error)?;
+        if batch.receipts.len() > max_batch {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                format!("{} receipts in one batch; the limit is {max_batch} (control.max_batch)", batch.receipts.len()),
+            ));
+        }
+        Ok(ingest::prepare(batch.receipts))
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("ingest worker failed: {e}"))
+    })??;
     let start = Instant::now();
-    let answer = ingest::ingest(&app.store, &app.signatures, &app.keys, &p, body.receipts).await?;
+    let answer = ingest::ingest_prepared(&app.store, &app.signatures, &app.keys, &p, prepared).await?;
     app.metrics.ingested(answer.accepted, answer.duplicates, answer.rejected, start.elapsed());
     Ok(Json(answer))
+}
+
+/// 415 unless the body is declared JSON (`application/json` or `…+json`), as axum's `Json` answers.
+fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    let json =
+        essence.is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+    if json {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request",
+        "Expected request with `Content-Type: application/json`",
+    ))
+}
+
+/// A body that is not the JSON expected: 400 for bad syntax, 422 for the wrong shape, as axum's
+/// `Json` answers.
+fn json_error(e: serde_json::Error) -> ApiError {
+    let status = match e.classify() {
+        serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let what = if status == StatusCode::BAD_REQUEST {
+        "parse the request body as JSON"
+    } else {
+        "deserialize the JSON body into the target type"
+    };
+    ApiError::new(status, "invalid_request", format!("Failed to {what}: {e}"))
 }
 
 #[utoipa::path(post, path = "/v1/runs/{id}/revoke", params(("id" = String, Path)),

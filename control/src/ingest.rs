@@ -113,6 +113,30 @@ fn micros_of(rfc3339: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// One receipt of a batch, parsed, hashed and proven, with the text to store: the CPU work of an
+/// ingest, done by [`prepare`] off the async workers.
+#[derive(Debug)]
+pub struct Prepared {
+    id: String,
+    run: Option<String>,
+    proof: Result<fleetforge_trust::verify::Proven, fleetforge_trust::verify::VerifyError>,
+    body: String,
+}
+
+/// Parses, canonicalizes, hashes and proves each receipt, and renders the text to store. Blocking
+/// CPU work (tens of microseconds per receipt): call it from a blocking thread.
+pub fn prepare(items: Vec<Value>) -> Vec<Prepared> {
+    items
+        .into_iter()
+        .map(|value| Prepared {
+            id: value["id"].as_str().unwrap_or_default().to_owned(),
+            run: value["run"].as_str().map(str::to_owned),
+            proof: prove(&value),
+            body: value.to_string(),
+        })
+        .collect()
+}
+
 /// Verifies and stores a batch. Store failures are errors of the whole batch (nothing is half
 /// written); everything about individual receipts is in the per-item results.
 pub async fn ingest(
@@ -122,17 +146,24 @@ pub async fn ingest(
     principal: &Principal,
     items: Vec<Value>,
 ) -> Result<IngestResponse, StoreError> {
-    let items = std::sync::Arc::new(items);
     // Parsing, canonicalizing and hashing a thousand receipts is CPU work: off the async workers.
-    let proofs = {
-        let items = items.clone();
-        tokio::task::spawn_blocking(move || items.iter().map(prove).collect::<Vec<_>>())
-            .await
-            .map_err(|e| StoreError::Url(format!("ingest worker failed: {e}")))?
-    };
+    let prepared = tokio::task::spawn_blocking(move || prepare(items))
+        .await
+        .map_err(|e| StoreError::Url(format!("ingest worker failed: {e}")))?;
+    ingest_prepared(store, cache, keys, principal, prepared).await
+}
+
+/// [`ingest`] of receipts [`prepare`] has already parsed and proven.
+pub async fn ingest_prepared(
+    store: &Store,
+    cache: &SignatureCache,
+    keys: &KeyCache,
+    principal: &Principal,
+    items: Vec<Prepared>,
+) -> Result<IngestResponse, StoreError> {
     let mut attempt = 0;
     loop {
-        match ingest_once(store, cache, keys, principal, &items, &proofs).await {
+        match ingest_once(store, cache, keys, principal, &items).await {
             Err(StoreError::Db(e)) if is_conflict(&e) && attempt == 0 => {
                 tracing::info!(error = %e, "concurrent ingest of the same lane; retrying the batch once");
                 attempt += 1;
@@ -157,13 +188,10 @@ async fn ingest_once(
     cache: &SignatureCache,
     keys: &KeyCache,
     principal: &Principal,
-    items: &[Value],
-    proofs: &[Result<fleetforge_trust::verify::Proven, fleetforge_trust::verify::VerifyError>],
+    items: &[Prepared],
 ) -> Result<IngestResponse, StoreError> {
-    let mut results: Vec<ItemResult> = items
-        .iter()
-        .map(|v| ItemResult { id: v["id"].as_str().unwrap_or_default().to_owned(), status: String::new(), error: None })
-        .collect();
+    let mut results: Vec<ItemResult> =
+        items.iter().map(|v| ItemResult { id: v.id.clone(), status: String::new(), error: None }).collect();
     let reject = |r: &mut ItemResult, why: String| {
         r.status = "rejected".into();
         r.error = Some(why);
@@ -172,13 +200,13 @@ async fn ingest_once(
     // 1. Stateless checks: hash and proof (done above), key, signature.
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut early_rejects: BTreeMap<String, i64> = BTreeMap::new();
-    for (index, (value, proof)) in items.iter().zip(proofs).enumerate() {
-        let proven = match proof {
+    for (index, item) in items.iter().enumerate() {
+        let proven = match &item.proof {
             Ok(p) => p,
             Err(e) => {
                 reject(&mut results[index], e.to_string());
-                if let Some(run) = value["run"].as_str() {
-                    *early_rejects.entry(run.to_owned()).or_default() += 1;
+                if let Some(run) = &item.run {
+                    *early_rejects.entry(run.clone()).or_default() += 1;
                 }
                 continue;
             }
@@ -233,7 +261,7 @@ async fn ingest_once(
                 response_bytes: i64::try_from(body.seal.response_bytes).unwrap_or(i64::MAX),
                 request_digest: body.seal.request_digest.clone(),
                 response_digest: body.seal.response_digest.clone(),
-                body: value.to_string(),
+                body: item.body.clone(),
             },
         });
     }

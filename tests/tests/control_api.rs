@@ -122,6 +122,11 @@ fn contract(postgres: bool) {
     let big = format!(r#"{{"receipts":[{}]}}"#, vec!["{}"; 1001].join(","));
     let (status, body) = c.api("POST", "/v1/receipts", &proxy, Some(&big)).unwrap();
     assert_eq!(status, 413, "{body}");
+    let (status, body) = c.api("POST", "/v1/receipts", &proxy, Some("{not json")).unwrap();
+    assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_request")), "{body}");
+    let (status, body) = c.api("POST", "/v1/receipts", &proxy, Some(r#"{"receipt":[]}"#)).unwrap();
+    assert_eq!((status, body["error"]["type"].as_str()), (422, Some("invalid_request")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("`receipt`"), "{body}");
     let (status, body) = c.api("POST", "/v1/receipts", &proxy, Some(r#"{"receipts":[{"id":"x"}]}"#)).unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["rejected"], 1);
