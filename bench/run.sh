@@ -10,7 +10,8 @@
 # with a sidecar listener and the forward listener that records every call and ships the receipts
 # to that control, a second proxy with recording off (FLEETFORGE_RECEIPTS=false, sidecar only),
 # and a third with recording off and capability tokens on (FLEETFORGE_CAPABILITIES=true; the load
-# presents a run token minted by control), and a fourth with recording off and the four example
+# presents a run token minted by control), the same again with the upstream configured as a tool
+# (sidecar-tool: every call also mints a per-call token), and one with recording off and the four example
 # Wasm policy packs on (sidecar-pol), so the cost of each shows against the same baseline.
 # Then drives the same OpenAI-shaped load with oha (JSON and SSE) straight at the upstream,
 # through the three sidecars, and through the forward proxy (CONNECT + TLS interception, keep-alive
@@ -93,6 +94,12 @@ FLEETFORGE_RECEIPTS=false FLEETFORGE_CAPABILITIES=true FLEETFORGE_CONTROL_URL="h
   FLEETFORGE_CONTROL_TOKEN="$token" "$target/fleetforge-proxy" --home "$work/home-cap" "${proxy_args[@]}" \
   >"$work/proxy-cap.out" 2>"$work/proxy-cap.err" &
 pids+=($!); cap_pid=$!
+# The same with the upstream configured as a tool: every call also gets a per-call token minted
+# (one block, one ed25519 signature) and sent upstream in x-fleetforge-capability.
+FLEETFORGE_RECEIPTS=false FLEETFORGE_CAPABILITIES=true FLEETFORGE_TOOL_HOSTS=api.llm.test \
+  FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" \
+  "$target/fleetforge-proxy" --home "$work/home-tool" "${proxy_args[@]}" >"$work/proxy-tool.out" 2>"$work/proxy-tool.err" &
+pids+=($!); tool_pid=$!
 # Recording off, policy on: the four example Wasm packs (configured for the bench host) decide
 # every call, deny-overrides.
 # shellcheck source=bench/example-packs.sh
@@ -112,6 +119,7 @@ side=$(field "$ready" sidecars)
 admin=$(field "$ready" admin)
 side_norec=$(field "$(ready_line "$work/proxy-norec.out")" sidecars)
 side_cap=$(field "$(ready_line "$work/proxy-cap.out")" sidecars)
+side_tool=$(field "$(ready_line "$work/proxy-tool.out")" sidecars)
 side_pol=$(field "$(ready_line "$work/proxy-pol.out")" sidecars)
 cat "$work/test-ca.pem" "$work/home/ca/ca.pem" >"$work/client-ca.pem"
 log "upstream $up, control $control ($([[ -n ${BENCH_DATABASE_URL:-} ]] && echo postgres || echo sqlite)), proxy forward $fwd" \
@@ -146,6 +154,7 @@ measure() { # scenario mode round
     sidecar) args=("http://$side/v1/chat/completions") ;;
     sidecar-norec) args=("http://$side_norec/v1/chat/completions") ;;
     sidecar-cap) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_cap/v1/chat/completions") ;;
+    sidecar-tool) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_tool/v1/chat/completions") ;;
     sidecar-pol) args=("http://$side_pol/v1/chat/completions") ;;
     forward) args=(-x "http://$fwd" --no-pre-lookup --cacert "$work/client-ca.pem" "$url_direct") ;;
   esac
@@ -155,9 +164,10 @@ measure() { # scenario mode round
   local pid=$proxy_pid lag=- p0 u0 c0 p1 u1 c1
   [[ $s == sidecar-norec ]] && pid=$norec_pid
   [[ $s == sidecar-cap ]] && pid=$cap_pid
+  [[ $s == sidecar-tool ]] && pid=$tool_pid
   [[ $s == sidecar-pol ]] && pid=$pol_pid
   local records=1
-  [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap || $s == sidecar-pol ]] && records=0
+  [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap || $s == sidecar-tool || $s == sidecar-pol ]] && records=0
   ((records)) && drain >/dev/null # the warm-up's receipts are in before we count
   p0=$(ticks "$pid"); u0=$(ticks "$up_pid"); c0=$(ticks "$control_pid")
   "$oha" -z "${DURATION}s" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
@@ -169,8 +179,8 @@ measure() { # scenario mode round
 }
 ((LOAD)) || ROUNDS=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  order=(direct sidecar sidecar-norec sidecar-cap sidecar-pol forward)
-  ((r % 2 == 0)) && order=(forward sidecar-pol sidecar-cap sidecar-norec sidecar direct)
+  order=(direct sidecar sidecar-norec sidecar-cap sidecar-tool sidecar-pol forward)
+  ((r % 2 == 0)) && order=(forward sidecar-pol sidecar-tool sidecar-cap sidecar-norec sidecar direct)
   for s in "${order[@]}"; do
     for mode in nonstream stream; do
       log "round $r: $s/$mode"

@@ -42,7 +42,7 @@ def main() -> None:
         "| control CPU µs/req | upstream CPU µs/req | ingest drain s (max) | errors |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for scenario in ("direct", "sidecar", "sidecar-norec", "sidecar-cap", "sidecar-pol", "forward"):
+    for scenario in ("direct", "sidecar", "sidecar-norec", "sidecar-cap", "sidecar-tool", "sidecar-pol", "forward"):
         for mode in ("nonstream", "stream"):
             rs = runs.get((scenario, mode))
             if not rs:
@@ -53,7 +53,7 @@ def main() -> None:
             ttfb = [r["ttfb"] for r in rs if r["ttfb"] is not None]
             ttfb_s = f"{statistics.mean(ttfb) * 1000:.2f}" if ttfb else "-"
             proxy = "-" if scenario == "direct" else f"{statistics.mean(r['proxy_us'] for r in rs):.1f}"
-            recorded = scenario not in ("direct", "sidecar-norec", "sidecar-cap", "sidecar-pol")
+            recorded = scenario not in ("direct", "sidecar-norec", "sidecar-cap", "sidecar-tool", "sidecar-pol")
             control = f"{statistics.mean(r['control_us'] for r in rs):.1f}" if recorded else "-"
             drains = [r["drain"] for r in rs if r["drain"] is not None]
             drain = f"{max(drains):.2f}" if drains else "-"

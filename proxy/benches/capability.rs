@@ -1,8 +1,9 @@
 //! Per-call capability cost, as the authorize phase pays it, next to what the cache saves.
 //!
 //! - `per_call`: what an LLM call pays — the run token from the verified-token cache and the
-//!   Datalog authorization of the call's facts (everything `Capabilities::check` does for a
-//!   non-tool upstream but the revocation lookup);
+//!   Datalog authorization of the call's facts, on the token's world loaded once
+//!   (`trust/src/capability/decide.rs`; everything `Capabilities::check` does for a non-tool
+//!   upstream but the revocation lookup and the remembered decision);
 //! - `per_call_tool`: what a tool call pays the first time its facts are decided — the same plus
 //!   one block appended (bound to host, method, path, model, 60 s expiry; one ed25519 signature,
 //!   the key pairs being derived once per run token) and serialized for `x-fleetforge-capability`;
