@@ -87,24 +87,20 @@ impl CompiledToken {
             {
                 return None;
             }
-            // What `TrustedOrigins::from_scopes` gives an unscoped block, as biscuit-auth computes
-            // it when it loads the block and when it checks it.
-            let loaded = TrustedOrigins::from_scopes(&[], &TrustedOrigins::default(), i, &no_keys);
-            let checked = if i == 0 {
-                TrustedOrigins::from_scopes(&[], &TrustedOrigins::default(), 0, &no_keys)
-            } else {
-                loaded.clone()
-            };
+            // What `TrustedOrigins::from_scopes` gives an unscoped block (the authority block, the
+            // authorizer and the block itself), as biscuit-auth computes it both when it loads the
+            // block's rules and when it runs the block's checks.
+            let block_trusts = TrustedOrigins::from_scopes(&[], &TrustedOrigins::default(), i, &no_keys);
             let origin: Origin = [i].into_iter().collect();
             for fact in block.facts {
                 world.add_fact(&origin, fact);
             }
             for rule in block.rules {
                 rule.validate_variables(&symbols).ok()?;
-                world.add_rule(i, &TrustedOrigins::from_scopes(&[], &loaded, i, &no_keys), rule);
+                world.add_rule(i, &TrustedOrigins::from_scopes(&[], &block_trusts, i, &no_keys), rule);
             }
             for (index, check) in block.checks.into_iter().enumerate() {
-                let trusted = TrustedOrigins::from_scopes(&[], &checked, i, &no_keys);
+                let trusted = TrustedOrigins::from_scopes(&[], &block_trusts, i, &no_keys);
                 checks.push(BlockCheck { block: i, index, check, trusted });
             }
         }
@@ -166,14 +162,15 @@ impl CompiledToken {
             TrustedOrigins::from_scopes(&[], &TrustedOrigins::default(), AUTHORIZER, &HashMap::new());
 
         let mut failed = Vec::new();
-        // Order as biscuit-auth's: the authority block's checks, the policy, later blocks' checks.
-        let (authority, later): (Vec<_>, Vec<_>) = self.checks.iter().partition(|c| c.block == 0);
-        for c in &authority {
+        // Order as biscuit-auth's: the authority block's checks, the policy, later blocks' checks
+        // (`checks` is in block order, so the authority's are a prefix).
+        let (authority, later) = self.checks.split_at(self.checks.partition_point(|c| c.block == 0));
+        for c in authority {
             self.check(&world, &symbols, c, deadline, &mut failed)?;
         }
         let allowed = world.query_match(policy, AUTHORIZER, &authorizer_trusted, &symbols)?;
         timed_out(deadline)?;
-        for c in &later {
+        for c in later {
             self.check(&world, &symbols, c, deadline, &mut failed)?;
         }
         match (allowed, failed.is_empty()) {
