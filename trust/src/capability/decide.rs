@@ -55,6 +55,9 @@ pub(super) struct CompiledToken {
     world: World,
     checks: Vec<BlockCheck>,
     names: Names,
+    /// The origin of the call's facts, and what the policy trusts (authority and authorizer).
+    authorizer: Origin,
+    authorizer_trusts: TrustedOrigins,
 }
 
 impl std::fmt::Debug for CompiledToken {
@@ -116,7 +119,9 @@ impl CompiledToken {
             run: name("run"),
             query: name("query"),
         };
-        Some(Self { symbols, world, checks, names })
+        let authorizer = [AUTHORIZER].into_iter().collect();
+        let authorizer_trusts = TrustedOrigins::from_scopes(&[], &TrustedOrigins::default(), AUTHORIZER, &no_keys);
+        Some(Self { symbols, world, checks, names, authorizer, authorizer_trusts })
     }
 
     /// The decision `super::authorize` reaches for `call` with `run` as the run the call claims.
@@ -128,7 +133,6 @@ impl CompiledToken {
         let n = &self.names;
         let mut symbols = self.symbols.clone();
         let mut world = self.world.clone();
-        let origin: Origin = [AUTHORIZER].into_iter().collect();
         let host = Term::Str(symbols.insert(&call.host.to_ascii_lowercase()));
         let method = Term::Str(symbols.insert(&call.method.to_ascii_uppercase()));
         let path = Term::Str(symbols.insert(call.path));
@@ -145,7 +149,7 @@ impl CompiledToken {
             Fact::new(n.step, &[step]),
             model,
         ] {
-            world.add_fact(&origin, fact);
+            world.add_fact(&self.authorizer, fact);
         }
         let limits = limits();
         world.run_with_limits(&symbols, limits.clone())?;
@@ -158,8 +162,6 @@ impl CompiledToken {
             expressions: vec![],
             scopes: vec![],
         };
-        let authorizer_trusted =
-            TrustedOrigins::from_scopes(&[], &TrustedOrigins::default(), AUTHORIZER, &HashMap::new());
 
         let mut failed = Vec::new();
         // Order as biscuit-auth's: the authority block's checks, the policy, later blocks' checks
@@ -168,7 +170,7 @@ impl CompiledToken {
         for c in authority {
             self.check(&world, &symbols, c, deadline, &mut failed)?;
         }
-        let allowed = world.query_match(policy, AUTHORIZER, &authorizer_trusted, &symbols)?;
+        let allowed = world.query_match(policy, AUTHORIZER, &self.authorizer_trusts, &symbols)?;
         timed_out(deadline)?;
         for c in later {
             self.check(&world, &symbols, c, deadline, &mut failed)?;
