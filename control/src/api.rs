@@ -17,8 +17,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use fleetforge_trust::canonical::hex;
+use fleetforge_trust::text::{hex, rfc3339_from_unix_micros as rfc3339};
 use fleetforge_trust::verify::{ChainProblem, Link, check_chain, verify};
+use fleetforge_trust::wire::{ReceiptBatch, RevocationPage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{OpenApi, ToSchema};
@@ -226,13 +227,6 @@ pub struct RunView {
     token_id: Option<String>,
     /// When the token was revoked.
     revoked_at: Option<String>,
-}
-
-fn rfc3339(micros: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 fn view(r: RunRow) -> RunView {
@@ -532,14 +526,6 @@ async fn list_keys(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult
     Ok(Json(json!({ "keys": keys })))
 }
 
-/// `POST /v1/receipts` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiptBatch {
-    /// Receipts (`fleetforge.receipt/v1` JSON), any order.
-    pub receipts: Vec<Value>,
-}
-
 #[utoipa::path(post, path = "/v1/receipts", request_body = ReceiptBatch,
     responses((status = 200, body = IngestResponse), (status = 401), (status = 403), (status = 413)), security(("bearer" = [])))]
 async fn post_receipts(
@@ -654,24 +640,24 @@ async fn revoke_capability(
 
 /// Revocation list page parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct RevocationPage {
+pub struct RevocationQuery {
     /// Return revocations with a sequence number above this (default 0).
     after: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/revocations", params(RevocationPage), responses((status = 200)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/revocations", params(RevocationQuery), responses((status = 200, body = RevocationPage)), security(("bearer" = [])))]
 async fn list_revocations(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    q: Result<Query<RevocationPage>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+    q: Result<Query<RevocationQuery>, QueryRejection>,
+) -> ApiResult<Json<RevocationPage>> {
     principal(&app, &headers).await?;
     let Query(q) = q.map_err(bad_query)?;
     let after = q.after.unwrap_or(0);
     let rows = app.store.revocations(after, 10_000).await?;
     let next = rows.last().map_or(after, |r| r.0);
-    let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-    Ok(Json(json!({ "revocations": ids, "next_after": next })))
+    let revocations = rows.into_iter().map(|r| r.1).collect();
+    Ok(Json(RevocationPage { revocations, next_after: next }))
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/export/vc", params(("id" = String, Path)),
@@ -740,7 +726,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     info(title = "FleetForge control API", description = "Runs, receipts, verification and keys. Bearer auth on every /v1 route."),
     paths(create_run, list_runs, show_run, run_receipts, one_receipt, verify_run, put_key, list_keys, post_receipts,
         revoke_run, revoke_capability, list_revocations, export_vc),
-    components(schemas(CreateRun, Budget, CreatedRun, RunView, VerifyReport, Problem, PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult)),
+    components(schemas(CreateRun, Budget, CreatedRun, RunView, VerifyReport, Problem, PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult, ingest::ItemStatus, RevocationPage)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

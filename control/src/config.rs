@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use fleetforge_proxy::config::Secret;
+use fleetforge_trust::Secret;
 use serde::Deserialize;
 
 /// A configuration error naming the key, the value and what is expected.
@@ -26,6 +26,8 @@ struct ConfigFile {
     home: Option<PathBuf>,
     /// The proxy's table: not validated here.
     proxy: Option<toml::Table>,
+    /// The proxy's top-level `[[sidecar]]` tables: not validated here.
+    sidecar: Option<Vec<toml::Table>>,
     /// `[control]`.
     control: FileControl,
 }

@@ -21,36 +21,12 @@ use fleetforge_trust::canonical::hex;
 use fleetforge_trust::receipt::genesis_hex;
 use fleetforge_trust::sign::verify_batch;
 use fleetforge_trust::verify::prove;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::auth::Principal;
 use crate::store::{self, ReceiptRow, Store, StoreError};
 
-/// The verdict on one receipt of a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct ItemResult {
-    /// Receipt id (or `""` when the item had none).
-    pub id: String,
-    /// `accepted`, `duplicate` or `rejected`.
-    pub status: String,
-    /// Why it was rejected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The answer to `POST /v1/receipts`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct IngestResponse {
-    /// One result per submitted receipt, in submission order.
-    pub results: Vec<ItemResult>,
-    /// How many were stored.
-    pub accepted: usize,
-    /// How many were already stored.
-    pub duplicates: usize,
-    /// How many were refused.
-    pub rejected: usize,
-}
+pub use fleetforge_trust::wire::{IngestResponse, ItemResult, ItemStatus};
 
 /// Batch roots whose signature verified, so each is checked once.
 #[derive(Debug, Default)]
@@ -205,10 +181,12 @@ async fn ingest_once(
     principal: &Principal,
     items: &[Prepared],
 ) -> Result<IngestResponse, StoreError> {
-    let mut results: Vec<ItemResult> =
-        items.iter().map(|v| ItemResult { id: v.id.clone(), status: String::new(), error: None }).collect();
+    let mut results: Vec<ItemResult> = items
+        .iter()
+        .map(|v| ItemResult { id: v.id.clone(), status: ItemStatus::Rejected, error: Some("not processed".into()) })
+        .collect();
     let reject = |r: &mut ItemResult, why: String| {
-        r.status = "rejected".into();
+        r.status = ItemStatus::Rejected;
         r.error = Some(why);
     };
 
@@ -290,7 +268,10 @@ async fn ingest_once(
     for c in candidates {
         let prior = existing.get(&c.row.id).or_else(|| seen_in_batch.get(&c.row.id));
         match prior {
-            Some(hash) if *hash == c.row.hash => results[c.index].status = "duplicate".into(),
+            Some(hash) if *hash == c.row.hash => {
+                results[c.index].status = ItemStatus::Duplicate;
+                results[c.index].error = None;
+            }
             Some(_) => reject(&mut results[c.index], "a different receipt with this id is already stored".into()),
             None => {
                 seen_in_batch.insert(c.row.id.clone(), c.row.hash.clone());
@@ -342,7 +323,8 @@ async fn ingest_once(
         stats.output_tokens += c.output_tokens;
         stats.cost_micro_usd += c.cost;
         stats.last_activity = stats.last_activity.max(c.ended_micros);
-        results[c.index].status = "accepted".into();
+        results[c.index].status = ItemStatus::Accepted;
+        results[c.index].error = None;
         accepted.push(c);
     }
     let rows: Vec<ReceiptRow> = accepted.iter().map(|c| c.row.clone()).collect();
@@ -368,11 +350,11 @@ async fn ingest_once(
         }
     }
 
-    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    let count = |s: ItemStatus| results.iter().filter(|r| r.status == s).count();
     Ok(IngestResponse {
-        accepted: count("accepted"),
-        duplicates: count("duplicate"),
-        rejected: count("rejected"),
+        accepted: count(ItemStatus::Accepted),
+        duplicates: count(ItemStatus::Duplicate),
+        rejected: count(ItemStatus::Rejected),
         results,
     })
 }

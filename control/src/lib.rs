@@ -4,18 +4,17 @@
 //! Merkle proof, chain, seq — and stored idempotently), proxy keys, and on-demand verification of a
 //! whole run. It runs on Postgres (`DATABASE_URL`) or, by default, on SQLite under
 //! `$FLEETFORGE_HOME`. Start reading at [`api::router`]; storage is [`store`], ingest is
-//! [`ingest`]. The CLI's HTTP client is [`client`]; `fleetforge-ctl up` is [`up`].
+//! [`ingest`]. The operator CLI, `fleetforge-ctl`, is its own crate (`ctl/`): it links the proxy
+//! for `up` and `policy`, which this crate does not.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
 pub mod capability;
-pub mod client;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod store;
-pub mod up;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

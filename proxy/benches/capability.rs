@@ -110,7 +110,8 @@ fn bench(c: &mut Criterion) {
     };
     let mut call = Call::new(&conn, Method::POST);
     call.path = "/v1/chat/completions".into();
-    call.model = Some("gpt-4o-mini".into());
+    call.facts =
+        Some(fleetforge_proxy::facts::RequestFacts { model: Some("gpt-4o-mini".into()), ..Default::default() });
     call.target = Some(Target::new(Scheme::HTTPS, "api.openai.com".into(), 443).unwrap());
     call.identity = Some(Identity {
         run: RunId::new("run-bench").unwrap(),

@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use fleetforge_proxy::authorize::Subject;
 use fleetforge_proxy::config::{Config, Flags};
 use fleetforge_proxy::context::{Call, ConnCtx, ConnMode, Target};
 use fleetforge_proxy::error::{ErrorKind, Phase, ProxyError, Side};
@@ -137,9 +139,16 @@ fn bench_pipeline_pieces(c: &mut Criterion) {
     let mut g = c.benchmark_group("authorize");
     g.bench_function("destination_allow_list", |b| {
         b.iter_batched(
-            || Call::new(&conn, Method::POST),
+            || {
+                let mut call = Call::new(&conn, Method::CONNECT);
+                call.target = Some(black_box(&target).clone());
+                call
+            },
             |mut call| {
-                authorize::destination(&proxy, &mut call, black_box(&target)).unwrap();
+                // A CONNECT's destination decision never waits: one poll completes it.
+                let decided = std::pin::pin!(authorize::authorize(&proxy, &mut call, Subject::Connect))
+                    .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                assert!(matches!(decided, std::task::Poll::Ready(Ok(_))));
                 call
             },
             criterion::BatchSize::SmallInput,

@@ -63,7 +63,9 @@ fn chat_document() -> Document {
         tools: vec!["list_files".into()],
         ..StateInput::default()
     };
-    document(&facts, &headers, &body, true, state)
+    // The body's facts are read once per call (crate::facts), then the document is built.
+    let read = fleetforge_proxy::facts::read(facts.host, facts.path_and_query, true, &body);
+    document(&facts, &headers, Some(&read), state)
 }
 
 /// Writes a one-file pack with its manifest into `dir`.

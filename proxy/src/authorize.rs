@@ -1,31 +1,112 @@
 //! Phase 2, authorize: may this call leave the machine?
 //!
-//! Two entry points, because the body must not be read for a destination we would refuse anyway:
-//! - [`destination`] runs before the request body is read (and for every `CONNECT`): the egress
-//!   allow-lists of hosts and ports, and the loop guard. Resolution-time checks — a name that
-//!   resolves to a loopback, private or link-local address — run when the upstream connection is
-//!   made (see [`crate::upstream`]), so a DNS answer cannot be swapped between check and use.
-//! - [`call`] runs once the body is in hand: the model allow-list for LLM calls, then the policy
-//!   packs (see [`crate::policy`]), whose obligations are applied to the request here.
-//! - [`tunnel`] asks the packs about a `CONNECT` tunnel that is not intercepted.
-//! - [`capability`] then checks the run's capability token against this exact call (see
-//!   [`crate::capability`]).
+//! One entry point, [`authorize`], asked about one of three subjects:
+//! - [`Subject::Connect`] — a `CONNECT` to an intercepted host, before it is answered: only its
+//!   destination is decided here; each request inside the tunnel is then authorized on its own.
+//! - [`Subject::Tunnel`] — a `CONNECT` that will be relayed byte for byte: its destination, then
+//!   the policy packs, which see it as one `CONNECT` call.
+//! - [`Subject::Request`] — an HTTP request, in this order:
+//!   1. the destination: the egress allow-lists of hosts and ports and the loop guard — *before*
+//!      the body is read, so a refused host costs no buffering;
+//!   2. the body is read (bounded), and its LLM/MCP fields ([`crate::facts`]) once, when any
+//!      check below needs them;
+//!   3. the model allow-list, then the policy packs ([`crate::policy`], deny-overrides), whose
+//!      obligations are applied to the request here;
+//!   4. the run's capability token, against this exact call (after policy, so the per-call token
+//!      handed to a tool restates a call policy has also allowed; see [`crate::capability`]).
 //!
-//! Result: `Ok(())` — continue to meter; or a 403 `policy_denied` error with reasons, a 403
-//! `capability_denied`, or a 407 for a missing or invalid token.
+//! Resolution-time checks — a name that resolves to a loopback, private or link-local address —
+//! run when the upstream connection is made (see [`crate::upstream`]), so a DNS answer cannot be
+//! swapped between check and use. An allowed call is noted in the run's ledger, where later calls'
+//! packs see it.
+//!
+//! Result: `Ok(Next::Continue)` — continue to meter; or a 403 `policy_denied` error with
+//! reasons, a 403 `capability_denied`, a 407 for a missing or invalid token, or the 400/413 of a
+//! body that cannot be read.
 
-use bytes::Bytes;
+use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
-use http::request::Parts;
-use serde::Deserialize;
 
 use crate::capability::Capabilities;
 use crate::context::{Call, Target};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
+use crate::facts;
+use crate::outbound::Outbound;
+use crate::phase::Next;
 use crate::policy::Policy;
 use crate::policy::extract::{self, CallFacts};
-use crate::policy::input::{Document, Obligations};
-use crate::proxy::Proxy;
+use crate::policy::input::{Document, Obligations, StateInput, Verdict};
+use crate::state::Proxy;
+
+/// What [`authorize`] is asked about.
+#[derive(Debug)]
+pub enum Subject<'a> {
+    /// A `CONNECT` to an intercepted host: its destination only.
+    Connect,
+    /// A `CONNECT` relayed without interception: its destination and the packs.
+    Tunnel,
+    /// An HTTP request: everything (see the module docs); its body is read here.
+    Request(&'a mut Outbound),
+}
+
+/// Decides `subject` for `call`; see the module docs for the order and what the result means.
+pub async fn authorize(proxy: &Proxy, call: &mut Call, subject: Subject<'_>) -> Result<Next, ProxyError> {
+    let Some(target) = call.target.clone() else {
+        return Err(ProxyError::new(
+            ErrorKind::Internal,
+            Phase::Authorize,
+            Side::Internal,
+            "call reached authorize without a target",
+        ));
+    };
+    destination(proxy, call, &target)?;
+    match subject {
+        Subject::Connect => {}
+        Subject::Tunnel => {
+            if let Some(policy) = &proxy.policy {
+                let doc = document(proxy, call, &HeaderMap::new());
+                call.decided.reasons = decide(policy, call, &doc, "tunnel")?.reasons;
+            }
+            note(call, &target);
+        }
+        Subject::Request(out) => {
+            out.read_body(proxy.config.max_body, proxy.config.body_timeout).await?;
+            call.request_bytes = out.bytes().len() as u64;
+            if reads_facts(proxy) {
+                call.facts =
+                    Some(facts::read(&target.host, &call.path, facts::is_json(&out.parts.headers), out.bytes()));
+            }
+            builtin_model(proxy, call)?;
+            if let Some(policy) = &proxy.policy {
+                let doc = document(proxy, call, &out.parts.headers);
+                let verdict = decide(policy, call, &doc, "call")?;
+                call.decided.tool = call.facts.as_ref().and_then(|f| f.tool_call()).map(str::to_owned);
+                call.decided.reasons = verdict.reasons;
+                let llm = call.facts.as_ref().is_some_and(|f| f.llm.is_some());
+                obligations(call, out, &verdict.obligations, llm)?;
+            }
+            if let Some(caps) = &proxy.capabilities {
+                capability(proxy, caps, call).await?;
+            }
+            note(call, &target);
+        }
+    }
+    Ok(Next::Continue)
+}
+
+/// Whether any check reads the body's LLM/MCP fields. When none does (no model allow-list, no
+/// pack, no capability check), the body is not parsed at all.
+fn reads_facts(proxy: &Proxy) -> bool {
+    proxy.builtin.restricts_models() || proxy.policy.is_some() || proxy.capabilities.is_some()
+}
+
+/// Notes in the run's ledger that a call policy allowed is leaving (hosts and tools seen by later
+/// calls' packs).
+fn note(call: &Call, target: &Target) {
+    if let Some(ledger) = &call.ledger {
+        ledger.note_call(&target.host, call.decided.tool.as_deref());
+    }
+}
 
 fn denied(message: String, reason: &str) -> ProxyError {
     ProxyError::new(ErrorKind::PolicyDenied, Phase::Authorize, Side::Agent, message).with_reason(reason)
@@ -33,7 +114,7 @@ fn denied(message: String, reason: &str) -> ProxyError {
 
 /// Host-level decision: the built-in allow-list pack's host check, allowed port, and not the
 /// proxy itself.
-pub fn destination(proxy: &Proxy, call: &mut Call, target: &Target) -> Result<(), ProxyError> {
+fn destination(proxy: &Proxy, call: &mut Call, target: &Target) -> Result<(), ProxyError> {
     let config = &proxy.config;
     if let Some(id) = proxy.builtin.id() {
         call.decided.packs.push(id.to_owned());
@@ -64,49 +145,9 @@ pub fn destination(proxy: &Proxy, call: &mut Call, target: &Target) -> Result<()
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct ModelField {
-    model: Option<String>,
-}
-
-/// Call-level decision, with the body in hand: the built-in pack's model check, then every
-/// policy pack (deny-overrides), then the obligations of an allowed call are applied to the
-/// request (headers removed or set, output tokens capped).
-///
-/// The model is parsed from JSON bodies only when the model allow-list is restricted or packs
-/// are configured, so an unrestricted proxy does not pay for parsing.
-pub fn call(proxy: &Proxy, call: &mut Call, parts: &mut Parts, body: &mut Bytes) -> Result<(), ProxyError> {
-    builtin_model(proxy, call, parts, body)?;
-    let Some(policy) = &proxy.policy else { return Ok(()) };
-    let doc = document(proxy, policy, call, &parts.headers, body);
-    if let Some(llm) = &doc.input.llm {
-        call.model.get_or_insert_with(|| llm.model.clone());
-    }
-    let verdict = decide(policy, call, &doc, "call")?;
-    call.decided.tool = doc.input.mcp.and_then(|m| m.tool.filter(|_| m.method == "tools/call"));
-    call.decided.reasons = verdict.reasons;
-    obligations(call, parts, body, &verdict.obligations, doc.input.llm.is_some())
-}
-
-/// A tunnel that is not intercepted is one call the packs can see only as a `CONNECT`: they
-/// decide it on its destination and the run's state.
-pub fn tunnel(proxy: &Proxy, call: &mut Call) -> Result<(), ProxyError> {
-    let Some(policy) = &proxy.policy else { return Ok(()) };
-    let doc = document(proxy, policy, call, &http::HeaderMap::new(), &Bytes::new());
-    let verdict = decide(policy, call, &doc, "tunnel")?;
-    call.decided.reasons = verdict.reasons;
-    left(proxy, call);
-    Ok(())
-}
-
 /// Asks the packs in force about `doc`, naming them in the call's receipt; a deny is the
 /// `policy_denied` error (`what`: "call" or "tunnel").
-fn decide(
-    policy: &Policy,
-    call: &mut Call,
-    doc: &Document,
-    what: &str,
-) -> Result<crate::policy::input::Verdict, ProxyError> {
+fn decide(policy: &Policy, call: &mut Call, doc: &Document, what: &str) -> Result<Verdict, ProxyError> {
     let set = policy.current();
     let verdict = set.evaluate(doc, &policy.limits);
     call.decided.packs.extend(set.ids().map(str::to_owned));
@@ -123,19 +164,11 @@ fn decide(
     Err(err)
 }
 
-/// Notes in the run's state that a call policy allowed is leaving (hosts and tools seen by later
-/// calls' packs).
-pub fn left(proxy: &Proxy, call: &Call) {
-    if let (Some(policy), Some(run), Some(target)) = (&proxy.policy, call.run(), &call.target) {
-        policy.note_call(run.as_str(), &target.host, call.decided.tool.as_deref());
-    }
-}
-
-fn document(proxy: &Proxy, policy: &Policy, call: &Call, headers: &http::HeaderMap, body: &Bytes) -> Document {
+fn document(proxy: &Proxy, call: &Call, headers: &HeaderMap) -> Document {
     let run = call.run().unwrap_or(&proxy.anonymous_run).as_str();
     let target = call.target.as_ref();
-    let path = crate::record::redact_path(&call.path);
-    let time = crate::record::rfc3339(call.started_at);
+    let path = fleetforge_trust::text::redact_path(&call.path);
+    let time = fleetforge_trust::text::rfc3339_micros(call.started_at);
     let facts = CallFacts {
         run,
         agent: None,
@@ -149,20 +182,14 @@ fn document(proxy: &Proxy, policy: &Policy, call: &Call, headers: &http::HeaderM
         port: target.map_or(0, |t| t.port),
         path_and_query: if call.method == http::Method::CONNECT { "" } else { &path },
     };
-    let json = is_json_headers(headers);
-    extract::document(&facts, headers, body, json, policy.state(run))
+    let state = call.ledger.as_ref().map_or_else(StateInput::default, |l| l.policy_state());
+    extract::document(&facts, headers, call.facts.as_ref(), state)
 }
 
 /// Headers a pack may neither set nor remove: they frame the request or name its destination.
 const FRAMING_HEADERS: [&str; 6] = ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te"];
 
-fn obligations(
-    call: &mut Call,
-    parts: &mut Parts,
-    body: &mut Bytes,
-    o: &Obligations,
-    llm: bool,
-) -> Result<(), ProxyError> {
+fn obligations(call: &mut Call, out: &mut Outbound, o: &Obligations, llm: bool) -> Result<(), ProxyError> {
     let invalid = |what: String| {
         ProxyError::new(
             ErrorKind::PolicyDenied,
@@ -179,7 +206,7 @@ fn obligations(
             return Err(invalid(format!("strip_headers names {name}")));
         }
         if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            parts.headers.remove(name);
+            out.parts.headers.remove(name);
         }
     }
     for (name, value) in &o.add_headers {
@@ -190,54 +217,29 @@ fn obligations(
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("{name:?} is not a header name")))?;
         let value =
             HeaderValue::from_str(value).map_err(|_| invalid(format!("the value of {name} is not a header value")))?;
-        parts.headers.insert(name, value);
+        out.parts.headers.insert(name, value);
     }
     if let Some(cap) = o.max_tokens_cap.filter(|_| llm)
-        && let Some(capped) = extract::cap_max_tokens(body, cap)
+        && let Some(capped) = extract::cap_max_tokens(out.bytes(), cap)
     {
-        parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(capped.len()));
         call.request_bytes = capped.len() as u64;
-        *body = capped;
+        out.set_body(capped);
     }
     Ok(())
 }
 
-fn builtin_model(proxy: &Proxy, call: &mut Call, parts: &Parts, body: &Bytes) -> Result<(), ProxyError> {
-    if !proxy.builtin.restricts_models() || body.is_empty() || !is_json(parts) {
-        return Ok(());
-    }
-    let Ok(ModelField { model: Some(model) }) = serde_json::from_slice::<ModelField>(body) else {
-        return Ok(());
-    };
-    let allowed = proxy.builtin.check_model(&model);
-    call.model = Some(model);
-    if let Err(reason) = allowed {
-        let model = call.model.as_deref().unwrap_or_default();
-        return Err(denied(
-            format!("model {model:?} is not in the model allow-list (FLEETFORGE_ALLOWED_MODELS)"),
-            reason,
-        ));
-    }
-    Ok(())
+/// The built-in pack's model check, on the model the body names.
+fn builtin_model(proxy: &Proxy, call: &Call) -> Result<(), ProxyError> {
+    let Some(model) = call.model().filter(|_| proxy.builtin.restricts_models()) else { return Ok(()) };
+    proxy.builtin.check_model(model).map_err(|reason| {
+        denied(format!("model {model:?} is not in the model allow-list (FLEETFORGE_ALLOWED_MODELS)"), reason)
+    })
 }
 
-/// Capability check: the model is parsed if the allow-list did not already, a token signed by
-/// a root key not yet known waits (at most 2 s) for the sync thread to fetch it, then the token
-/// is attenuated to this call and authorized.
-pub async fn capability(
-    proxy: &Proxy,
-    caps: &Capabilities,
-    call: &mut Call,
-    parts: &Parts,
-    body: &Bytes,
-) -> Result<(), ProxyError> {
-    if call.model.is_none()
-        && !body.is_empty()
-        && is_json(parts)
-        && let Ok(ModelField { model: Some(model) }) = serde_json::from_slice::<ModelField>(body)
-    {
-        call.model = Some(model);
-    }
+/// Capability check: a token signed by a root key not yet known waits (at most 2 s) for the sync
+/// thread to fetch it, then the token is attenuated to this call and authorized. Tool upstreams
+/// and MCP calls get the per-call token.
+async fn capability(proxy: &Proxy, caps: &Capabilities, call: &mut Call) -> Result<(), ProxyError> {
     // Only a token not yet verified needs its root key looked up (parsing it costs more than the
     // whole per-call check of a cached one).
     let unverified = call
@@ -255,18 +257,10 @@ pub async fn capability(
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    let tool = call.target.as_ref().is_some_and(|t| proxy.config.capabilities.tool_hosts.matches(&t.host));
+    // Tools verify the per-call token offline: configured tool hosts, and any MCP server (a
+    // JSON-RPC body is an MCP call whichever host serves it).
+    let tool = call.target.as_ref().is_some_and(|t| proxy.config.capabilities.tool_hosts.matches(&t.host))
+        || call.facts.as_ref().is_some_and(|f| f.mcp.is_some());
     call.capability = Some(caps.check(call, tool)?);
     Ok(())
-}
-
-fn is_json(parts: &Parts) -> bool {
-    is_json_headers(&parts.headers)
-}
-
-fn is_json_headers(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
 }

@@ -1,10 +1,13 @@
 //! The response body the proxy sends to clients, and the tap on upstream responses.
 //!
 //! [`ProxyBody`] is either a small body the proxy made itself (errors, admin pages) or an
-//! upstream response streaming through a [`Tap`]. The tap passes data on as soon as it arrives —
-//! an SSE token stream reaches the client chunk by chunk, never buffered until the end — while it
-//! counts bytes; when the stream ends, fails, or the client goes away, it hands the call to
-//! [`crate::flow::Finish`] exactly once, so settle and record run with the final figures.
+//! upstream response streaming through a [`Tap`]. The upstream body is an [`UpstreamBody`]: live
+//! from the upstream connection, or replayed from recorded chunks. The tap passes data on as soon
+//! as it arrives — an SSE token stream reaches the client chunk by chunk, never buffered until the
+//! end — while it counts and digests the bytes, and can rewrite each chunk on its way
+//! ([`Rewrite`]; the digest covers the bytes as received). When the stream ends, fails, or the
+//! client goes away, it calls its end-of-body callback ([`OnEnd`]) exactly once with a
+//! [`Summary`], so settle and record run with the final figures.
 //!
 //! Coalescing: the upstream connection hands the body over one chunk at a time, so a response
 //! whose chunks are all already buffered (a fast upstream) would otherwise cost one write system
@@ -13,6 +16,7 @@
 //! frame. It only waits while that grows the frame, at most 64 KiB, so a chunk the upstream has
 //! not sent yet is never waited for: a paced token stream still goes out token by token.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -20,13 +24,79 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::context::Outcome;
-use crate::flow::Finish;
+use crate::context::{Outcome, Summary};
+use crate::error::ErrorBody;
+
+/// Called once when a tapped body ends, with what the tap saw and how the body ended.
+pub type OnEnd = Box<dyn FnOnce(Summary, Outcome) + Send>;
+
+/// Rewrites one chunk of a tapped body on its way to the client; an empty result drops it.
+pub type Rewrite = Box<dyn FnMut(Bytes) -> Bytes + Send>;
 
 /// The most data gathered into one frame before it is sent.
 const MAX_COALESCE: usize = 64 * 1024;
 
 type Polled = Option<Result<Frame<Bytes>, hyper::Error>>;
+
+pin_project_lite::pin_project! {
+    /// An upstream response body: live from the upstream connection, or replayed.
+    // pin-project-lite accepts no attributes on variant fields, so they are documented above.
+    #[allow(missing_docs)]
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        /// Streaming from the upstream connection (`inner`).
+        Live { #[pin] inner: Incoming },
+        /// Recorded chunks served in order (`chunks`).
+        Replayed { chunks: VecDeque<Bytes> },
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamBody::Live { .. } => f.write_str("UpstreamBody::Live"),
+            UpstreamBody::Replayed { chunks } => write!(f, "UpstreamBody::Replayed({} chunks)", chunks.len()),
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// A live body.
+    pub fn live(inner: Incoming) -> Self {
+        UpstreamBody::Live { inner }
+    }
+
+    /// A body that replays `chunks`, one frame each.
+    pub fn replayed(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        UpstreamBody::Replayed { chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect() }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            UpstreamBodyProj::Live { inner } => inner.poll_frame(cx),
+            UpstreamBodyProj::Replayed { chunks } => Poll::Ready(chunks.pop_front().map(|c| Ok(Frame::data(c)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Live { inner } => inner.is_end_stream(),
+            UpstreamBody::Replayed { chunks } => chunks.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Live { inner } => inner.size_hint(),
+            UpstreamBody::Replayed { chunks } => SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum()),
+        }
+    }
+}
 
 pin_project_lite::pin_project! {
     /// A response body: made by the proxy, or an upstream stream under a tap.
@@ -37,16 +107,21 @@ pin_project_lite::pin_project! {
         /// A complete body made by the proxy (`data` is `None` once sent).
         Full { data: Option<Bytes> },
         /// An upstream response body (`inner`), observed by a tap.
-        Tapped { #[pin] inner: Incoming, tap: Tap },
+        Tapped { #[pin] inner: UpstreamBody, tap: Tap },
     }
 }
 
-/// Observes an upstream body on its way to the client; finishes the call exactly once.
+/// Observes (and may rewrite) an upstream body on its way to the client; calls its end-of-body
+/// callback exactly once.
 pub struct Tap {
+    /// Bytes received from the upstream.
     bytes: u64,
+    /// Bytes passed on to the client.
+    client_bytes: u64,
     /// SHA-256 over the body as received from the upstream (the receipt's response digest).
     digest: ring::digest::Context,
-    finish: Option<Finish>,
+    rewrite: Option<Rewrite>,
+    on_end: Option<OnEnd>,
     /// Data received and not yet passed on (see the module docs on coalescing).
     held: Vec<Bytes>,
     held_len: usize,
@@ -59,18 +134,56 @@ pub struct Tap {
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tap").field("bytes", &self.bytes).field("held_len", &self.held_len).finish_non_exhaustive()
+        f.debug_struct("Tap")
+            .field("bytes", &self.bytes)
+            .field("client_bytes", &self.client_bytes)
+            .field("held_len", &self.held_len)
+            .finish_non_exhaustive()
     }
 }
 
 impl Tap {
+    fn new(on_end: OnEnd, rewrite: Option<Rewrite>) -> Self {
+        Tap {
+            bytes: 0,
+            client_bytes: 0,
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            rewrite,
+            on_end: Some(on_end),
+            held: Vec::new(),
+            held_len: 0,
+            grew: false,
+            after: None,
+            spins: 0,
+        }
+    }
+
+    /// Takes in one chunk from the upstream: counted and digested as received, rewritten, held.
+    fn take_in(&mut self, data: Bytes) {
+        self.bytes += data.len() as u64;
+        self.digest.update(&data);
+        let data = match &mut self.rewrite {
+            Some(rewrite) => rewrite(data),
+            None => data,
+        };
+        if data.is_empty() {
+            return;
+        }
+        self.client_bytes += data.len() as u64;
+        self.held_len += data.len();
+        self.held.push(data);
+        self.grew = true;
+    }
+
     fn end(&mut self, outcome: Outcome) {
-        if let Some(finish) = self.finish.take() {
+        if let Some(on_end) = self.on_end.take() {
             let digest =
                 std::mem::replace(&mut self.digest, ring::digest::Context::new(&ring::digest::SHA256)).finish();
             let mut sha = [0u8; 32];
             sha.copy_from_slice(digest.as_ref());
-            finish.done(self.bytes, sha, outcome);
+            let summary =
+                Summary { upstream_bytes: self.bytes, client_bytes: self.client_bytes, digest: sha, usage: None };
+            on_end(summary, outcome);
         }
     }
 
@@ -105,6 +218,17 @@ impl Drop for Tap {
     }
 }
 
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyBody::Full { data } => write!(f, "ProxyBody::Full({} bytes)", data.as_ref().map_or(0, Bytes::len)),
+            ProxyBody::Tapped { inner, tap } => {
+                f.debug_struct("ProxyBody::Tapped").field("inner", inner).field("tap", tap).finish()
+            }
+        }
+    }
+}
+
 impl ProxyBody {
     /// A complete body.
     pub fn full(data: Bytes) -> Self {
@@ -116,18 +240,10 @@ impl ProxyBody {
         ProxyBody::Full { data: None }
     }
 
-    /// Streams `inner` to the client and calls `finish` when it ends.
-    pub fn tapped(inner: Incoming, finish: Finish) -> Self {
-        let mut tap = Tap {
-            bytes: 0,
-            digest: ring::digest::Context::new(&ring::digest::SHA256),
-            finish: Some(finish),
-            held: Vec::new(),
-            held_len: 0,
-            grew: false,
-            after: None,
-            spins: 0,
-        };
+    /// Streams `inner` to the client, each chunk through `rewrite` when given, and calls `on_end`
+    /// when it ends.
+    pub fn tapped(inner: UpstreamBody, rewrite: Option<Rewrite>, on_end: OnEnd) -> Self {
+        let mut tap = Tap::new(on_end, rewrite);
         if inner.is_end_stream() {
             // Nothing will be polled: the call is complete now.
             tap.end(Outcome::Completed);
@@ -151,14 +267,13 @@ impl Body for ProxyBody {
                     match inner.as_mut().poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                             Ok(data) => {
-                                tap.bytes += data.len() as u64;
-                                tap.digest.update(&data);
-                                tap.held_len += data.len();
-                                tap.held.push(data);
-                                tap.grew = true;
+                                tap.take_in(data);
                                 if inner.is_end_stream() {
                                     // With a known length the server stops polling after the last byte.
                                     tap.end(Outcome::Completed);
+                                    if tap.held.is_empty() {
+                                        return Poll::Ready(None);
+                                    }
                                     return Poll::Ready(Some(Ok(tap.take_held())));
                                 }
                                 if tap.held_len >= MAX_COALESCE {
@@ -204,7 +319,18 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            ProxyBody::Tapped { inner, .. } => inner.size_hint(),
+            // A rewritten body's length is not known ahead.
+            ProxyBody::Tapped { inner, tap } if tap.rewrite.is_none() => inner.size_hint(),
+            ProxyBody::Tapped { .. } => SizeHint::default(),
         }
     }
 }
+
+impl From<ErrorBody> for ProxyBody {
+    fn from(body: ErrorBody) -> Self {
+        ProxyBody::full(body.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -19,6 +19,9 @@ use std::time::Duration;
 use fleetforge_trust::RunId;
 use serde::Deserialize;
 
+/// A secret from the environment; `Debug` never shows it (shared with control and the CLI).
+pub use fleetforge_trust::Secret;
+
 use crate::pattern::{PatternSet, normalize_host};
 
 /// How long receipts gather before a batch is signed and synced. Each sync is a disk flush whose
@@ -225,28 +228,6 @@ pub struct CapabilitiesConfig {
     pub tool_hosts: PatternSet,
 }
 
-/// A secret from the environment; `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: String) -> Self {
-        Self(s)
-    }
-
-    /// The secret, for sending where it belongs. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
 /// How receipts are recorded and spooled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiptsConfig {
@@ -274,6 +255,8 @@ pub struct ConfigFile {
     pub home: Option<PathBuf>,
     /// `[proxy]`: this binary's settings.
     pub proxy: FileConfig,
+    /// Top-level `[[sidecar]]` tables (the contract's spelling; `[[proxy.sidecar]]` is the same).
+    pub sidecar: Vec<FileSidecar>,
     /// `[control]`: the control service's settings (validated by `fleetforge-control`).
     pub control: Option<toml::Table>,
 }
@@ -549,6 +532,7 @@ impl Builder<'_> {
     fn build(self, file: ConfigFile) -> Result<Config, ConfigError> {
         let flags = self.flags;
         let raw = file.proxy;
+        let top_sidecars = file.sidecar;
         let home = self
             .flag("--home", flags.home.clone())
             .or_else(|| self.env("FLEETFORGE_HOME").map(|g| Given { value: g.value.into(), origin: g.origin }))
@@ -798,10 +782,12 @@ impl Builder<'_> {
         };
 
         let sidecars = if flags.sidecar.is_empty() {
-            raw.sidecar
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| self.sidecar(i, s, self.file_origin.clone()))
+            // Both spellings of the table are read: `[[sidecar]]` (the contract's) first, then
+            // `[[proxy.sidecar]]`; errors name the table the entry was written in.
+            let top = top_sidecars.into_iter().enumerate().map(|(i, s)| (format!("sidecar[{i}]"), s));
+            let nested = raw.sidecar.into_iter().enumerate().map(|(i, s)| (format!("proxy.sidecar[{i}]"), s));
+            top.chain(nested)
+                .map(|(key, s)| self.sidecar(&key, s, self.file_origin.clone()))
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             flags
@@ -818,7 +804,7 @@ impl Builder<'_> {
                         )
                     })?;
                     let raw = FileSidecar { listen: listen.into(), upstream: upstream.into(), default_run: None };
-                    self.sidecar(i, raw, Origin::Flag("--sidecar"))
+                    self.sidecar(&format!("proxy.sidecar[{i}]"), raw, Origin::Flag("--sidecar"))
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
@@ -856,18 +842,15 @@ impl Builder<'_> {
         Ok(config)
     }
 
-    fn sidecar(&self, i: usize, raw: FileSidecar, origin: Origin) -> Result<SidecarConfig, ConfigError> {
-        let listen = parse_addr(
-            &format!("proxy.sidecar[{i}].listen"),
-            Some(Given { value: raw.listen, origin: origin.clone() }),
-            "",
-        )?;
-        let upstream = parse_upstream(&format!("proxy.sidecar[{i}].upstream"), &raw.upstream).map_err(|reason| {
-            value_error(&format!("proxy.sidecar[{i}].upstream"), &raw.upstream, origin.clone(), &reason)
-        })?;
+    /// One sidecar entry; `key` is its table path, e.g. `sidecar[0]` or `proxy.sidecar[1]`.
+    fn sidecar(&self, key: &str, raw: FileSidecar, origin: Origin) -> Result<SidecarConfig, ConfigError> {
+        let listen =
+            parse_addr(&format!("{key}.listen"), Some(Given { value: raw.listen, origin: origin.clone() }), "")?;
+        let upstream = parse_upstream(&format!("{key}.upstream"), &raw.upstream)
+            .map_err(|reason| value_error(&format!("{key}.upstream"), &raw.upstream, origin.clone(), &reason))?;
         let default_run = raw
             .default_run
-            .map(|value| parse_run(&format!("proxy.sidecar[{i}].default_run"), Given { value, origin }))
+            .map(|value| parse_run(&format!("{key}.default_run"), Given { value, origin }))
             .transpose()?;
         Ok(SidecarConfig { listen, upstream, default_run })
     }

@@ -3,19 +3,60 @@
 //! [`ConnCtx`] is fixed when a client connection (or an intercepted `CONNECT` tunnel) is set up:
 //! which listener, which peer, and — for tunnels and sidecars — the one destination every request
 //! on it goes to. [`Call`] is created when a request arrives and filled in phase by phase; the
-//! receipt is built from it, in one place, when the call ends.
+//! receipt is built from it, in one place, when the call ends. The facts phases hand each other
+//! live here too, so that no phase imports another: the request's LLM/MCP fields
+//! ([`RequestFacts`], read once), the capability check's [`Grant`], the meter's [`Reservation`],
+//! and the tap's [`Summary`] of the response body.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
+use std::sync::Arc;
+
+use fleetforge_trust::receipt::Usage;
 use fleetforge_trust::{ReceiptId, RunId};
 use http::uri::{Authority, Scheme};
-use http::{Method, StatusCode, Version};
+use http::{HeaderValue, Method, StatusCode, Version};
 
 use crate::error::ProxyError;
-use crate::meter::Reservation;
+use crate::facts::RequestFacts;
 use crate::metrics::ListenerKind;
+use crate::runs::RunLedger;
+
+/// What a successful capability check hands to the rest of the call.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Revocation id of the run token (hex).
+    pub token_id: String,
+    /// Revocation id of this call's block (hex), when a per-call token was minted (tool
+    /// upstreams).
+    pub call_token_id: Option<String>,
+    /// When the per-call token expires (unix seconds).
+    pub expires: u64,
+    /// The per-call token for `x-fleetforge-capability`, when the upstream is a tool.
+    pub header: Option<HeaderValue>,
+}
+
+/// What the meter phase set aside for a call; settle reconciles it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// Tokens reserved (input estimate + output cap).
+    pub tokens: u64,
+}
+
+/// What the tap saw of a response body by the time it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Body bytes received from the upstream (or the replay).
+    pub upstream_bytes: u64,
+    /// Body bytes passed on to the client (differs when the tap rewrote the stream).
+    pub client_bytes: u64,
+    /// SHA-256 of the body as received from the upstream.
+    pub digest: [u8; 32],
+    /// Token usage read from the body, when the tap could read it.
+    pub usage: Option<Usage>,
+}
 
 /// Where a call goes: scheme, host and port of the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +203,11 @@ pub struct Call {
     pub target: Option<Target>,
     /// Run identity, once known.
     pub identity: Option<Identity>,
-    /// Model named in an LLM request body, when parsed.
-    pub model: Option<String>,
+    /// The LLM/MCP fields of the request body, read once (see [`crate::facts`]); `None` when
+    /// no phase needs them or the body is not JSON.
+    pub facts: Option<RequestFacts>,
+    /// The run's ledger on this proxy, once identified.
+    pub ledger: Option<Arc<RunLedger>>,
     /// Budget set aside by the meter phase, reconciled by settle.
     pub reservation: Reservation,
     /// Request body bytes.
@@ -177,7 +221,9 @@ pub struct Call {
     /// Response body bytes sent to the client.
     pub response_bytes: u64,
     /// The capability check's result: token ids for the receipt, the header for tools.
-    pub capability: Option<crate::capability::Grant>,
+    pub capability: Option<Grant>,
+    /// Token usage of the response, when the tap could read it.
+    pub usage: Option<Usage>,
     /// What policy decided, for the receipt.
     pub decided: Decided,
 }
@@ -209,7 +255,8 @@ impl Call {
             path: String::new(),
             target: None,
             identity: None,
-            model: None,
+            facts: None,
+            ledger: None,
             reservation: Reservation::default(),
             request_bytes: 0,
             request_digest: None,
@@ -217,6 +264,7 @@ impl Call {
             status: None,
             response_bytes: 0,
             capability: None,
+            usage: None,
             decided: Decided::default(),
         }
     }
@@ -224,6 +272,18 @@ impl Call {
     /// The run id, once identified.
     pub fn run(&self) -> Option<&RunId> {
         self.identity.as_ref().map(|i| &i.run)
+    }
+
+    /// The model the request body names (any JSON body's top-level `model`), when read.
+    pub fn model(&self) -> Option<&str> {
+        self.facts.as_ref().and_then(|f| f.model.as_deref())
+    }
+
+    /// Takes in what the tap saw of the response body.
+    pub fn absorb(&mut self, summary: Summary) {
+        self.response_bytes = summary.client_bytes;
+        self.response_digest = Some(summary.digest);
+        self.usage = summary.usage;
     }
 }
 

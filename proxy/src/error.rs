@@ -4,7 +4,8 @@
 //! is to blame ([`Side`]) — the agent, the upstream, or the proxy itself. [`ProxyError::to_response`]
 //! is the only function that picks a status code and writes an error body; the body is the
 //! OpenAI-compatible envelope of the contract, so SDKs surface our message as they would a
-//! provider's. Internal details (IO errors, paths) are logged, never sent to the client.
+//! provider's. Internal details (IO errors, paths) are logged, never sent to the client. The
+//! response carries its own body type, [`ErrorBody`], which the response body module wraps.
 
 use std::fmt;
 
@@ -13,7 +14,9 @@ use http::header::{CONTENT_TYPE, HeaderValue, PROXY_AUTHENTICATE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::body::ProxyBody;
+/// The body of an error response: the complete JSON envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody(pub Bytes);
 
 /// The phase of a call that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,11 +122,11 @@ impl fmt::Display for ProxyError {
 
 #[derive(Serialize)]
 struct Envelope<'a> {
-    error: ErrorBody<'a>,
+    error: Fields<'a>,
 }
 
 #[derive(Serialize)]
-struct ErrorBody<'a> {
+struct Fields<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     code: &'static str,
@@ -149,14 +152,13 @@ impl ProxyError {
     ///
     /// `receipt_id` is the id of the receipt recording this failure, when the call has one (a
     /// rejected `CONNECT` has none of its own).
-    pub fn to_response(&self, receipt_id: Option<&str>) -> Response<ProxyBody> {
+    pub fn to_response(&self, receipt_id: Option<&str>) -> Response<ErrorBody> {
         let (status, kind) = self.kind.status_and_type();
-        let body = Envelope {
-            error: ErrorBody { kind, code: kind, message: &self.message, receipt_id, reasons: &self.reasons },
-        };
+        let body =
+            Envelope { error: Fields { kind, code: kind, message: &self.message, receipt_id, reasons: &self.reasons } };
         // Serializing a struct of strings cannot fail; fall back to a fixed body rather than panic.
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"type":"internal_error"}}"#.to_vec());
-        let mut response = Response::new(ProxyBody::full(Bytes::from(bytes)));
+        let mut response = Response::new(ErrorBody(Bytes::from(bytes)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -175,18 +177,16 @@ impl ProxyError {
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::BodyExt;
-
     use super::{ErrorKind, Phase, ProxyError, Side};
 
-    #[tokio::test]
-    async fn error_body_is_the_contract_envelope() {
+    #[test]
+    fn error_body_is_the_contract_envelope() {
         let err = ProxyError::new(ErrorKind::ProxyAuthRequired, Phase::Identify, Side::Agent, "bad credentials")
             .with_reason("malformed_basic");
         let resp = err.to_response(Some("r-1"));
         assert_eq!(resp.status(), 407);
         assert_eq!(resp.headers()["proxy-authenticate"], "Basic realm=\"fleetforge\"");
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = resp.into_body().0;
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["type"], "proxy_auth_required");
         assert_eq!(v["error"]["code"], "proxy_auth_required");

@@ -1,12 +1,13 @@
-//! The call pipeline: every request the proxy serves runs these phases, in this order.
+//! The call pipeline: every call the proxy serves runs these phases, in this order. Listeners
+//! only accept, parse and hand off; this file orders every kind of call.
+//!
+//! An HTTP request — absolute-form, inside an intercepted or plain tunnel, or on a sidecar —
+//! goes through [`handle`]:
 //!
 //! ```text
-//!  request ─▶ target ─▶ 1 identify ─▶ 2a authorize::destination ─▶ read body ─▶ 2b authorize::call
-//!                            │                 │                        │        (policy packs,
-//!                           407               403                      413       obligations) 403
-//!          ─▶ 2c authorize::capability ─▶ (run state notes the call)
-//!                        │
-//!                     403/407
+//!  request ─▶ target ─▶ 1 identify ─▶ 2 authorize ──────────────────────────────────────────────▶
+//!                │           │          destination ─▶ read body ─▶ facts ─▶ packs ─▶ capability
+//!               400         407            403            413/400             403      403/407
 //!          ─▶ 3 meter ─▶ 4 forward (seal) ─▶ response streams to the client through the tap
 //!                │             │                                  │
 //!               429         502/504                      end of body (or error, or client gone)
@@ -14,42 +15,58 @@
 //!                                                 5 settle ─▶ 6 record
 //! ```
 //!
+//! A `CONNECT` goes through [`connect`], which decides it before anything is relayed:
+//!
+//! ```text
+//!  CONNECT ─▶ target, credentials ─▶ 2 authorize (destination) ─┬─▶ intercepted: 200, then each
+//!                  │                          │                 │   request inside → handle
+//!                400/407                     403                └─▶ 1 identify ─▶ 2 authorize
+//!                                                                   (packs) ─▶ connect upstream
+//!                                                                   ─▶ 200 ─▶ relay ─▶ 5 settle
+//!                                                                   ─▶ 6 record
+//! ```
+//!
 //! Every arrow down is an error response built by [`ProxyError::to_response`]; whichever way a
 //! call ends, [`finish`] runs settle and record exactly once, so every call — allowed, refused or
-//! failed — is accounted for. Each phase lives in its own module and documents what its result
-//! means; this file only decides the order.
+//! failed — is accounted for. A phase returns [`Next`]: continue, or respond now (a recorded
+//! response, in replay); or an error. Each phase lives in its own module and documents what its
+//! result means; this file only decides the order.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::HeaderValue;
-use http::request::Parts;
 use http::uri::Scheme;
-use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
-use crate::context::{Call, ConnCtx, ConnMode, Outcome, Target};
+use crate::authorize::{self, Subject};
+use crate::body::{ProxyBody, UpstreamBody};
+use crate::context::{Call, CallKind, ConnCtx, ConnMode, Outcome, Target};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 use crate::headers::{X_RECEIPT, X_RUN};
+use crate::io::ClientIo;
+use crate::metrics::ConnectMode;
+use crate::outbound::Outbound;
 use crate::pattern::normalize_host;
-use crate::proxy::Proxy;
-use crate::{authorize, forward, identify, meter, record, settle};
+use crate::phase::Next;
+use crate::state::Proxy;
+use crate::{forward, identify, meter, record, settle, upstream};
 
-/// Serves one request through the pipeline. Never fails: errors become contract error responses.
+/// Serves one HTTP request through the pipeline. Never fails: errors become contract error
+/// responses.
 pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let mut call = Call::new(&conn, req.method().clone());
     call.version = req.version();
-    match pipeline(&proxy, &conn, &mut call, req).await {
-        Ok(upstream) => respond(proxy, call, upstream),
+    match exchange(&proxy, &conn, &mut call, req).await {
+        Ok(response) => respond(proxy, call, response),
         Err(err) => fail(&proxy, call, err),
     }
 }
 
 /// Whether a call may start: with a full spool and `fail_closed`, no call is served, because none
 /// could be recorded.
-pub fn recordable(proxy: &Proxy) -> Result<(), ProxyError> {
+fn recordable(proxy: &Proxy) -> Result<(), ProxyError> {
     match &proxy.spool {
         Some(spool) if spool.is_full() && !proxy.config.receipts.fail_open => Err(ProxyError::new(
             ErrorKind::SpoolFull,
@@ -61,34 +78,30 @@ pub fn recordable(proxy: &Proxy) -> Result<(), ProxyError> {
     }
 }
 
-async fn pipeline(
+async fn exchange(
     proxy: &Proxy,
     conn: &ConnCtx,
     call: &mut Call,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     recordable(proxy)?;
-    let target = target(conn, call, &req)?;
-    call.target = Some(target.clone());
+    call.target = Some(target(conn, call, &req)?);
     // 1. identify first, so every later phase — and every error response — can name the run.
     identify::identify(proxy, conn, call, req.headers())?;
-    // 2a. Refuse a destination before reading the body, so a denied host costs no buffering.
-    authorize::destination(proxy, call, &target)?;
-    let (mut parts, body) = req.into_parts();
-    let mut body = read_body(proxy, call, &parts, body).await?;
-    // 2b. The decisions that need the body: model allow-list and policy packs, whose obligations
-    // (headers, token cap) change the request here.
-    authorize::call(proxy, call, &mut parts, &mut body)?;
-    // 2c. The run's capability token must allow exactly this call.
-    if let Some(caps) = &proxy.capabilities {
-        authorize::capability(proxy, caps, call, &parts, &body).await?;
+    let (parts, body) = req.into_parts();
+    let mut request = Outbound::new(parts, body);
+    // 2. authorize refuses a destination before it reads the body, so a denied host costs no
+    // buffering; then the packs, whose obligations change the request, and the capability.
+    if let Next::Respond(response) = authorize::authorize(proxy, call, Subject::Request(&mut request)).await? {
+        return Ok(response);
     }
-    // Allowed: later calls' packs see this one in the run's state.
-    authorize::left(proxy, call);
     // 3. Reserve budget only for calls policy allowed, so a denied call never holds budget.
-    call.reservation = meter::meter(proxy, call)?;
-    // 4. Forward; the response body streams back through the tap, which calls `finish` at its end.
-    forward::forward(proxy, call, parts, body).await
+    if let Next::Respond(response) = meter::meter(proxy, call, &request).await? {
+        return Ok(response);
+    }
+    // 4. Forward (or replay); the response body streams back through the tap, which calls
+    // `finish` at its end.
+    forward::forward(proxy, call, request).await
 }
 
 /// Where the call goes: fixed by the connection (tunnels, sidecars) or named by an absolute-form
@@ -123,70 +136,33 @@ fn target(conn: &ConnCtx, call: &mut Call, req: &Request<Incoming>) -> Result<Ta
         .map_err(|_| bad(&format!("{authority} is not a valid host")))
 }
 
-async fn read_body(proxy: &Proxy, call: &mut Call, parts: &Parts, body: Incoming) -> Result<Bytes, ProxyError> {
-    let max = proxy.config.max_body;
-    let too_large = |size: String| {
-        ProxyError::new(
-            ErrorKind::BodyTooLarge,
-            Phase::Accept,
-            Side::Agent,
-            format!("request body is {size}; the limit is {max} bytes (FLEETFORGE_MAX_BODY)"),
-        )
-    };
-    if let Some(len) = content_length(&parts.headers)
-        && len > max
-    {
-        return Err(too_large(format!("{len} bytes")));
-    }
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    let collected =
-        tokio::time::timeout(proxy.config.body_timeout, Limited::new(body, limit).collect()).await.map_err(|_| {
-            ProxyError::new(
-                ErrorKind::BadRequest,
-                Phase::Accept,
-                Side::Agent,
-                format!("the request body did not arrive within {:?}", proxy.config.body_timeout),
-            )
-        })?;
-    match collected {
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            call.request_bytes = bytes.len() as u64;
-            Ok(bytes)
-        }
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large(format!("more than {max} bytes"))),
-        Err(e) => Err(ProxyError::new(
-            ErrorKind::BadRequest,
-            Phase::Accept,
-            Side::Agent,
-            format!("could not read the request body: {e}"),
-        )),
-    }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// Passes the upstream response on: hop-by-hop headers removed, FleetForge headers added, the
-/// body under a tap that finishes the call when it ends.
-fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<Incoming>) -> Response<ProxyBody> {
+/// Passes the upstream (or replayed) response on: hop-by-hop headers removed, FleetForge headers
+/// added, the body under a tap that finishes the call when it ends.
+fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) -> Response<ProxyBody> {
     let (mut parts, body) = upstream.into_parts();
     // The upstream's HTTP version is its hop's; the client gets its own connection's version.
     parts.version = call.version;
     crate::headers::strip_hop_by_hop(&mut parts.headers);
     call.status = Some(parts.status);
     stamp(&call, &mut parts.headers);
-    let body = ProxyBody::tapped(body, Finish { proxy, call: Box::new(call) });
+    let mut call = Box::new(call);
+    let body = ProxyBody::tapped(
+        body,
+        None,
+        Box::new(move |summary, outcome| {
+            call.absorb(summary);
+            finish(&proxy, *call, outcome);
+        }),
+    );
     Response::from_parts(parts, body)
 }
 
-/// Ends a call with an error response; used by the pipeline and by refused `CONNECT`s.
-pub fn fail(proxy: &Proxy, mut call: Call, err: ProxyError) -> Response<ProxyBody> {
+/// Ends a call with an error response.
+fn fail(proxy: &Proxy, mut call: Call, err: ProxyError) -> Response<ProxyBody> {
     let mut buf = [0u8; 36];
     // A call refused because nothing can be recorded has no receipt to name.
     let has_receipt = err.kind != ErrorKind::SpoolFull;
-    let mut response = err.to_response(has_receipt.then(|| call.receipt_id.encode(&mut buf)));
+    let mut response = err.to_response(has_receipt.then(|| call.receipt_id.encode(&mut buf))).map(ProxyBody::from);
     call.status = Some(response.status());
     if has_receipt {
         stamp(&call, response.headers_mut());
@@ -207,26 +183,146 @@ fn stamp(call: &Call, headers: &mut HeaderMap) {
     }
 }
 
-/// Finishes a call when its response body ends; held by the body tap.
-#[derive(Debug)]
-pub struct Finish {
-    proxy: Arc<Proxy>,
-    call: Box<Call>,
+/// Phases 5 and 6, run exactly once per call whichever way it ended.
+fn finish(proxy: &Proxy, call: Call, outcome: Outcome) {
+    settle::settle(proxy, &call, &outcome);
+    record::record(proxy, &call, &outcome);
 }
 
-impl Finish {
-    /// Completes the call: `bytes` of response body with SHA-256 `digest` were passed on, and it
-    /// ended as `outcome`.
-    pub fn done(self, bytes: u64, digest: [u8; 32], outcome: Outcome) {
-        let mut call = *self.call;
-        call.response_bytes = bytes;
-        call.response_digest = Some(digest);
-        finish(&self.proxy, call, outcome);
+/// What [`connect`] decided about a `CONNECT`.
+#[derive(Debug)]
+pub enum Connect {
+    /// Refused: send this error response (the refusal is recorded).
+    Refused(Response<ProxyBody>),
+    /// Intercept: answer `200`, then terminate the client's TLS and serve each request inside
+    /// through [`handle`] on this connection context.
+    Intercept(ConnCtx),
+    /// Relay: answer with this response, then relay bytes with [`relay`] (the tunnel is one call,
+    /// recorded when it closes).
+    Relay(Box<Tunnel>, Response<ProxyBody>),
+}
+
+/// A relayed tunnel between its `200` and its end: the call and the upstream connection.
+#[derive(Debug)]
+pub struct Tunnel {
+    call: Call,
+    upstream: TcpStream,
+}
+
+/// Decides a `CONNECT` on the forward listener (see the module docs for the order).
+pub async fn connect(proxy: &Proxy, conn: &ConnCtx, req: &Request<Incoming>) -> Connect {
+    let mut call = Call::new(conn, Method::CONNECT);
+    match tunnel(proxy, conn, &mut call, req).await {
+        Ok(Admitted::Intercept(ctx)) => Connect::Intercept(ctx),
+        Ok(Admitted::Relay(upstream)) => {
+            call.status = Some(StatusCode::OK);
+            call.kind = CallKind::Tunnel;
+            let mut response = Response::new(ProxyBody::empty());
+            let mut buf = [0u8; 36];
+            if let Ok(v) = HeaderValue::from_str(call.receipt_id.encode(&mut buf)) {
+                response.headers_mut().insert(X_RECEIPT, v);
+            }
+            Connect::Relay(Box::new(Tunnel { call, upstream }), response)
+        }
+        Err(err) => {
+            proxy.metrics.connect(ConnectMode::Rejected);
+            Connect::Refused(fail(proxy, call, err))
+        }
     }
 }
 
-/// Phases 5 and 6, run exactly once per call whichever way it ended.
-pub fn finish(proxy: &Proxy, call: Call, outcome: Outcome) {
-    settle::settle(proxy, &call, call.reservation);
-    record::record(proxy, &call, &outcome);
+/// How an allowed `CONNECT` is served.
+enum Admitted {
+    /// Terminate TLS and serve the requests inside with this context.
+    Intercept(ConnCtx),
+    /// Relay bytes to this upstream connection.
+    Relay(TcpStream),
 }
+
+async fn tunnel(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    call: &mut Call,
+    req: &Request<Incoming>,
+) -> Result<Admitted, ProxyError> {
+    recordable(proxy)?;
+    let target = connect_target(req)?;
+    call.path = format!("{}:{}", target.host, target.port);
+    // Credentials on the CONNECT apply to every request inside the tunnel: refuse malformed ones
+    // now, before anything is relayed.
+    let credentials = identify::credentials(req.headers())?;
+    let ctx = ConnCtx {
+        listener: conn.listener,
+        worker: conn.worker,
+        mode: ConnMode::Intercepted,
+        peer: conn.peer,
+        target: Some(target.clone()),
+        base_path: String::new(),
+        credentials,
+        default_run: None,
+    };
+    call.target = Some(target.clone());
+    let admitted = if ctx.credentials.is_none() && proxy.config.require_credentials {
+        Err(identify::missing_credentials())
+    } else {
+        authorize::authorize(proxy, call, Subject::Connect).await.map(|_| ())
+    };
+    if let Err(e) = admitted {
+        // Best effort: name the run in the refusal when the credentials allow it.
+        let _ = identify::identify(proxy, &ctx, call, req.headers());
+        return Err(e);
+    }
+    if proxy.config.intercept.matches(&target.host) {
+        // Each request inside is a call of its own; the CONNECT itself is none (no step, no
+        // receipt).
+        return Ok(Admitted::Intercept(ctx));
+    }
+    // Not intercepted: this tunnel is one call. Identify it and connect before answering, so
+    // DNS failures and private destinations are answered on the CONNECT itself.
+    identify::identify(proxy, &ctx, call, req.headers())?;
+    authorize::authorize(proxy, call, Subject::Tunnel).await?;
+    let upstream =
+        proxy.egress.connect(&target.host, target.port).await.map_err(|e| upstream::classify(&e, &target))?;
+    Ok(Admitted::Relay(upstream))
+}
+
+fn connect_target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
+    let bad = || {
+        ProxyError::new(
+            ErrorKind::BadRequest,
+            Phase::Accept,
+            Side::Agent,
+            format!("CONNECT target {:?} is not host:port", req.uri().to_string()),
+        )
+    };
+    let authority = req.uri().authority().ok_or_else(bad)?;
+    let port = authority.port_u16().ok_or_else(bad)?;
+    let host = normalize_host(authority.host());
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    // The scheme is what the tunnel carries if we serve it ourselves; TLS is the usual case.
+    Target::new(Scheme::HTTPS, host, port).map_err(|_| bad())
+}
+
+/// Relays a tunnel [`connect`] allowed between `client` and its upstream until one side closes,
+/// then settles and records it: bytes each way and duration.
+pub async fn relay(proxy: &Proxy, tunnel: Box<Tunnel>, mut client: ClientIo) {
+    let Tunnel { mut call, mut upstream } = *tunnel;
+    proxy.metrics.connect(ConnectMode::Tunnelled);
+    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    call.request_bytes = client.bytes_read();
+    call.response_bytes = client.bytes_written();
+    proxy.metrics.tunnel_bytes(call.request_bytes, call.response_bytes);
+    let outcome = match result {
+        Ok(_) => Outcome::Completed,
+        Err(e) => Outcome::UpstreamAborted(e.to_string()),
+    };
+    finish(proxy, call, outcome);
+}
+
+/// Ends a tunnel [`connect`] allowed whose client left before it opened: recorded as gone.
+pub fn abandon(proxy: &Proxy, tunnel: Box<Tunnel>) {
+    finish(proxy, tunnel.call, Outcome::ClientGone);
+}
+

@@ -1,35 +1,32 @@
-//! Phase 4, seal + forward: send the call upstream and return the upstream's response head.
+//! Phase 4, seal + forward: send the call upstream and return the upstream's response.
 //!
 //! The request goes out over the pooled client (HTTP/1.1 or HTTP/2 as the upstream's ALPN
 //! allows) to the call's target — never to a `Host` header the client chose — with hop-by-hop,
 //! `Proxy-*` and FleetForge headers removed. The response body is not read here: the flow wraps it
 //! in a tap and streams it to the client.
 //!
-//! Result: `Ok(response)` — stream it back; or `upstream_error` (502) / `upstream_timeout` (504),
-//! or `policy_denied` when the destination resolves to a private address (checked at connect
-//! time, see [`crate::upstream`]).
+//! Result: `Ok(response)` — a live [`UpstreamBody`] to stream back (replay will answer with a
+//! recorded one here); or `upstream_error` (502) / `upstream_timeout` (504), or `policy_denied`
+//! when the destination resolves to a private address (checked at connect time, see
+//! [`crate::upstream`]).
 //!
 //! Sealing (request digest, content-addressed body) runs here, before the request leaves.
 
-use bytes::Bytes;
-use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
+use crate::body::UpstreamBody;
 use crate::context::Call;
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 use crate::headers;
-use crate::proxy::Proxy;
+use crate::outbound::Outbound;
+use crate::state::Proxy;
 use crate::upstream;
 
 /// Sends the call upstream; see the module docs for what the result means.
-pub async fn forward(
-    proxy: &Proxy,
-    call: &mut Call,
-    mut parts: Parts,
-    body: Bytes,
-) -> Result<Response<Incoming>, ProxyError> {
+pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Result<Response<UpstreamBody>, ProxyError> {
+    let body = request.bytes().clone();
+    let mut parts = request.parts;
     // Seal: the digest of exactly the bytes the upstream will receive.
     call.request_digest = Some(fleetforge_trust::canonical::sha256(&body));
     let Some(target) = call.target.as_ref() else {
@@ -61,7 +58,7 @@ pub async fn forward(
     }
     let request = Request::from_parts(parts, Full::new(body));
     match tokio::time::timeout(proxy.config.response_timeout, proxy.client(call.worker).request(request)).await {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => Ok(response.map(UpstreamBody::live)),
         Ok(Err(e)) => Err(upstream::classify(&e, target)),
         Err(_) => Err(ProxyError::new(
             ErrorKind::UpstreamTimeout,

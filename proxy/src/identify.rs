@@ -6,7 +6,7 @@
 //! `x-fleetforge-token` headers, or from the listener's or the proxy's default run (with
 //! `FLEETFORGE_DEFAULT_TOKEN` as its token, when set).
 //!
-//! Result: `Ok(())` with `call.identity` set — continue to authorize; or a 407
+//! Result: `Ok(())` with `call.identity` and `call.ledger` set — continue to authorize; or a 407
 //! `proxy_auth_required` error when credentials are malformed, or missing while
 //! `require_credentials` is on. This phase checks the *form* of credentials only; the run token
 //! itself is verified by the authorize phase.
@@ -20,7 +20,7 @@ use http::header::PROXY_AUTHORIZATION;
 use crate::context::{Call, ConnCtx, Credentials, Identity, IdentitySource, Token};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 use crate::headers::{X_RUN, X_STEP, X_TOKEN};
-use crate::proxy::Proxy;
+use crate::state::Proxy;
 
 /// The longest step label kept, in bytes.
 const MAX_STEP_LABEL: usize = 128;
@@ -59,7 +59,14 @@ pub fn credentials(headers: &HeaderMap) -> Result<Option<Credentials>, ProxyErro
                 "malformed_proxy_authorization",
             )
         })?;
-    let (run, token) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    // The colon is required: without it there is no telling a run id from a token pasted alone,
+    // and taking the whole value as a run id would let a malformed credential through.
+    let Some((run, token)) = decoded.split_once(':') else {
+        return Err(auth_error(
+            "Proxy-Authorization Basic credentials have no colon; expected base64(RUN_ID:RUN_TOKEN), e.g. HTTPS_PROXY=http://RUN_ID:RUN_TOKEN@127.0.0.1:8080",
+            "malformed_proxy_authorization",
+        ));
+    };
     let run = percent_decode(run);
     let run =
         RunId::new(&run).map_err(|e| auth_error(format!("the proxy user name must be a run id: {e}"), "bad_run_id"))?;
@@ -129,7 +136,10 @@ pub fn identify(proxy: &Proxy, conn: &ConnCtx, call: &mut Call, headers: &Header
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().chars().take(MAX_STEP_LABEL).collect::<String>())
         .filter(|v| !v.is_empty());
-    let step = proxy.runs.next_step(&run);
+    // A run new to this proxy's ledger continues its steps after the receipts the spool holds.
+    let (ledger, step) =
+        proxy.runs.begin(&run, || proxy.spool.as_ref().and_then(|s| s.last_seq(run.as_str())).unwrap_or(0));
+    call.ledger = Some(ledger);
     call.identity = Some(Identity { run, token, source, step, step_label });
     Ok(())
 }
@@ -155,16 +165,22 @@ mod tests {
         let c = credentials(&h).unwrap().unwrap();
         assert_eq!(c.run.as_str(), "run-7");
         assert_eq!(c.token.unwrap().expose(), "tok.en");
-        let h = with_auth(&format!("basic {}", STANDARD.encode("run-7")));
-        assert!(credentials(&h).unwrap().unwrap().token.is_none());
+        let h = with_auth(&format!("basic {}", STANDARD.encode("run-7:")));
+        assert!(credentials(&h).unwrap().unwrap().token.is_none(), "an empty password is no token");
         assert!(credentials(&HeaderMap::new()).unwrap().is_none());
     }
 
     #[test]
     fn malformed_credentials_are_407_without_echoing_the_secret() {
-        for bad in
-            ["Basic !!!notbase64", "Bearer abc", "Basic", &format!("Basic {}", STANDARD.encode("bad run:s3cr3t"))]
-        {
+        for bad in [
+            "Basic !!!notbase64",
+            "Bearer abc",
+            "Basic",
+            &format!("Basic {}", STANDARD.encode("bad run:s3cr3t")),
+            &format!("Basic {}", STANDARD.encode("no-colon-here")),
+            &format!("Basic {}", STANDARD.encode(":s3cr3t")),
+            &format!("Basic {}", STANDARD.encode([0xff, b':', b's'])),
+        ] {
             let err = credentials(&with_auth(bad)).unwrap_err();
             assert_eq!(err.kind, ErrorKind::ProxyAuthRequired, "{bad}");
             assert!(!err.message.contains("s3cr3t"));

@@ -9,7 +9,11 @@
 //!
 //! Phases are the verb-named modules ([`identify`], [`authorize`], [`meter`], [`forward`],
 //! [`settle`], [`record`]); the machinery they use are the noun modules ([`tls`], [`upstream`],
-//! [`listener`], [`metrics`]).
+//! [`listener`], [`metrics`], [`facts`], [`runs`], [`body`]). The call's facts live in
+//! [`context`], the shared state in [`state`], start-up in [`start`].
+//!
+//! Layers, each importing only those below it (`scripts/module-cycles` checks there is no
+//! circle): listeners and start-up → [`flow`] → phases → shared state, context and machinery.
 #![forbid(unsafe_code)]
 
 pub mod authorize;
@@ -18,24 +22,30 @@ pub mod capability;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod facts;
 pub mod flow;
 pub mod forward;
 pub mod headers;
 pub mod identify;
+pub mod io;
 pub mod listener;
 pub mod meter;
 pub mod metrics;
+pub mod outbound;
 pub mod pattern;
+pub mod phase;
 pub mod policy;
-pub mod proxy;
 pub mod record;
 pub mod runs;
 pub mod settle;
 pub mod ship;
 pub mod shutdown;
 pub mod spool;
+pub mod start;
+pub mod state;
 pub mod tls;
 pub mod upstream;
 
 pub use config::Config;
-pub use proxy::{Proxy, Running};
+pub use start::{Running, StartError};
+pub use state::Proxy;

@@ -1,25 +1,23 @@
 //! Phase 3, meter: reserve the call's cost against its run's budget before it is forwarded.
 //!
-//! Contract of this phase: `Ok(Reservation)` — continue to seal + forward, holding the
-//! reservation that [`crate::settle`] reconciles when the call ends; or a 429 `budget_exceeded`
-//! error when the reservation cannot fit the remaining budget.
+//! Contract of this phase: `Ok(Next::Continue)` with `call.reservation` set — continue to seal +
+//! forward, holding the reservation that [`crate::settle`] reconciles when the call ends; or a
+//! 429 `budget_exceeded` error when the reservation cannot fit the remaining budget. The phase is
+//! async because a call over its run's rate may wait in the run's queue, or for a budget lease
+//! from control, before it continues.
 //!
-//! Runs have no budgets yet (budgets arrive with the control service), so today every call
-//! continues with an empty reservation. The phase exists now so that budgets plug in here without
-//! moving anything else.
+//! Runs have no budgets yet, so today every call continues with an empty reservation; the run's
+//! budget figures wait in its ledger ([`crate::runs::RunState`]). The phase holds its place so
+//! that budgets plug in here without moving anything else.
 
-use crate::context::Call;
+use crate::context::{Call, Reservation};
 use crate::error::ProxyError;
-use crate::proxy::Proxy;
-
-/// What the meter phase set aside for a call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reservation {
-    /// Tokens reserved (input estimate + output cap).
-    pub tokens: u64,
-}
+use crate::outbound::Outbound;
+use crate::phase::Next;
+use crate::state::Proxy;
 
 /// Reserves the call's estimated cost. Today: nothing to reserve (no budgets), always continues.
-pub fn meter(_proxy: &Proxy, _call: &Call) -> Result<Reservation, ProxyError> {
-    Ok(Reservation::default())
+pub async fn meter(_proxy: &Proxy, call: &mut Call, _request: &Outbound) -> Result<Next, ProxyError> {
+    call.reservation = Reservation::default();
+    Ok(Next::Continue)
 }

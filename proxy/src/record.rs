@@ -10,53 +10,12 @@
 
 use std::time::SystemTime;
 
-use fleetforge_trust::canonical::hex;
-use fleetforge_trust::receipt::{Chain, Decision, ErrorInfo, ReceiptBody, SCHEMA, Seal, Upstream};
+use fleetforge_trust::receipt::{Capability, Chain, Decision, ErrorInfo, ReceiptBody, SCHEMA, Seal, Upstream};
+use fleetforge_trust::text::{hex, redact_path, rfc3339_micros as rfc3339};
 
 use crate::context::{Call, CallKind, Outcome};
 use crate::error::{ErrorKind, Side};
-use crate::proxy::Proxy;
-
-/// Formats a wall-clock time as RFC 3339 UTC with microseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
-}
-
-/// Query parameter names whose values are credentials (Gemini's `?key=`, OAuth `access_token`,
-/// presigned-URL signatures, …). Matched case-insensitively as substrings.
-const SECRET_PARAMS: &[&str] =
-    &["key", "token", "secret", "password", "passwd", "auth", "sig", "credential", "session"];
-
-/// The path and query with credential-like query values replaced by `[redacted]`, for receipts
-/// and logs.
-pub fn redact_path(path: &str) -> std::borrow::Cow<'_, str> {
-    let Some((base, query)) = path.split_once('?') else { return path.into() };
-    let secret = |name: &str| {
-        let name = name.to_ascii_lowercase();
-        SECRET_PARAMS.iter().any(|s| name.contains(s))
-    };
-    if !query.split('&').any(|pair| secret(pair.split_once('=').map_or(pair, |(k, _)| k))) {
-        return path.into();
-    }
-    let redacted: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if secret(k) => format!("{k}=[redacted]"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", redacted.join("&")).into()
-}
+use crate::state::Proxy;
 
 fn outcome_str(outcome: &Outcome) -> &'static str {
     match outcome {
@@ -88,7 +47,11 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
     ReceiptBody {
         agent: None,
         budget: None,
-        capability: call.capability.as_ref().map(crate::capability::Grant::receipt_value),
+        capability: call.capability.as_ref().map(|g| Capability {
+            call_token_id: g.call_token_id.clone(),
+            expires: g.expires,
+            token_id: g.token_id.clone(),
+        }),
         chain,
         decision: Decision { allow, error, policy_packs: call.decided.packs.clone(), reasons },
         ended_at: rfc3339(SystemTime::now()),
@@ -119,7 +82,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
             port,
             scheme,
         },
-        usage: None,
+        usage: call.usage.clone(),
     }
 }
 
@@ -183,32 +146,5 @@ fn log(call: &Call, outcome: &Outcome, status: u16, elapsed: std::time::Duration
                 ),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
-    use super::{redact_path, rfc3339};
-
-    #[test]
-    fn credential_query_values_are_redacted() {
-        assert_eq!(redact_path("/v1/models"), "/v1/models");
-        assert_eq!(redact_path("/v1/x?alt=sse&limit=3"), "/v1/x?alt=sse&limit=3");
-        assert_eq!(
-            redact_path("/v1beta/models/g:generateContent?key=AIzaSECRET&alt=sse"),
-            "/v1beta/models/g:generateContent?key=[redacted]&alt=sse"
-        );
-        assert_eq!(
-            redact_path("/cb?Access_Token=abc&X-Amz-Signature=def&q=1"),
-            "/cb?Access_Token=[redacted]&X-Amz-Signature=[redacted]&q=1"
-        );
-    }
-
-    #[test]
-    fn times_are_rfc3339_utc_with_microseconds() {
-        let t = UNIX_EPOCH + Duration::from_micros(1_764_180_000_123_456);
-        assert_eq!(rfc3339(t), "2025-11-26T18:00:00.123456Z");
     }
 }

@@ -1,60 +1,191 @@
-//! Per-run state held by this proxy: today, the step counter.
+//! The per-run ledger: what this proxy knows about each run it serves.
 //!
-//! Steps are monotonic per run: two concurrent calls of one run never get the same number. The
-//! common path is a read lock and one atomic add; the write lock is taken once per new run.
+//! One [`RunLedger`] per run holds its step counter, the state policy packs see (calls allowed so
+//! far, hosts contacted, MCP tools called) and its budget figures (tokens and cost used, tokens
+//! reserved by calls in flight; metered from the budget phases on). Phases reach it through the
+//! call ([`crate::context::Call::ledger`]), looked up once, when the call is identified.
+//!
+//! Invariants:
+//! - steps are monotonic per run: two concurrent calls of one run never get the same number (one
+//!   atomic add; the map's write lock is taken once per new run);
+//! - a run is evicted only when it has no call in flight and has been idle for the idle timeout
+//!   (`proxy.runs.idle_timeout`, default 1 h; checked at most once a minute, when a new run
+//!   arrives); a run that comes back later starts a fresh ledger whose steps continue after
+//!   `resume_step` (the number of receipts the spool holds for it), so step numbers stay
+//!   increasing across evictions and restarts when receipts are recorded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use fleetforge_trust::RunId;
 
-/// The runs this proxy has seen.
-#[derive(Debug, Default)]
+use crate::policy::input::StateInput;
+
+/// How often idle runs are looked for, at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// What one run has done through this proxy.
+#[derive(Debug)]
+pub struct RunLedger {
+    steps: AtomicU64,
+    in_flight: AtomicU64,
+    /// Milliseconds since the ledger map's epoch at the last call's start.
+    last_seen_ms: AtomicU64,
+    state: Mutex<RunState>,
+}
+
+/// The part of a ledger that changes together.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunState {
+    /// Calls policy allowed out.
+    pub calls: u64,
+    /// Hosts contacted, in first-contact order.
+    pub hosts: Vec<String>,
+    /// MCP tools called, in first-call order.
+    pub tools: Vec<String>,
+    /// LLM tokens used (input + output) by settled calls.
+    pub tokens_used: u64,
+    /// Cost of settled calls, millionths of a US dollar.
+    pub cost_micro_usd: u64,
+    /// Tokens reserved by calls in flight.
+    pub tokens_reserved: u64,
+}
+
+impl RunLedger {
+    fn new(resume_step: u64, now_ms: u64) -> Self {
+        Self {
+            steps: AtomicU64::new(resume_step),
+            in_flight: AtomicU64::new(0),
+            last_seen_ms: AtomicU64::new(now_ms),
+            state: Mutex::new(RunState::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, RunState> {
+        // A poisoned lock only means another thread panicked mid-update; the figures are still
+        // whole numbers.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state policy packs see before the run's next call.
+    pub fn policy_state(&self) -> StateInput {
+        let s = self.state();
+        StateInput {
+            calls: s.calls,
+            tokens: s.tokens_used,
+            cost_micro_usd: s.cost_micro_usd,
+            hosts: s.hosts.clone(),
+            tools: s.tools.clone(),
+        }
+    }
+
+    /// A copy of the run's figures.
+    pub fn snapshot(&self) -> RunState {
+        self.state().clone()
+    }
+
+    /// Notes a call policy allowed, leaving for `host` (calling MCP `tool`, for a `tools/call`).
+    pub fn note_call(&self, host: &str, tool: Option<&str>) {
+        let mut s = self.state();
+        s.calls += 1;
+        if !s.hosts.iter().any(|h| h == host) {
+            s.hosts.push(host.to_owned());
+        }
+        if let Some(tool) = tool
+            && !s.tools.iter().any(|t| t == tool)
+        {
+            s.tools.push(tool.to_owned());
+        }
+    }
+
+    /// Ends a call of this run (it started with [`Runs::begin`]).
+    pub fn end_call(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Calls of this run in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// The ledgers of the runs this proxy serves.
+#[derive(Debug)]
 pub struct Runs {
-    steps: RwLock<HashMap<RunId, Arc<AtomicU64>>>,
+    map: RwLock<HashMap<RunId, Arc<RunLedger>>>,
+    epoch: Instant,
+    idle: Duration,
+    last_sweep_ms: AtomicU64,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(3600))
+    }
 }
 
 impl Runs {
-    /// The next step number of `run`, starting at 1.
-    pub fn next_step(&self, run: &RunId) -> u64 {
-        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
-        if let Some(counter) = self.steps.read().unwrap_or_else(|e| e.into_inner()).get(run) {
-            return counter.fetch_add(1, Ordering::Relaxed) + 1;
+    /// No runs yet; a run idle for `idle` with no call in flight is evicted.
+    pub fn new(idle: Duration) -> Self {
+        Self { map: RwLock::new(HashMap::new()), epoch: Instant::now(), idle, last_sweep_ms: AtomicU64::new(0) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts a call of `run`: its ledger and its step number (from 1, or from after
+    /// `resume_step()` when the run is new to this ledger). Pair with [`RunLedger::end_call`].
+    pub fn begin(&self, run: &RunId, resume_step: impl FnOnce() -> u64) -> (Arc<RunLedger>, u64) {
+        let now = self.now_ms();
+        let found = self.map.read().unwrap_or_else(|e| e.into_inner()).get(run).cloned();
+        let ledger = match found {
+            Some(ledger) => ledger,
+            None => {
+                let resume = resume_step();
+                let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+                self.sweep(&mut map, now);
+                map.entry(run.clone()).or_insert_with(|| Arc::new(RunLedger::new(resume, now))).clone()
+            }
+        };
+        ledger.in_flight.fetch_add(1, Ordering::Relaxed);
+        ledger.last_seen_ms.store(now, Ordering::Relaxed);
+        let step = ledger.steps.fetch_add(1, Ordering::Relaxed) + 1;
+        (ledger, step)
+    }
+
+    /// The ledger of `run`, if this proxy holds one.
+    pub fn get(&self, run: &RunId) -> Option<Arc<RunLedger>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).get(run).cloned()
+    }
+
+    /// How many runs are held.
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no run is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops idle runs with nothing in flight, at most once per [`SWEEP_EVERY`].
+    fn sweep(&self, map: &mut HashMap<RunId, Arc<RunLedger>>, now: u64) {
+        let every = u64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(self.last_sweep_ms.load(Ordering::Relaxed)) < every.min(self.idle_ms()) {
+            return;
         }
-        let mut map = self.steps.write().unwrap_or_else(|e| e.into_inner());
-        let counter = map.entry(run.clone()).or_default();
-        counter.fetch_add(1, Ordering::Relaxed) + 1
+        self.last_sweep_ms.store(now, Ordering::Relaxed);
+        let idle = self.idle_ms();
+        map.retain(|_, l| l.in_flight() > 0 || now.saturating_sub(l.last_seen_ms.load(Ordering::Relaxed)) < idle);
+    }
+
+    fn idle_ms(&self) -> u64 {
+        u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-    use std::sync::Arc;
-
-    use fleetforge_trust::RunId;
-
-    use super::Runs;
-
-    #[test]
-    fn steps_are_unique_and_monotonic_per_run_under_concurrency() {
-        let runs = Arc::new(Runs::default());
-        let run = RunId::new("r1").unwrap();
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                let (runs, run) = (runs.clone(), run.clone());
-                std::thread::spawn(move || (0..1000).map(|_| runs.next_step(&run)).collect::<Vec<_>>())
-            })
-            .collect();
-        let mut all = HashSet::new();
-        for h in handles {
-            let steps = h.join().unwrap();
-            assert!(steps.windows(2).all(|w| w[0] < w[1]));
-            all.extend(steps);
-        }
-        assert_eq!(all.len(), 4000);
-        assert_eq!(all.iter().max(), Some(&4000));
-        assert_eq!(runs.next_step(&RunId::new("other").unwrap()), 1);
-    }
-}
+mod tests;

@@ -1,15 +1,18 @@
 //! Phase 5, settle: reconcile a call's reservation with what it actually used.
 //!
 //! Runs when the response body has ended (or failed, or the client went away), because a stream's
-//! usage is only known at its end. Releases the unused part of the reservation made by
-//! [`crate::meter`] and updates the run's ledger. With no budgets yet, reservations are empty and
-//! there is nothing to release; the phase keeps its place in the pipeline.
+//! usage is only known at its end; the tap's [`crate::context::Summary`] is on the call by then.
+//! Releases the unused part of the reservation made by [`crate::meter`], adds the call's usage to
+//! its run's ledger, and ends the call's place in the ledger's in-flight count. With no budgets
+//! yet, reservations are empty and usage is not read, so only the in-flight count changes.
 
-use crate::context::Call;
-use crate::meter::Reservation;
-use crate::proxy::Proxy;
+use crate::context::{Call, Outcome, Reservation};
+use crate::state::Proxy;
 
-/// Reconciles `reservation` with the call's outcome. Today: reservations are always empty.
-pub fn settle(_proxy: &Proxy, _call: &Call, reservation: Reservation) {
-    debug_assert_eq!(reservation, Reservation::default(), "no budgets exist yet, so nothing can be reserved");
+/// Reconciles the call's reservation with its outcome. Today: reservations are always empty.
+pub fn settle(_proxy: &Proxy, call: &Call, _outcome: &Outcome) {
+    debug_assert_eq!(call.reservation, Reservation::default(), "no budgets exist yet, so nothing can be reserved");
+    if let Some(ledger) = &call.ledger {
+        ledger.end_call();
+    }
 }

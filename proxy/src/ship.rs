@@ -27,12 +27,12 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::config::Secret;
 use crate::metrics::{Metrics, ShipResult};
 use crate::spool::{Shippable, Spool};
+use fleetforge_trust::Secret;
+use fleetforge_trust::wire::{IngestResponse, ItemResult, ItemStatus, ReceiptBatch};
 
 /// Receipts per `POST /v1/receipts`.
 const CHUNK: usize = 500;
@@ -126,19 +126,6 @@ struct Shipper {
     client: ControlClient,
 }
 
-#[derive(Deserialize)]
-struct IngestResponse {
-    results: Vec<ItemResult>,
-}
-
-#[derive(Deserialize)]
-struct ItemResult {
-    id: String,
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-}
-
 /// What one attempt to reach control came to.
 #[derive(Debug)]
 enum Failure {
@@ -193,14 +180,7 @@ impl Shipper {
 
     async fn post(&self, chunk: &[Shippable]) -> Result<(), Failure> {
         let mut body = Vec::with_capacity(chunk.iter().map(|s| s.json.len() + 1).sum::<usize>() + 16);
-        body.extend_from_slice(b"{\"receipts\":[");
-        for (i, s) in chunk.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(&s.json);
-        }
-        body.extend_from_slice(b"]}");
+        ReceiptBatch::encode(chunk.iter().map(|s| s.json.as_slice()), &mut body);
         let answer = self.send(Method::POST, "/v1/receipts", body).await?;
         let parsed: IngestResponse = serde_json::from_slice(&answer)
             .map_err(|e| Failure::Operator(format!("control's ingest answer is not understood: {e}")))?;
@@ -221,12 +201,12 @@ impl Shipper {
                     }
                 }
             };
-            match result.status.as_str() {
-                "accepted" => accepted += 1,
-                "duplicate" => duplicate += 1,
-                _ => {
+            match result.status {
+                ItemStatus::Accepted => accepted += 1,
+                ItemStatus::Duplicate => duplicate += 1,
+                ItemStatus::Rejected => {
                     rejected += 1;
-                    let reason = result.error.clone().unwrap_or_else(|| result.status.clone());
+                    let reason = result.error.clone().unwrap_or_else(|| "rejected".into());
                     tracing::error!(receipt = %item.id, reason = %reason, "control rejected a receipt; kept in spool/rejected.jsonl");
                     if let Err(e) = self.spool.reject(item, &reason) {
                         tracing::error!(error = %e, "cannot keep the rejected receipt");

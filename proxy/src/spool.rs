@@ -509,6 +509,12 @@ impl Spool {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// The seq of `run`'s last receipt in this proxy's lane (`None`: none yet), so a run's step
+    /// numbers can continue where its receipts left off.
+    pub fn last_seq(&self, run: &str) -> Option<u64> {
+        self.lock().heads.get(run).map(|h| h.seq)
+    }
+
     /// Whether the spool is over its limit.
     pub fn is_full(&self) -> bool {
         self.bytes() >= self.limits.max_bytes

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use fleetforge_trust::tls::ClientTlsError;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -73,14 +74,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
     move |source| TlsError::Io { path: path.to_owned(), source }
 }
 
-/// The one rustls crypto provider of the process (ring), installed as the process default too so
-/// that no library picks another backend.
-pub fn provider() -> Arc<CryptoProvider> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // Fails only if a provider is already installed, which is fine.
-    let _ = CryptoProvider::install_default((*provider).clone());
-    provider
-}
+pub use fleetforge_trust::tls::provider;
 
 struct CachedLeaf {
     config: Arc<ServerConfig>,
@@ -312,41 +306,15 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     write().map_err(io_err(path))
 }
 
-/// The TLS client config for upstreams: system roots plus `extra_ca`, always verified.
+/// The client config for upstreams: the system roots plus `extra_ca` (`FLEETFORGE_UPSTREAM_CA`).
 pub fn upstream_client_config(
     provider: Arc<CryptoProvider>,
     extra_ca: Option<&Path>,
 ) -> Result<ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "skipped part of the system root store");
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    tracing::debug!(roots = added, "loaded system roots for upstream TLS");
-    if let Some(path) = extra_ca {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| TlsError::NoRoots(format!("cannot read FLEETFORGE_UPSTREAM_CA {}: {e}", path.display())))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                TlsError::NoRoots(format!("FLEETFORGE_UPSTREAM_CA {} is not a PEM bundle: {e}", path.display()))
-            })?;
-        if certs.is_empty() {
-            return Err(TlsError::NoRoots(format!("FLEETFORGE_UPSTREAM_CA {} holds no certificate", path.display())));
-        }
-        for cert in certs {
-            roots.add(cert)?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(TlsError::NoRoots(
-            "no trusted root certificates for upstream TLS: install the system CA bundle (ca-certificates) or set FLEETFORGE_UPSTREAM_CA".into(),
-        ));
-    }
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    fleetforge_trust::tls::client_config(provider, extra_ca).map_err(|e| match e {
+        ClientTlsError::Rustls(e) => TlsError::Rustls(e),
+        ClientTlsError::NoRoots(message) => TlsError::NoRoots(message),
+    })
 }
 
 #[cfg(test)]

@@ -67,24 +67,39 @@ async fn still_serves(proxy: &ProxyProcess, upstream: &Upstream) {
 async fn malformed_or_missing_credentials_get_407_with_a_challenge() {
     let plain = Upstream::builder().plain().start().await.unwrap();
     let proxy = ProxyProcess::builder().resolve("plain.internal.test", plain.addr()).start().unwrap();
-    for auth in ["Basic !!!not-base64", "Bearer abc", "Basic YmFkIHJ1bjp4"] {
+    use base64::Engine as _;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    // Every malformed shape, each on absolute-form and on CONNECT: not base64, another scheme, a
+    // scheme alone, a run id that is not one, no colon, an empty run id, not UTF-8.
+    let shapes = [
+        ("not base64", "Basic !!!not-base64".to_owned(), "malformed_proxy_authorization"),
+        ("another scheme", "Bearer abc".to_owned(), "unsupported_auth_scheme"),
+        ("scheme alone", "Basic".to_owned(), "malformed_proxy_authorization"),
+        ("bad run id", format!("Basic {}", b64(b"bad run:x")), "bad_run_id"),
+        ("no colon", format!("Basic {}", b64(b"no-colon-here")), "malformed_proxy_authorization"),
+        ("empty run id", format!("Basic {}", b64(b":tok")), "bad_run_id"),
+        ("not UTF-8", format!("Basic {}", b64(&[0xff, b':', b'x'])), "malformed_proxy_authorization"),
+    ];
+    for (shape, auth, reason) in &shapes {
         let req = format!(
             "GET http://plain.internal.test/echo HTTP/1.1\r\nHost: plain.internal.test\r\nProxy-Authorization: {auth}\r\nConnection: close\r\n\r\n"
         );
         let resp = raw(proxy.forward, req.as_bytes()).await;
-        assert_eq!(status(&resp), 407, "{auth}: {resp}");
+        assert_eq!(status(&resp), 407, "absolute-form, {shape}: {resp}");
         assert!(resp.to_ascii_lowercase().contains("proxy-authenticate: basic realm=\"fleetforge\""), "{resp}");
         let e = error_body(&resp);
         assert_eq!(e["error"]["type"], "proxy_auth_required");
+        assert_eq!(e["error"]["reasons"][0], *reason, "absolute-form, {shape}: {resp}");
         assert!(e["error"]["receipt_id"].as_str().is_some_and(|r| r.len() == 36));
+
+        let req = format!(
+            "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\nProxy-Authorization: {auth}\r\n\r\n"
+        );
+        let resp = raw(proxy.forward, req.as_bytes()).await;
+        assert_eq!(status(&resp), 407, "CONNECT, {shape}: {resp}");
+        assert!(resp.to_ascii_lowercase().contains("proxy-authenticate: basic realm=\"fleetforge\""), "{resp}");
+        assert_eq!(error_body(&resp)["error"]["reasons"][0], *reason, "CONNECT, {shape}: {resp}");
     }
-    // The same on CONNECT.
-    let resp = raw(
-        proxy.forward,
-        b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\nProxy-Authorization: Basic %%%\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status(&resp), 407, "{resp}");
     assert!(plain.requests().is_empty(), "nothing was forwarded");
     still_serves(&proxy, &plain).await;
 

@@ -25,6 +25,8 @@ use biscuit_auth::datalog::RunLimits;
 use biscuit_auth::macros::{authorizer, block};
 use biscuit_auth::{AuthorizerBuilder, Biscuit, KeyPair, PublicKey, RootKeyProvider, UnverifiedBiscuit};
 
+use crate::text::{hex, rfc3339_from_unix_secs as rfc3339};
+
 /// Why a token was refused or could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CapabilityError {
@@ -123,19 +125,6 @@ pub fn unix_now() -> u64 {
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| secs.to_string())
-}
-
-/// Hex of a revocation id.
-fn hex(bytes: &[u8]) -> String {
-    crate::canonical::hex(bytes)
 }
 
 /// Limits for every authorizer run: generous for debug builds, still bounded.

@@ -8,16 +8,26 @@
 //! ([`receipt`]), canonical JSON and digests ([`canonical`]), Merkle batches ([`merkle`]),
 //! signing keys and batch signatures ([`sign`]), verification of receipts and chains
 //! ([`verify`]), and W3C Verifiable Credentials with `eddsa-jcs-2022` proofs and `did:key`
-//! issuers ([`vc`]). Crypto is `ring` only: the same backend the proxy's TLS already uses.
+//! issuers ([`vc`]), secrets that never print ([`Secret`]), the text forms every binary writes
+//! alike ([`text`]: times, hex, redacted paths), and — with the `tls` feature — the client TLS
+//! setup the proxy and the CLI share ([`tls`]). Crypto is `ring` only: the same backend the
+//! proxy's TLS already uses. The proxy↔control messages are defined once, in [`wire`].
 #![forbid(unsafe_code)]
 
 pub mod canonical;
 pub mod capability;
 pub mod merkle;
 pub mod receipt;
+pub mod secret;
 pub mod sign;
+pub mod text;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod vc;
 pub mod verify;
+pub mod wire;
+
+pub use secret::Secret;
 
 use std::fmt;
 use std::str::FromStr;

@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::canonical::{self, CanonicalError, hex, sha256};
+use crate::canonical::{CanonicalError, hex, sha256};
 use crate::merkle::Hash;
 use crate::{ReceiptId, RunId};
 
@@ -92,6 +92,46 @@ pub struct Usage {
     pub provider: Option<String>,
 }
 
+/// The run's budget around a call: what was set aside before it left, and what was left after it
+/// settled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Cost budget left after the call settled, millionths of a US dollar (`None`: the run has no
+    /// cost budget).
+    #[serde(default)]
+    pub cost_left_micro_usd: Option<u64>,
+    /// Tokens reserved for the call before it was forwarded.
+    #[serde(default)]
+    pub reserved_tokens: u64,
+    /// How long the call waited for its run's rate SLO, in milliseconds.
+    #[serde(default)]
+    pub throttled_ms: u64,
+    /// Token budget left after the call settled (`None`: the run has no token budget).
+    #[serde(default)]
+    pub tokens_left: Option<u64>,
+}
+
+/// The capability a call was allowed under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    /// Revocation id (hex) of the per-call block, when one was minted (tool and MCP upstreams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_token_id: Option<String>,
+    /// When the per-call capability expires (Unix seconds).
+    pub expires: u64,
+    /// Revocation id (hex) of the run token.
+    pub token_id: String,
+}
+
+/// The trace a call's span belongs to (W3C trace context ids, lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// Span id, 16 hex digits.
+    pub span_id: String,
+    /// Trace id, 32 hex digits.
+    pub trace_id: String,
+}
+
 /// The receipt's place in its run's chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
@@ -108,10 +148,10 @@ pub struct Chain {
 pub struct ReceiptBody {
     /// Agent label, when known.
     pub agent: Option<String>,
-    /// Budget state around the call (reserved for budgets).
-    pub budget: Option<serde_json::Value>,
-    /// Capability token ids and expiry (reserved for capability tokens).
-    pub capability: Option<serde_json::Value>,
+    /// Budget state around the call, when the run has a budget.
+    pub budget: Option<Budget>,
+    /// Capability token ids and expiry, when the call presented a capability.
+    pub capability: Option<Capability>,
     /// Place in the chain.
     pub chain: Chain,
     /// The decision.
@@ -138,8 +178,8 @@ pub struct ReceiptBody {
     pub step_label: Option<String>,
     /// Tenant, when the proxy knows it.
     pub tenant: Option<String>,
-    /// Trace and span ids (reserved for tracing).
-    pub trace: Option<serde_json::Value>,
+    /// Trace and span ids, when the call was traced.
+    pub trace: Option<Trace>,
     /// Where the call went.
     pub upstream: Upstream,
     /// Token usage.
@@ -186,13 +226,8 @@ pub struct Receipt {
 impl ReceiptBody {
     /// The canonical (JCS) bytes the hash covers.
     pub fn canonical(&self) -> Result<Vec<u8>, CanonicalError> {
-        let free_form = self.budget.is_some() || self.capability.is_some() || self.trace.is_some();
-        if free_form {
-            // Free-form members: let the generic canonicalizer order their keys.
-            let value = serde_json::to_value(self).map_err(|e| CanonicalError::Number(e.to_string()))?;
-            return canonical::to_canonical(&value);
-        }
-        // Declared in JCS order, with only integers and ASCII member names: already canonical.
+        // Every member, nested ones too, is declared in JCS order, with only integers and ASCII
+        // member names: serializing it directly is already canonical.
         serde_json::to_vec(self).map_err(|e| CanonicalError::Number(e.to_string()))
     }
 
@@ -254,7 +289,9 @@ pub fn genesis_hex(run: &str, lane: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::{Chain, Decision, ErrorInfo, ReceiptBody, SCHEMA, Seal, Upstream, genesis_hex};
+    use super::{
+        Budget, Capability, Chain, Decision, ErrorInfo, ReceiptBody, SCHEMA, Seal, Trace, Upstream, Usage, genesis_hex,
+    };
     use crate::canonical;
     use crate::{ReceiptId, RunId};
 
@@ -307,10 +344,29 @@ pub(crate) mod tests {
         let body = sample(1, &genesis_hex("run-1", "lane"));
         let generic = canonical::to_canonical(&serde_json::to_value(&body).unwrap()).unwrap();
         assert_eq!(body.canonical().unwrap(), generic);
-        let mut with_free_form = body.clone();
-        with_free_form.trace = Some(serde_json::json!({"span_id": "b", "trace_id": "a"}));
-        let generic = canonical::to_canonical(&serde_json::to_value(&with_free_form).unwrap()).unwrap();
-        assert_eq!(with_free_form.canonical().unwrap(), generic);
+        let mut full = body.clone();
+        full.trace =
+            Some(Trace { span_id: "00f067aa0ba902b7".into(), trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into() });
+        full.capability =
+            Some(Capability { call_token_id: Some("ab".into()), expires: 1_764_180_000, token_id: "cd".into() });
+        full.budget =
+            Some(Budget { cost_left_micro_usd: Some(5), reserved_tokens: 900, throttled_ms: 12, tokens_left: None });
+        full.usage = Some(Usage {
+            cost_micro_usd: Some(1),
+            input_tokens: Some(2),
+            model: Some("gpt-4o".into()),
+            output_tokens: Some(3),
+            provider: Some("openai".into()),
+        });
+        let generic = canonical::to_canonical(&serde_json::to_value(&full).unwrap()).unwrap();
+        assert_eq!(full.canonical().unwrap(), generic, "typed parts are declared in JCS order");
+        let mut no_call_token = full.clone();
+        if let Some(c) = no_call_token.capability.as_mut() {
+            c.call_token_id = None;
+        }
+        let generic = canonical::to_canonical(&serde_json::to_value(&no_call_token).unwrap()).unwrap();
+        assert_eq!(no_call_token.canonical().unwrap(), generic);
+        assert!(!String::from_utf8(generic).unwrap().contains("call_token_id"), "an absent per-call token is omitted");
     }
 
     /// The published JSON Schema lists exactly the members the code writes.
@@ -326,6 +382,23 @@ pub(crate) mod tests {
         written.push("signature".into());
         written.sort();
         assert_eq!(required, written);
+        let mut body = body;
+        let mut full = sample(1, "x");
+        full.trace = Some(Trace { span_id: "s".into(), trace_id: "t".into() });
+        full.capability = Some(Capability { call_token_id: Some("c".into()), expires: 1, token_id: "t".into() });
+        full.budget = Some(Budget::default());
+        full.usage =
+            Some(Usage { cost_micro_usd: None, input_tokens: None, model: None, output_tokens: None, provider: None });
+        let full = serde_json::to_value(full).unwrap();
+        for member in ["budget", "capability", "trace", "usage"] {
+            body[member] = full[member].clone();
+            let mut declared: Vec<String> =
+                schema["properties"][member]["properties"].as_object().unwrap().keys().cloned().collect();
+            declared.sort();
+            let mut keys: Vec<String> = full[member].as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            assert_eq!(declared, keys, "{member}: the schema declares every member the code writes");
+        }
         for member in ["upstream", "decision", "seal", "chain"] {
             let mut req: Vec<String> = schema["properties"][member]["required"]
                 .as_array()

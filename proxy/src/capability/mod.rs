@@ -25,36 +25,11 @@ use std::time::{Duration, SystemTime};
 use fleetforge_trust::capability::{CallFacts, CapabilityError, RootKeys, RunToken};
 use http::HeaderValue;
 
-use crate::context::Call;
+use crate::context::{Call, Grant};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 
 /// Verified run tokens kept at most (the cache is cleared when it grows past this).
 const CACHE_MAX: usize = 10_000;
-
-/// What a successful check hands to the rest of the call.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    /// Revocation id of the run token (hex).
-    pub token_id: String,
-    /// Revocation id of this call's block (hex), when a per-call token was minted (tool
-    /// upstreams).
-    pub call_token_id: Option<String>,
-    /// When the per-call token expires (unix seconds).
-    pub expires: u64,
-    /// The per-call token for `x-fleetforge-capability`, when the upstream is a tool.
-    pub header: Option<HeaderValue>,
-}
-
-impl Grant {
-    /// The receipt's `capability` member.
-    pub fn receipt_value(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({ "token_id": self.token_id, "expires": self.expires });
-        if let Some(id) = &self.call_token_id {
-            v["call_token_id"] = serde_json::Value::String(id.clone());
-        }
-        v
-    }
-}
 
 /// The proxy's capability state.
 #[derive(Debug, Default)]
@@ -183,7 +158,7 @@ impl Capabilities {
             host: target.map(|t| t.host.as_str()).unwrap_or_default(),
             method: call.method.as_str(),
             path: call.path.split('?').next().unwrap_or_default(),
-            model: call.model.as_deref(),
+            model: call.model(),
             step: identity.map_or(0, |i| i.step),
             now: SystemTime::now(),
         };

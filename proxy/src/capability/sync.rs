@@ -22,7 +22,8 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::Capabilities;
-use crate::config::Secret;
+use fleetforge_trust::Secret;
+use fleetforge_trust::wire::RevocationPage;
 
 const POLL: Duration = Duration::from_secs(1);
 const KEYS_EVERY: Duration = Duration::from_secs(30);
@@ -40,12 +41,6 @@ struct Key {
     #[serde(default)]
     root_key_id: Option<u32>,
     public_key: String,
-}
-
-#[derive(Deserialize)]
-struct Revocations {
-    revocations: Vec<String>,
-    next_after: i64,
 }
 
 struct Sync {
@@ -118,7 +113,7 @@ impl Sync {
 
     async fn fetch_revocations(&self, after: i64) -> Result<i64, String> {
         let body = self.get(&format!("/v1/revocations?after={after}")).await?;
-        let page: Revocations = serde_json::from_slice(&body).map_err(|e| format!("GET /v1/revocations: {e}"))?;
+        let page: RevocationPage = serde_json::from_slice(&body).map_err(|e| format!("GET /v1/revocations: {e}"))?;
         if !page.revocations.is_empty() {
             tracing::info!(count = page.revocations.len(), "capability revocations learned from control");
             self.caps.revoke(page.revocations);

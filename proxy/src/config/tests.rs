@@ -187,3 +187,30 @@ fn policy_settings_come_from_file_env_and_flags() {
         assert!(err.contains(key), "{bad}: {err}");
     }
 }
+
+#[test]
+fn sidecars_load_from_the_contract_s_top_level_table_and_from_the_proxy_table() {
+    let top = "[[sidecar]]\nlisten = \"127.0.0.1:15001\"\nupstream = \"https://api.openai.com/v1\"\ndefault_run = \"r-top\"\n";
+    let c = load_text(top, &[], &Flags::default()).unwrap();
+    assert_eq!(c.sidecars.len(), 1);
+    assert_eq!(c.sidecars[0].listen.to_string(), "127.0.0.1:15001");
+    assert_eq!(c.sidecars[0].upstream.host, "api.openai.com");
+    assert_eq!(c.sidecars[0].upstream.base_path, "/v1");
+    assert_eq!(c.sidecars[0].default_run.as_ref().map(|r| r.as_str()), Some("r-top"));
+
+    let nested = "[[proxy.sidecar]]\nlisten = \"127.0.0.1:15002\"\nupstream = \"https://api.anthropic.com\"\n";
+    let c = load_text(nested, &[], &Flags::default()).unwrap();
+    assert_eq!(c.sidecars.len(), 1);
+    assert_eq!(c.sidecars[0].upstream.host, "api.anthropic.com");
+
+    // Both spellings in one file: the top-level entries first, every one kept.
+    let c = load_text(&format!("{top}{nested}"), &[], &Flags::default()).unwrap();
+    let ports: Vec<u16> = c.sidecars.iter().map(|s| s.listen.port()).collect();
+    assert_eq!(ports, [15001, 15002]);
+
+    // An error in a top-level entry names the table it was written in.
+    let err = load_text("[[sidecar]]\nlisten = \"127.0.0.1:1\"\nupstream = \"ftp://x\"\n", &[], &Flags::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sidecar[0].upstream") && !err.contains("proxy.sidecar"), "{err}");
+}

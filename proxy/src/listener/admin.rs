@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::ProxyBody;
-use crate::proxy::Proxy;
 use crate::shutdown::Watch;
+use crate::state::Proxy;
 
 /// Serves the admin listener until shutdown.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize) {

@@ -14,12 +14,13 @@ use http::uri::Scheme;
 use hyper_util::rt::TokioIo;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::{ClientIo, pipeline};
+use super::pipeline;
 use crate::context::{ConnCtx, ConnMode, Target};
+use crate::io::ClientIo;
 use crate::metrics::ConnectMode;
 use crate::pattern::normalize_host;
-use crate::proxy::Proxy;
 use crate::shutdown::Watch;
+use crate::state::Proxy;
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;

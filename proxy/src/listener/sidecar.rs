@@ -14,8 +14,8 @@ use super::pipeline;
 use crate::config::SidecarConfig;
 use crate::context::{ConnCtx, ConnMode, Target};
 use crate::metrics::ListenerKind;
-use crate::proxy::Proxy;
 use crate::shutdown::Watch;
+use crate::state::Proxy;
 
 /// Serves one sidecar listener until shutdown.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize, sidecar: SidecarConfig) {

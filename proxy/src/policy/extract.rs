@@ -1,17 +1,14 @@
 //! Builds the input document of a call: the request as the agent sent it (credentials removed),
-//! the LLM or MCP call recognised in its body, and the run's state.
-//!
-//! The body is parsed once, into borrowed fields only; a body that is not JSON, or JSON that is
-//! neither a known LLM API request nor JSON-RPC, simply has `llm` and `mcp` null.
+//! the LLM or MCP call recognised in its body (read once, by [`crate::facts`]), and the run's
+//! state.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 use super::input::{Document, INPUT_VERSION, Input, LlmInput, McpInput, RequestInput, RunInput, StateInput};
+use crate::facts::RequestFacts;
 
 /// Whether a header may carry a credential: never put into the document.
 fn secret_header(name: &str) -> bool {
@@ -44,15 +41,33 @@ pub struct CallFacts<'a> {
     pub path_and_query: &'a str,
 }
 
-/// The document of a call with `headers` and `body` (`json`: whether the body is declared JSON).
-pub fn document(facts: &CallFacts<'_>, headers: &HeaderMap, body: &Bytes, json: bool, state: StateInput) -> Document {
+/// The document of a call with `headers`, whose body's facts are `body` (`None`: no body, or not
+/// read).
+pub fn document(
+    facts: &CallFacts<'_>,
+    headers: &HeaderMap,
+    body: Option<&RequestFacts>,
+    state: StateInput,
+) -> Document {
     let (path, query) = facts.path_and_query.split_once('?').unwrap_or((facts.path_and_query, ""));
     let headers: BTreeMap<String, String> = headers
         .iter()
         .filter(|(name, _)| !secret_header(name.as_str()) && !name.as_str().starts_with("x-fleetforge-"))
         .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
         .collect();
-    let (llm, mcp) = if json && !body.is_empty() { recognise(facts.host, path, body) } else { (None, None) };
+    let llm = body.and_then(|b| b.llm.as_ref()).map(|l| LlmInput {
+        provider: l.provider.to_owned(),
+        model: l.model.clone(),
+        max_tokens: l.max_tokens,
+        stream: l.stream,
+        messages: l.messages,
+        tools: l.tools.clone(),
+    });
+    let mcp = body.and_then(|b| b.mcp.as_ref()).map(|m| McpInput {
+        method: m.method.clone(),
+        tool: m.tool.clone(),
+        argument_keys: m.argument_keys.clone(),
+    });
     Document::new(Input {
         version: INPUT_VERSION,
         time: facts.time.clone(),
@@ -75,100 +90,6 @@ pub fn document(facts: &CallFacts<'_>, headers: &HeaderMap, body: &Bytes, json: 
         mcp,
         state,
     })
-}
-
-#[derive(Deserialize)]
-struct Body<'a> {
-    #[serde(borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    max_output_tokens: Option<u64>,
-    stream: Option<bool>,
-    messages: Option<Vec<IgnoredAny>>,
-    input: Option<IgnoredAny>,
-    tools: Option<Vec<Tool<'a>>>,
-    jsonrpc: Option<&'a str>,
-    #[serde(borrow)]
-    method: Option<std::borrow::Cow<'a, str>>,
-    params: Option<Params<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Tool<'a> {
-    #[serde(borrow)]
-    name: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    function: Option<Function<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Function<'a> {
-    #[serde(borrow)]
-    name: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Params<'a> {
-    #[serde(borrow)]
-    name: Option<std::borrow::Cow<'a, str>>,
-    arguments: Option<BTreeMap<String, IgnoredAny>>,
-}
-
-/// The provider a host or API path belongs to.
-pub fn provider(host: &str, path: &str) -> Option<&'static str> {
-    let by_host = [
-        ("api.openai.com", "openai"),
-        ("api.anthropic.com", "anthropic"),
-        ("generativelanguage.googleapis.com", "gemini"),
-        ("api.mistral.ai", "mistral"),
-        ("api.groq.com", "groq"),
-        ("api.together.xyz", "together"),
-        ("openrouter.ai", "openrouter"),
-        ("api.cohere.com", "cohere"),
-        ("api.cohere.ai", "cohere"),
-    ];
-    if let Some((_, p)) = by_host.iter().find(|(h, _)| *h == host) {
-        return Some(p);
-    }
-    // OpenAI- and Anthropic-compatible servers elsewhere are recognised by their API paths.
-    if path.ends_with("/chat/completions") || path.ends_with("/completions") || path.ends_with("/responses") {
-        Some("openai")
-    } else if path.ends_with("/messages") {
-        Some("anthropic")
-    } else {
-        None
-    }
-}
-
-fn recognise(host: &str, path: &str, body: &Bytes) -> (Option<LlmInput>, Option<McpInput>) {
-    let Ok(b) = serde_json::from_slice::<Body<'_>>(body) else { return (None, None) };
-    if b.jsonrpc == Some("2.0")
-        && let Some(method) = &b.method
-    {
-        let call = method == "tools/call";
-        let params = b.params.filter(|_| call);
-        let tool = params.as_ref().and_then(|p| p.name.as_deref()).map(str::to_owned);
-        let argument_keys = params.and_then(|p| p.arguments).map(|a| a.into_keys().collect()).unwrap_or_default();
-        return (None, Some(McpInput { method: method.clone().into_owned(), tool, argument_keys }));
-    }
-    let llm = match (&b.model, provider(host, path)) {
-        (Some(model), Some(provider)) if b.messages.is_some() || b.input.is_some() => Some(LlmInput {
-            provider: provider.to_owned(),
-            model: model.clone().into_owned(),
-            max_tokens: b.max_completion_tokens.or(b.max_tokens).or(b.max_output_tokens),
-            stream: b.stream.unwrap_or(false),
-            messages: b.messages.map_or(0, |m| m.len() as u64),
-            tools: b
-                .tools
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|t| t.function.and_then(|f| f.name).or(t.name).map(std::borrow::Cow::into_owned))
-                .collect(),
-        }),
-        _ => None,
-    };
-    (llm, None)
 }
 
 /// The body with its output-token limit capped at `cap`, or `None` when it is already within the
@@ -218,11 +139,11 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"model":"gpt-4o","max_tokens":900,"stream":true,"messages":[{"role":"user","content":"hi"},{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"get_weather"}}]}"#,
         );
+        let read = crate::facts::read("api.openai.com", "/v1/chat/completions", true, &body);
         let doc = document(
             &facts("api.openai.com", "/v1/chat/completions?x=1"),
             &headers,
-            &body,
-            true,
+            Some(&read),
             StateInput::default(),
         );
         let llm = doc.input.llm.as_ref().unwrap();
@@ -242,7 +163,8 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_secret","arguments":{"path":"/etc/x","mode":"r"}}}"#,
         );
-        let doc = document(&facts("tools.internal", "/mcp"), &HeaderMap::new(), &body, true, StateInput::default());
+        let read = crate::facts::read("tools.internal", "/mcp", true, &body);
+        let doc = document(&facts("tools.internal", "/mcp"), &HeaderMap::new(), Some(&read), StateInput::default());
         let mcp = doc.input.mcp.clone().unwrap();
         assert_eq!(mcp.tool.as_deref(), Some("read_secret"));
         assert_eq!(mcp.argument_keys, vec!["mode", "path"]);
@@ -253,13 +175,8 @@ mod tests {
     #[test]
     fn other_bodies_are_neither() {
         for body in [&b"not json"[..], br#"{"model":"x"}"#, br#"[1,2]"#] {
-            let doc = document(
-                &facts("example.com", "/"),
-                &HeaderMap::new(),
-                &Bytes::copy_from_slice(body),
-                true,
-                StateInput::default(),
-            );
+            let read = crate::facts::read("example.com", "/", true, &Bytes::copy_from_slice(body));
+            let doc = document(&facts("example.com", "/"), &HeaderMap::new(), Some(&read), StateInput::default());
             assert!(doc.input.llm.is_none() && doc.input.mcp.is_none());
         }
     }

@@ -212,9 +212,14 @@ fn the_spliced_chain_position_is_what_serializing_it_gives() {
     let placeholder = super::Placeholder::new();
     let draft_chain = Chain { lane: "k1".into(), prev_hash: placeholder.sentinel.clone(), seq: 0 };
     let quoted = String::from_utf8(placeholder.needle.clone()).unwrap();
-    // Plain, free-form (canonicalized generically), and a free-form member quoting the needle
-    // inside a string (escaped, so not a second occurrence).
-    for capability in [None, Some(serde_json::json!({"z": 1, "facts": ["right(\"x\")"]})), Some(quoted.into())] {
+    // Plain, a capability, and a capability quoting the needle inside a string (escaped, so not a
+    // second occurrence).
+    let capability = |token_id: String| fleetforge_trust::receipt::Capability {
+        call_token_id: Some("right(\"x\")".into()),
+        expires: 1,
+        token_id,
+    };
+    for capability in [None, Some(capability("ab".into())), Some(capability(quoted))] {
         let mut draft_body = body("run-a", draft_chain.clone());
         draft_body.capability = capability;
         let draft = draft_body.canonical().unwrap();
@@ -232,7 +237,7 @@ fn the_spliced_chain_position_is_what_serializing_it_gives() {
 }
 
 #[test]
-fn a_body_repeating_the_placeholder_is_serialized_again_under_the_lock() {
+fn a_body_quoting_the_placeholder_in_every_string_still_chains() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&dir.path().join("spool"), key(dir.path()), limits()).unwrap();
     let mut reader = spool.reader();
@@ -240,9 +245,14 @@ fn a_body_repeating_the_placeholder_is_serialized_again_under_the_lock() {
         spool
             .append("run-a", |c| {
                 let mut b = body("run-a", c.clone());
-                // A free-form member that serializes to exactly the needle's bytes.
-                b.capability = Some(serde_json::json!({"prev_hash": c.prev_hash, "seq": 0}));
-                assert!(spool.placeholder.find(&b.canonical().unwrap()).is_none());
+                // Strings holding the needle's text are escaped, so the needle still occurs once
+                // and the position is spliced in (the serialize-again fallback is for a needle
+                // that occurs twice).
+                let needle = String::from_utf8(spool.placeholder.needle.clone()).unwrap();
+                b.step_label = Some(needle.clone());
+                b.capability =
+                    Some(fleetforge_trust::receipt::Capability { call_token_id: None, expires: 0, token_id: needle });
+                assert!(spool.placeholder.find(&b.canonical().unwrap()).is_some());
                 b
             })
             .unwrap();

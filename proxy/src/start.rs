@@ -1,18 +1,18 @@
-//! The proxy process: shared state, workers, start-up and shutdown.
+//! Start-up and shutdown of the proxy process: workers, listeners, background threads.
 //!
 //! Thread per core, like nginx and Envoy: each worker is an OS thread running a single-threaded
 //! tokio runtime with its own `SO_REUSEPORT` listeners and its own upstream connection pool. A
 //! connection, the calls on it, and the upstream connections serving them stay on one thread, so
 //! handing a streamed response from the upstream connection to the client connection is a local
 //! queue push, not a cross-thread wake-up. Shared state (config, CA, metrics, runs) is read-mostly
-//! and lock-light.
+//! and lock-light (see [`crate::state`]).
 //!
 //! [`Proxy::start`] does everything that can fail before serving — CA, upstream trust, binding
 //! every listener, building every runtime — and only then starts the workers, so a bad port or a
 //! broken CA is an error at start, never a half-started proxy. [`Running::shutdown`] stops
 //! accepting and lets calls in flight finish, bounded by the drain timeout.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -31,8 +31,9 @@ use crate::runs::Runs;
 use crate::ship::{self, Background};
 use crate::shutdown::Drain;
 use crate::spool::{Spool, SpoolLimits};
+use crate::state::Proxy;
 use crate::tls::{self, Ca, TlsError};
-use crate::upstream::{self, Egress, HttpClient};
+use crate::upstream::{self, Egress};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,41 +66,6 @@ pub enum StartError {
     /// Settings that cannot work together.
     #[error("{0}")]
     Unusable(String),
-}
-
-/// State shared by every worker, connection and call.
-#[derive(Debug)]
-pub struct Proxy {
-    /// The validated configuration.
-    pub config: Config,
-    /// Interception CA and leaf cache.
-    pub ca: Ca,
-    /// Pooled upstream clients, one per worker (index = worker id).
-    pub clients: Vec<HttpClient>,
-    /// Egress rules (resolution, SSRF defence, loop guard), shared with the clients' connectors.
-    pub egress: Arc<Egress>,
-    /// Metrics served at `/metrics`.
-    pub metrics: Arc<Metrics>,
-    /// The receipt spool (`None` when receipts are off).
-    pub spool: Option<Arc<Spool>>,
-    /// Capability state (`None` when capability tokens are not required).
-    pub capabilities: Option<Arc<Capabilities>>,
-    /// Policy packs (`None` when none are configured).
-    pub policy: Option<Arc<Policy>>,
-    /// The built-in allow-list pack.
-    pub builtin: Builtin,
-    /// Per-run state (steps).
-    pub runs: Runs,
-    /// The run of calls that name none when no default run is configured.
-    pub anonymous_run: RunId,
-    /// Shutdown signal for every task.
-    pub drain: Drain,
-    /// HTTP/1.1 server settings for client connections.
-    pub h1: hyper::server::conn::http1::Builder,
-    /// HTTP/2 server settings for intercepted connections that negotiated `h2`.
-    pub h2: hyper::server::conn::http2::Builder<TokioExecutor>,
-    /// HTTP/1.1 + HTTP/2 (prior knowledge) server settings for sidecar listeners.
-    pub auto: hyper_util::server::conn::auto::Builder<TokioExecutor>,
 }
 
 /// A started proxy: its bound addresses, and the handle to stop it.
@@ -309,18 +275,6 @@ impl Proxy {
             background,
             capability_sync,
         })
-    }
-
-    /// The upstream client of `worker`.
-    pub fn client(&self, worker: usize) -> &HttpClient {
-        &self.clients[worker % self.clients.len()]
-    }
-
-    /// Whether `host:port` names one of this proxy's own listeners (checked before connecting;
-    /// names that *resolve* to a listener are caught by the egress connector).
-    pub fn is_own_listener(&self, host: &str, port: u16) -> bool {
-        let ip = if host == "localhost" { Some(IpAddr::V4(Ipv4Addr::LOCALHOST)) } else { host.parse::<IpAddr>().ok() };
-        ip.is_some_and(|ip| self.egress.is_own_listener(SocketAddr::new(ip, port)))
     }
 }
 

@@ -69,9 +69,9 @@ impl ControlClient {
         let base = base.trim_end_matches('/').to_owned();
         base.parse::<Uri>()
             .map_err(|_| ClientError::Config(format!("FLEETFORGE_CONTROL_URL {base:?} is not a URL")))?;
-        let provider = fleetforge_proxy::tls::provider();
-        let tls = fleetforge_proxy::tls::upstream_client_config(provider, None)
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let provider = fleetforge_trust::tls::provider();
+        let tls =
+            fleetforge_trust::tls::client_config(provider, None).map_err(|e| ClientError::Config(e.to_string()))?;
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         Ok(Self { base, token, client: Client::builder(TokioExecutor::new()).build(connector) })

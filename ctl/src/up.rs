@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use fleetforge_proxy::Running;
-use fleetforge_proxy::config::Secret;
+use fleetforge_trust::Secret;
 
 /// The control token for `up`: from the environment, or from (or into) `home/control.token`.
 pub fn control_token(home: &Path, from_env: Option<&Secret>) -> std::io::Result<Secret> {
@@ -24,7 +24,7 @@ pub fn control_token(home: &Path, from_env: Option<&Secret>) -> std::io::Result<
         Err(e) => return Err(e),
     }
     std::fs::create_dir_all(home)?;
-    let token = crate::auth::new_token("fft_");
+    let token = fleetforge_control::auth::new_token("fft_");
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
     f.write_all(token.as_bytes())?;
     Ok(Secret::new(token))
@@ -60,7 +60,7 @@ fn absolute(path: &Path) -> String {
 pub fn print_banner(
     out: &mut impl Write,
     running: &Running,
-    control: &crate::Running,
+    control: &fleetforge_control::Running,
     home: &Path,
     run: &str,
 ) -> std::io::Result<()> {

@@ -7,15 +7,16 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Parser, Subcommand};
-use fleetforge_control::client::{ClientError, ControlClient};
 use fleetforge_control::config::{ControlConfig, Flags as ControlFlags};
-use fleetforge_control::up;
 use fleetforge_proxy::config::Flags;
 use fleetforge_proxy::{Config, Proxy};
 use serde_json::{Value, json};
 
-#[path = "fleetforge-ctl/policy.rs"]
+mod client;
 mod policy;
+mod up;
+
+use crate::client::{ClientError, ControlClient};
 
 const EXIT_BAD_CONFIG: u8 = 64;
 
