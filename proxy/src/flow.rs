@@ -325,4 +325,3 @@ pub async fn relay(proxy: &Proxy, tunnel: Box<Tunnel>, mut client: ClientIo) {
 pub fn abandon(proxy: &Proxy, tunnel: Box<Tunnel>) {
     finish(proxy, tunnel.call, Outcome::ClientGone);
 }
-
