@@ -145,13 +145,14 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
     crate::headers::strip_hop_by_hop(&mut parts.headers);
     call.status = Some(parts.status);
     stamp(&call, &mut parts.headers);
-    let mut call = Box::new(call);
+    // One allocation holds the call and the proxy handle until the body ends.
     let body = ProxyBody::tapped(
         body,
         None,
         Box::new(move |summary, outcome| {
+            let mut call = call;
             call.absorb(summary);
-            finish(&proxy, *call, outcome);
+            finish(&proxy, call, outcome);
         }),
     );
     Response::from_parts(parts, body)

@@ -22,12 +22,11 @@ mod rego;
 mod tests;
 mod wasm;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
-use self::input::{Document, StateInput, Verdict};
+use self::input::{Document, Verdict};
 use self::manifest::{Kind, Source};
 use self::wasm::CallStore;
 
@@ -270,22 +269,14 @@ impl PackSet {
     }
 }
 
-/// Per-run state the input document reports, kept while policy packs are configured.
-#[derive(Debug, Default)]
-struct RunState {
-    calls: u64,
-    hosts: Vec<String>,
-    tools: Vec<String>,
-}
-
-/// The policy engine of a proxy: the packs in force, their limits, and the run state they see.
+/// The policy engine of a proxy: the packs in force and their limits (the run state packs see
+/// is in the run's ledger, [`crate::runs`]).
 #[derive(Debug)]
 pub struct Policy {
     paths: Vec<PathBuf>,
     current: RwLock<Arc<PackSet>>,
     /// Bounds on each Wasm evaluation.
     pub limits: Limits,
-    runs: Mutex<HashMap<String, RunState>>,
 }
 
 /// What a reload did to one pack.
@@ -302,12 +293,7 @@ impl Policy {
     /// to keep at start).
     pub fn load(paths: &[PathBuf], limits: Limits) -> Result<Self, PolicyError> {
         let packs = paths.iter().map(|p| Pack::load(p).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            paths: paths.to_vec(),
-            current: RwLock::new(Arc::new(PackSet { packs })),
-            limits,
-            runs: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { paths: paths.to_vec(), current: RwLock::new(Arc::new(PackSet { packs })), limits })
     }
 
     /// The packs in force now.
@@ -343,35 +329,6 @@ impl Policy {
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(PackSet { packs });
         events
-    }
-
-    /// The state of `run` before its next call.
-    pub fn state(&self, run: &str) -> StateInput {
-        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        runs.get(run).map_or_else(StateInput::default, |s| StateInput {
-            calls: s.calls,
-            // Token and cost metering land with budgets; until then these stay 0.
-            tokens: 0,
-            cost_micro_usd: 0,
-            hosts: s.hosts.clone(),
-            tools: s.tools.clone(),
-        })
-    }
-
-    /// Notes a call of `run` that policy allowed and that is leaving for `host` (calling MCP
-    /// `tool`, when it is a `tools/call`).
-    pub fn note_call(&self, run: &str, host: &str, tool: Option<&str>) {
-        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let state = runs.entry(run.to_owned()).or_default();
-        state.calls += 1;
-        if !state.hosts.iter().any(|h| h == host) {
-            state.hosts.push(host.to_owned());
-        }
-        if let Some(tool) = tool
-            && !state.tools.iter().any(|t| t == tool)
-        {
-            state.tools.push(tool.to_owned());
-        }
     }
 
     /// Starts the thread that reloads packs: every `interval` for changed files (unless zero),

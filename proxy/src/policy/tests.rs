@@ -256,14 +256,3 @@ fn reload_swaps_changed_packs_and_keeps_the_previous_version_of_a_broken_one() {
     assert!(matches!(events.as_slice(), [Reloaded::Kept(PolicyError::Digest { .. })]), "{events:?}");
     assert_eq!(policy.current().packs[0].id, in_flight.packs[0].id, "the previous version stays in force");
 }
-
-#[test]
-fn run_state_remembers_hosts_and_tools_once_each() {
-    let policy = Policy::load(&[], Limits::default()).unwrap();
-    policy.note_call("r", "a.example", None);
-    policy.note_call("r", "tools.example", Some("read_secret"));
-    policy.note_call("r", "a.example", Some("read_secret"));
-    let s = policy.state("r");
-    assert_eq!((s.calls, s.hosts.len(), s.tools.len()), (3, 2, 1));
-    assert_eq!(policy.state("other").calls, 0);
-}

@@ -54,6 +54,8 @@ fn the_ledger_keeps_what_policy_packs_see() {
     assert_eq!(state.tools, ["search"]);
     assert_eq!((state.tokens, state.cost_micro_usd), (0, 0));
     assert!(Arc::ptr_eq(&ledger, &runs.get(&run("r")).unwrap()), "one ledger per run");
+    let (other, _) = runs.begin(&run("other"), || 0);
+    assert_eq!(other.policy_state().calls, 0, "another run's ledger starts empty");
 }
 
 #[test]
