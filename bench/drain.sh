@@ -44,7 +44,7 @@ env DATABASE_URL="$scratch" FLEETFORGE_HOME="$w/control" FLEETFORGE_CONTROL_LIST
   FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_LOG=warn "$target/fleetforge-control" >"$w/control.out" 2>"$w/control.err" &
 pids+=($!); control_pid=$!
 control=$(json "$(ready_line "$w/control.out")" listen)
-FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB \
+FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB FLEETFORGE_CAPABILITIES=false \
   "$target/fleetforge-proxy" --home "$w/home" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --sidecar "127.0.0.1:0=https://api.llm.test:${up##*:}" --resolve "api.llm.test=$up" --upstream-ca "$w/test-ca.pem" \
   --log warn >"$w/proxy.out" 2>"$w/proxy.err" &

@@ -41,7 +41,7 @@ start_control() {
 case $feature in
   "") ;;
   norec) export FLEETFORGE_RECEIPTS=false ;;
-  record) start_control; export FLEETFORGE_SPOOL_MAX=8GiB ;;
+  record) start_control; export FLEETFORGE_SPOOL_MAX=8GiB FLEETFORGE_CAPABILITIES=false ;;
   caps)
     export FLEETFORGE_RECEIPTS=false FLEETFORGE_CAPABILITIES=true
     start_control

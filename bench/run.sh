@@ -27,7 +27,11 @@
 # bench/proxy-cmd.sh (see bench/README.md).
 #
 # Env: BENCH_STATE (default ~/.cache/fleetforge-bench: oha install, results), OHA (path to oha),
-# BENCH_DATABASE_URL (control on Postgres instead of SQLite).
+# BENCH_DATABASE_URL (control on Postgres instead of SQLite), BENCH_BASELINE (a directory holding
+# the fleetforge-proxy of another commit: it is started beside the recording proxy, configured the
+# same and shipping to the same control, and measured as sidecar-base and forward-base in the same
+# rounds, so a change's cost shows as the CPU µs/req of sidecar vs sidecar-base; build it with
+# `git worktree add /tmp/base COMMIT && cargo build --release -p fleetforge-proxy` there).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -83,9 +87,20 @@ pids+=($!); control_pid=$!
 control=$(ready_line "$work/control.out" | python3 -c 'import json,sys;print(json.load(sys.stdin)["listen"])')
 proxy_args=(--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --sidecar "127.0.0.1:0=https://api.llm.test:$up_port"
   --resolve "api.llm.test=$up" --upstream-ca "$work/test-ca.pem" --intercept api.llm.test --log warn)
+# Recording and shipping; run tokens are not checked here (their cost is sidecar-cap's), so the
+# load presents none and checks are turned off explicitly.
 FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB \
-  "$target/fleetforge-proxy" --home "$work/home" "${proxy_args[@]}" >"$work/proxy.out" 2>"$work/proxy.err" &
+  FLEETFORGE_CAPABILITIES=false "$target/fleetforge-proxy" --home "$work/home" "${proxy_args[@]}" \
+  >"$work/proxy.out" 2>"$work/proxy.err" &
 pids+=($!); proxy_pid=$!
+base_pid=
+if [[ -n ${BENCH_BASELINE:-} ]]; then
+  [[ -x $BENCH_BASELINE/fleetforge-proxy ]] || { echo "bench/run.sh: no fleetforge-proxy in BENCH_BASELINE=$BENCH_BASELINE" >&2; exit 2; }
+  FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB \
+    FLEETFORGE_CAPABILITIES=false "$BENCH_BASELINE/fleetforge-proxy" --home "$work/home-base" "${proxy_args[@]}" \
+    >"$work/proxy-base.out" 2>"$work/proxy-base.err" &
+  pids+=($!); base_pid=$!
+fi
 FLEETFORGE_RECEIPTS=false "$target/fleetforge-proxy" --home "$work/home-norec" "${proxy_args[@]}" \
   >"$work/proxy-norec.out" 2>"$work/proxy-norec.err" &
 pids+=($!); norec_pid=$!
@@ -117,18 +132,25 @@ field() { python3 -c 'import json,sys;v=json.loads(sys.argv[1])[sys.argv[2]];pri
 fwd=$(field "$ready" forward)
 side=$(field "$ready" sidecars)
 admin=$(field "$ready" admin)
+cat "$work/test-ca.pem" "$work/home/ca/ca.pem" >"$work/client-ca.pem"
 side_norec=$(field "$(ready_line "$work/proxy-norec.out")" sidecars)
 side_cap=$(field "$(ready_line "$work/proxy-cap.out")" sidecars)
 side_tool=$(field "$(ready_line "$work/proxy-tool.out")" sidecars)
 side_pol=$(field "$(ready_line "$work/proxy-pol.out")" sidecars)
-cat "$work/test-ca.pem" "$work/home/ca/ca.pem" >"$work/client-ca.pem"
+if [[ -n $base_pid ]]; then
+  base_ready=$(ready_line "$work/proxy-base.out")
+  fwd_base=$(field "$base_ready" forward)
+  side_base=$(field "$base_ready" sidecars)
+  admin_base=$(field "$base_ready" admin)
+  cat "$work/home-base/ca/ca.pem" >>"$work/client-ca.pem"
+fi
 log "upstream $up, control $control ($([[ -n ${BENCH_DATABASE_URL:-} ]] && echo postgres || echo sqlite)), proxy forward $fwd" \
   "sidecar $side (recording), sidecar $side_norec (recording off), oha $($oha --version | head -1)"
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # Seconds until control has acknowledged every receipt the proxy recorded (max 120 s).
-drain() {
-  python3 - "$admin" <<'PY'
+drain() { # admin address
+  python3 - "$1" <<'PY'
 import re, sys, time, urllib.request
 def counts():
     text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
@@ -157,6 +179,8 @@ measure() { # scenario mode round
     sidecar-tool) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_tool/v1/chat/completions") ;;
     sidecar-pol) args=("http://$side_pol/v1/chat/completions") ;;
     forward) args=(-x "http://$fwd" --no-pre-lookup --cacert "$work/client-ca.pem" "$url_direct") ;;
+    sidecar-base) args=("http://$side_base/v1/chat/completions") ;;
+    forward-base) args=(-x "http://$fwd_base" --no-pre-lookup --cacert "$work/client-ca.pem" "$url_direct") ;;
   esac
   local common=(-c "$CONC" --no-tui --output-format json -m POST -T application/json
     -H "x-test-chunks: $CHUNKS" -H "x-test-chunk-delay-ms: $DELAY" -D "$here/bodies/body-$mode.json" -t 30s)
@@ -166,12 +190,14 @@ measure() { # scenario mode round
   [[ $s == sidecar-cap ]] && pid=$cap_pid
   [[ $s == sidecar-tool ]] && pid=$tool_pid
   [[ $s == sidecar-pol ]] && pid=$pol_pid
+  local drain_admin=$admin
+  [[ $s == *-base ]] && pid=$base_pid drain_admin=$admin_base
   local records=1
   [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap || $s == sidecar-tool || $s == sidecar-pol ]] && records=0
-  ((records)) && drain >/dev/null # the warm-up's receipts are in before we count
+  ((records)) && drain "$drain_admin" >/dev/null # the warm-up's receipts are in before we count
   p0=$(ticks "$pid"); u0=$(ticks "$up_pid"); c0=$(ticks "$control_pid")
   "$oha" -z "${DURATION}s" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
-  ((records)) && lag=$(drain)
+  ((records)) && lag=$(drain "$drain_admin")
   p1=$(ticks "$pid"); u1=$(ticks "$up_pid"); c1=$(ticks "$control_pid")
   [[ $s == direct ]] && p1=$p0
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$mode" "$r" "$work/$s-$mode-$r.json" "$((p1 - p0))" "$((u1 - u0))" \
@@ -180,7 +206,12 @@ measure() { # scenario mode round
 ((LOAD)) || ROUNDS=0
 for ((r = 1; r <= ROUNDS; r++)); do
   order=(direct sidecar sidecar-norec sidecar-cap sidecar-tool sidecar-pol forward)
-  ((r % 2 == 0)) && order=(forward sidecar-pol sidecar-tool sidecar-cap sidecar-norec sidecar direct)
+  [[ -n $base_pid ]] && order=(direct sidecar sidecar-base sidecar-norec sidecar-cap sidecar-tool sidecar-pol forward forward-base)
+  if ((r % 2 == 0)); then
+    rev=()
+    for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[i]}"); done
+    order=("${rev[@]}")
+  fi
   for s in "${order[@]}"; do
     for mode in nonstream stream; do
       log "round $r: $s/$mode"

@@ -42,7 +42,9 @@ def main() -> None:
         "| control CPU µs/req | upstream CPU µs/req | ingest drain s (max) | errors |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for scenario in ("direct", "sidecar", "sidecar-norec", "sidecar-cap", "sidecar-tool", "sidecar-pol", "forward"):
+    order = ("direct", "sidecar", "sidecar-base", "sidecar-norec", "sidecar-cap", "sidecar-tool", "sidecar-pol",
+             "forward", "forward-base")
+    for scenario in order:
         for mode in ("nonstream", "stream"):
             rs = runs.get((scenario, mode))
             if not rs:

@@ -54,7 +54,8 @@ enum Command {
         /// Control API listen address [env FLEETFORGE_CONTROL_LISTEN; default 127.0.0.1:7070].
         #[arg(long, value_name = "ADDR")]
         control_listen: Option<String>,
-        /// Run id the printed proxy URL carries.
+        /// Run id the printed proxy URL carries, with a run token control issues for it (the run is
+        /// created, or given a new token when it exists).
         #[arg(long, default_value = "hello-fleet")]
         run: String,
     },
@@ -290,9 +291,20 @@ async fn run_up(mut proxy: Config, mut control: ControlConfig, run: &str) -> any
     control.bootstrap_token = Some(token.clone());
     let control_running = fleetforge_control::start(&control).await.context("cannot start the control service")?;
     proxy.control_url = format!("http://{}", control_running.addr).parse().context("control address")?;
-    proxy.control_token = Some(token);
+    proxy.control_token = Some(token.clone());
+    // The proxy knows control now, so it verifies run tokens unless told not to.
+    if !proxy.capabilities.explicit {
+        proxy.capabilities.required = true;
+    }
+    let verify = proxy.capabilities.required;
     let running = Proxy::start(proxy).context("cannot start the proxy")?;
-    up::print_banner(&mut std::io::stdout().lock(), &running, &control_running, &control.home, run)
+    let run_token = if verify {
+        up::run_token(control_running.addr, &token, run).await?
+    } else {
+        // Checks are off (FLEETFORGE_CAPABILITIES=false): any password is taken.
+        "unverified".to_owned()
+    };
+    up::print_banner(&mut std::io::stdout().lock(), &running, &control_running, &control.home, run, &run_token)
         .context("cannot write to stdout")?;
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;

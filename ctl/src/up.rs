@@ -3,6 +3,11 @@
 //!
 //! The control token is `FLEETFORGE_CONTROL_TOKEN` when set; otherwise one is generated on first
 //! use and kept in `$FLEETFORGE_HOME/control.token` (mode 0600), where `fleetforge-ctl` finds it.
+//!
+//! The proxy verifies run tokens (as every proxy that knows control does), so `up` gives the run
+//! it prints a real one: it creates the run with that id, or, when the run exists from an earlier
+//! `up`, issues it a new token (the previous one is revoked). Only with
+//! `FLEETFORGE_CAPABILITIES=false` does the URL carry a placeholder password.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -10,6 +15,8 @@ use std::path::Path;
 
 use fleetforge_proxy::Running;
 use fleetforge_trust::Secret;
+
+use crate::client::{ClientError, ControlClient};
 
 /// The control token for `up`: from the environment, or from (or into) `home/control.token`.
 pub fn control_token(home: &Path, from_env: Option<&Secret>) -> std::io::Result<Secret> {
@@ -30,17 +37,33 @@ pub fn control_token(home: &Path, from_env: Option<&Secret>) -> std::io::Result<
     Ok(Secret::new(token))
 }
 
-/// The shell lines an agent needs to use the proxy at `running`, for a run named `run`.
-pub fn exports(running: &Running, run: &str) -> String {
+/// A run token for `run` from control at `control` (see the module docs).
+pub async fn run_token(control: std::net::SocketAddr, admin: &Secret, run: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let client = ControlClient::new(&format!("http://{control}"), Some(admin.expose().to_owned()))?;
+    let created = client
+        .post("/v1/runs", &serde_json::json!({ "id": run, "labels": { "created_by": "fleetforge-ctl up" } }))
+        .await;
+    let minted = match created {
+        Err(ClientError::Status { status: http::StatusCode::CONFLICT, .. }) => client
+            .post(&format!("/v1/runs/{run}/token"), &serde_json::json!({}))
+            .await
+            .with_context(|| format!("issuing a new token for run {run}"))?,
+        other => other.with_context(|| format!("creating run {run}"))?,
+    };
+    minted["token"].as_str().map(str::to_owned).context("control answered without a run token")
+}
+
+/// The shell lines an agent needs to use the proxy at `running`, for run `run` with `token`.
+pub fn exports(running: &Running, run: &str, token: &str) -> String {
     let bundle = absolute(running.proxy.ca.bundle_path());
     let ca = absolute(running.proxy.ca.ca_path());
     let forward = running.forward;
     let mut out = String::new();
     // A user name without a password makes requests and undici send no Proxy-Authorization at
-    // all, so the URL always carries both. Run tokens are not verified yet: "local" is a
-    // placeholder.
-    out.push_str(&format!("export HTTPS_PROXY=http://{run}:local@{forward}\n"));
-    out.push_str(&format!("export HTTP_PROXY=http://{run}:local@{forward}\n"));
+    // all, so the URL always carries both.
+    out.push_str(&format!("export HTTPS_PROXY=http://{run}:{token}@{forward}\n"));
+    out.push_str(&format!("export HTTP_PROXY=http://{run}:{token}@{forward}\n"));
     out.push_str("export https_proxy=$HTTPS_PROXY http_proxy=$HTTP_PROXY\n");
     out.push_str(&format!("export SSL_CERT_FILE={bundle}\n"));
     out.push_str(&format!("export REQUESTS_CA_BUNDLE={bundle}\n"));
@@ -63,6 +86,7 @@ pub fn print_banner(
     control: &fleetforge_control::Running,
     home: &Path,
     run: &str,
+    token: &str,
 ) -> std::io::Result<()> {
     writeln!(out, "FleetForge is up.")?;
     writeln!(out, "  forward proxy  {}", running.forward)?;
@@ -76,7 +100,7 @@ pub fn print_banner(
     )?;
     writeln!(out)?;
     writeln!(out, "Paste into the agent's shell (run id {run:?}):")?;
-    write!(out, "{}", exports(running, run))?;
+    write!(out, "{}", exports(running, run, token))?;
     writeln!(out)?;
     writeln!(out, "Then: fleetforge-ctl receipts {run}   fleetforge-ctl verify {run}")?;
     writeln!(out, "Press Ctrl-C to stop.")?;

@@ -221,7 +221,12 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone)]
 pub struct CapabilitiesConfig {
     /// Every call must present a valid run token that allows it (`FLEETFORGE_CAPABILITIES`).
+    /// Defaults to on whenever control is known (`FLEETFORGE_CONTROL_TOKEN` is set): control holds
+    /// the root keys tokens are checked with.
     pub required: bool,
+    /// Whether `required` was given (environment or file) rather than defaulted: turning checks
+    /// off while control is known is an explicit choice, logged at WARN at start.
+    pub explicit: bool,
     /// Lifetime of the per-call token handed to tools.
     pub call_ttl: Duration,
     /// Upstreams that are tools: they receive the per-call token in `x-fleetforge-capability`.
@@ -315,7 +320,8 @@ pub struct FilePolicy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileCapabilities {
-    /// Require a valid run token on every call (`FLEETFORGE_CAPABILITIES`, default false).
+    /// Require a valid run token on every call (`FLEETFORGE_CAPABILITIES`; default: true when
+    /// `FLEETFORGE_CONTROL_TOKEN` is set, false otherwise).
     pub required: Option<bool>,
     /// Per-call token lifetime, e.g. `"60s"`.
     pub call_ttl: Option<String>,
@@ -715,9 +721,13 @@ impl Builder<'_> {
         let control_token = self.env("FLEETFORGE_CONTROL_TOKEN").map(|g| Secret::new(g.value.trim().to_owned()));
         let default_token = self.env("FLEETFORGE_DEFAULT_TOKEN").map(|g| Secret::new(g.value.trim().to_owned()));
         let capabilities = {
-            let required = match self.env("FLEETFORGE_CAPABILITIES") {
-                Some(g) => parse_bool("proxy.capabilities.required", g)?,
-                None => raw.capabilities.required.unwrap_or(false),
+            // Secure by default: a proxy that knows control verifies every run token.
+            let (required, explicit) = match self.env("FLEETFORGE_CAPABILITIES") {
+                Some(g) => (parse_bool("proxy.capabilities.required", g)?, true),
+                None => match raw.capabilities.required {
+                    Some(r) => (r, true),
+                    None => (control_token.is_some(), false),
+                },
             };
             let call_ttl =
                 duration("proxy.capabilities.call_ttl", raw.capabilities.call_ttl.clone(), Duration::from_secs(60))?;
@@ -726,7 +736,7 @@ impl Builder<'_> {
                 Some(g) => patterns("proxy.tool.host", g)?,
                 None => PatternSet::default(),
             };
-            CapabilitiesConfig { required, call_ttl, tool_hosts }
+            CapabilitiesConfig { required, explicit, call_ttl, tool_hosts }
         };
         let policy = {
             let p = &raw.policy;

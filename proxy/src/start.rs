@@ -163,6 +163,16 @@ impl Proxy {
             }
             Some(Arc::new(Capabilities::new(config.capabilities.call_ttl)))
         } else {
+            if config.control_token.is_some() {
+                tracing::warn!(
+                    "run tokens are NOT verified (FLEETFORGE_CAPABILITIES or proxy.capabilities.required is false): any password is accepted as a run's \
+                     token, so a receipt's run proves nothing; unset it to verify tokens against control's root keys"
+                );
+            } else {
+                tracing::info!(
+                    "run tokens are not verified: no FLEETFORGE_CONTROL_TOKEN, so no control to fetch root keys from"
+                );
+            }
             None
         };
 

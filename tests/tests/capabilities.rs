@@ -35,7 +35,7 @@ async fn stack() -> Stack {
         .upstream_ca(ca.pem_path())
         .env("FLEETFORGE_CONTROL_URL", control.url())
         .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
-        .env("FLEETFORGE_CAPABILITIES", "true")
+        // No FLEETFORGE_CAPABILITIES: a proxy that knows control verifies run tokens by default.
         .env("FLEETFORGE_TOOL_HOSTS", "tools.example")
         .env("FLEETFORGE_INTERCEPT", hosts.join(","));
     for h in hosts {
@@ -253,6 +253,42 @@ async fn a_sidecar_bound_to_a_run_presents_its_default_token() {
     assert!(!mismatched.logs().contains(&token), "the default token is never logged");
 }
 
+/// Turning token checks off while control is known is explicit, and said at WARN: the same
+/// garbage password the default proxy refuses is then forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn turning_token_checks_off_is_explicit_and_logged_at_warn() {
+    let s = stack().await;
+    let (run, _, _) = s.create_run(json!({}));
+    let refused = s.call(&run, "garbage", CHAT, &chat("gpt-4o")).await;
+    assert_eq!(refused.status, 407, "the default proxy verifies tokens: {}", refused.body);
+    assert!(!s.proxy.logs().contains("NOT verified"), "no opt-out warning by default");
+
+    let off = ProxyProcess::builder()
+        .upstream_ca(&s.ca_pem)
+        .env("FLEETFORGE_CONTROL_URL", s.control.url())
+        .env("FLEETFORGE_CONTROL_TOKEN", s.control.token.clone())
+        .env("FLEETFORGE_CAPABILITIES", "false")
+        .env("FLEETFORGE_LOG", "warn")
+        .env("FLEETFORGE_INTERCEPT", "api.openai.com")
+        .resolve("api.openai.com", s.upstream.addr())
+        .start()
+        .unwrap();
+    let logs = off.logs();
+    let warning = logs.lines().find(|l| l.contains("run tokens are NOT verified")).unwrap_or_default();
+    assert!(warning.contains("WARN"), "the opt-out is logged at WARN: {logs}");
+    let env = [("HTTPS_PROXY", off.proxy_url(&run, "garbage")), ("CURL_CA_BUNDLE", off.bundle.display().to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = s
+        .clients
+        .curl(
+            &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "-d", "{}", CHAT],
+            &env,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "200", "checks off: any password is taken");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_get_a_per_call_token_that_verifies_offline_for_that_call_only() {
     let s = stack().await;
@@ -391,7 +427,6 @@ async fn the_python_tool_example_accepts_proxied_calls_and_refuses_everything_el
         .resolve("tool.test", tool_addr)
         .env("FLEETFORGE_CONTROL_URL", control.url())
         .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
-        .env("FLEETFORGE_CAPABILITIES", "true")
         .env("FLEETFORGE_TOOL_HOSTS", "tool.test")
         .start()
         .unwrap();

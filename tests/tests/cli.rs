@@ -145,6 +145,18 @@ async fn ctl_up_prints_working_exports_and_stops_cleanly() {
         .ok()
         .unwrap();
     assert_eq!(out.json().unwrap()["headers"]["x-fleetforge-run"], "hello-fleet");
+    // The token in it is real: the proxy verifies run tokens, and a made-up one is refused.
+    let (scheme_user, host) = http_proxy.rsplit_once('@').unwrap();
+    let (user, _token) = scheme_user.rsplit_once(':').unwrap();
+    let forged = format!("{user}:made-up@{host}");
+    let out = clients
+        .curl(
+            &["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://plain.internal.test/echo"],
+            &[("http_proxy", &forged)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "407", "{forged}");
 
     assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

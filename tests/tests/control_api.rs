@@ -43,6 +43,7 @@ fn contract(postgres: bool) {
     for path in [
         "/v1/runs",
         "/v1/runs/{id}",
+        "/v1/runs/{id}/token",
         "/v1/runs/{id}/receipts",
         "/v1/runs/{id}/verify",
         "/v1/receipts",
@@ -88,6 +89,32 @@ fn contract(postgres: bool) {
     assert_eq!((status, verify["ok"].as_bool(), verify["checked"].as_u64()), (200, Some(true), Some(0)));
     let (_, run) = c.api("GET", &format!("/v1/runs/{id}"), &reader, None).unwrap();
     assert_eq!(run["verification"], "ok", "a full verification is remembered");
+
+    // A run named by its creator; the id is taken once. A new token for an existing run revokes
+    // the previous one; a revoked run gets none.
+    let (status, named) = c.api("POST", "/v1/runs", admin, Some(r#"{"id":"hello-fleet","agent":"demo"}"#)).unwrap();
+    assert_eq!((status, named["id"].as_str()), (201, Some("hello-fleet")), "{named}");
+    let (status, body) = c.api("POST", "/v1/runs", admin, Some(r#"{"id":"hello-fleet"}"#)).unwrap();
+    assert_eq!((status, body["error"]["type"].as_str()), (409, Some("conflict")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("/v1/runs/hello-fleet/token"), "{body}");
+    let (status, body) = c.api("POST", "/v1/runs", admin, Some(r#"{"id":"not a run id"}"#)).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(c.api("POST", "/v1/runs/hello-fleet/token", &reader, None).unwrap().0, 403);
+    assert_eq!(c.api("POST", "/v1/runs/nobody/token", admin, None).unwrap().0, 404);
+    let (status, fresh) = c.api("POST", "/v1/runs/hello-fleet/token", admin, None).unwrap();
+    assert_eq!(status, 201, "{fresh}");
+    assert_ne!(fresh["token"], named["token"]);
+    assert_ne!(fresh["token_id"], named["token_id"]);
+    let (_, run) = c.api("GET", "/v1/runs/hello-fleet", admin, None).unwrap();
+    assert_eq!((run["token_id"].clone(), run["agent"].as_str()), (fresh["token_id"].clone(), Some("demo")), "{run}");
+    let (_, revoked) = c.api("GET", "/v1/revocations", &proxy, None).unwrap();
+    assert!(
+        revoked["revocations"].as_array().unwrap().contains(&named["token_id"]),
+        "the superseded token is revoked: {revoked}"
+    );
+    assert_eq!(c.api("POST", "/v1/runs/hello-fleet/revoke", admin, None).unwrap().0, 200);
+    let (status, body) = c.api("POST", "/v1/runs/hello-fleet/token", admin, Some("{}")).unwrap();
+    assert_eq!((status, body["error"]["type"].as_str()), (409, Some("conflict")), "{body}");
 
     // Bad input: one envelope, with the reason.
     let (status, body) = c.api("POST", "/v1/runs", admin, Some("{not json")).unwrap();

@@ -104,6 +104,8 @@ async fn stack_intercepting(packs: &[&Path], config: Option<&str>, intercept: &[
         .upstream_ca(ca.pem_path())
         .env("FLEETFORGE_CONTROL_URL", control.url())
         .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
+        // These tests name runs freely; run tokens are checked in capabilities.rs.
+        .env("FLEETFORGE_CAPABILITIES", "false")
         .env("FLEETFORGE_INTERCEPT", intercept.join(","))
         .env("FLEETFORGE_POLICY", packs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","));
     if let Some(config) = config {

@@ -49,6 +49,8 @@ impl Stack {
             .upstream_ca(self.ca.pem_path())
             .env("FLEETFORGE_CONTROL_URL", control_url)
             .env("FLEETFORGE_CONTROL_TOKEN", self.control.token.clone())
+            // These tests name runs freely; run tokens are checked in capabilities.rs.
+            .env("FLEETFORGE_CAPABILITIES", "false")
             .env("FLEETFORGE_ALLOWED_HOSTS", "api.openai.com");
         for (k, v) in extra {
             b = b.env(k, *v);
@@ -293,6 +295,8 @@ async fn kill_9_loses_nothing(postgres: bool) {
         .upstream_ca(s.ca.pem_path())
         .env("FLEETFORGE_CONTROL_URL", s.control.url())
         .env("FLEETFORGE_CONTROL_TOKEN", s.control.token.clone())
+        // These tests name runs freely; run tokens are checked in capabilities.rs.
+        .env("FLEETFORGE_CAPABILITIES", "false")
         .arg("--config")
         .arg(config.display().to_string());
     b = b.env("FLEETFORGE_LOG", "info");

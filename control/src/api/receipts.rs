@@ -1,0 +1,165 @@
+//! Receipts: `POST /v1/receipts` (ingest, proxy role), `GET /v1/runs/{id}/receipts`,
+//! `GET /v1/receipts/{id}` and `GET /v1/runs/{id}/verify`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use fleetforge_trust::text::hex;
+use fleetforge_trust::verify::{ChainProblem, Link, check_chain, verify};
+use fleetforge_trust::wire::ReceiptBatch;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiResult, App, ErrorKind, bad_query, json_error, principal, require, require_json, run_of};
+use crate::auth::Role;
+use crate::ingest::{self, IngestResponse};
+
+/// Receipt page parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ReceiptPage {
+    /// Return receipts with `chain.seq` greater than this (default 0).
+    after: Option<i64>,
+    /// Page size (default 100, max 1000).
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/receipts", params(("id" = String, Path), ReceiptPage), responses((status = 200), (status = 404)), security(("bearer" = [])))]
+pub(super) async fn run_receipts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<ReceiptPage>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let p = principal(&app, &headers).await?;
+    let Query(q) = q.map_err(bad_query)?;
+    run_of(&app, &p, &id).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = app.store.receipts(&id, q.after.unwrap_or(0), limit).await?;
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.seq)).flatten();
+    let receipts: Vec<Value> = rows.iter().filter_map(|r| serde_json::from_str(&r.body).ok()).collect();
+    Ok(Json(json!({ "receipts": receipts, "next_after": next })))
+}
+
+#[utoipa::path(get, path = "/v1/receipts/{id}", params(("id" = String, Path)), responses((status = 200), (status = 404)), security(("bearer" = [])))]
+pub(super) async fn one_receipt(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = principal(&app, &headers).await?;
+    match app.store.receipt(&id).await? {
+        Some(r) if p.can_read(&r.tenant) => Ok(Json(serde_json::from_str(&r.body).unwrap_or(Value::Null))),
+        _ => Err(ApiError::not_found(&format!("receipt {id}"))),
+    }
+}
+
+/// `GET /v1/runs/{id}/verify` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyReport {
+    /// Every signature, proof and chain link checked out.
+    pub ok: bool,
+    /// Receipts checked.
+    pub checked: usize,
+    /// What is wrong, naming the receipt.
+    pub problems: Vec<Problem>,
+}
+
+/// One verification problem.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// The receipt.
+    pub receipt_id: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/verify", params(("id" = String, Path)), responses((status = 200, body = VerifyReport), (status = 404)), security(("bearer" = [])))]
+pub(super) async fn verify_run(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VerifyReport>> {
+    let p = principal(&app, &headers).await?;
+    run_of(&app, &p, &id).await?;
+    let keys: std::collections::HashMap<String, Vec<u8>> = app
+        .store
+        .keys()
+        .await?
+        .into_iter()
+        .filter_map(|k| Some((k.key_id, URL_SAFE_NO_PAD.decode(k.public_key).ok()?)))
+        .collect();
+    let rows = app.store.chain(&id).await?;
+    let mut problems = Vec::new();
+    let mut links = Vec::new();
+    for r in &rows {
+        let value: Value = match serde_json::from_str(&r.body) {
+            Ok(v) => v,
+            Err(e) => {
+                problems
+                    .push(Problem { receipt_id: r.id.clone(), problem: format!("stored receipt is not JSON: {e}") });
+                continue;
+            }
+        };
+        match verify(&value, |kid| keys.get(kid).cloned()) {
+            Ok(v) => {
+                if v.receipt.body.id.to_string() != r.id || v.receipt.body.run.as_str() != id {
+                    problems.push(Problem {
+                        receipt_id: r.id.clone(),
+                        problem: "stored receipt names another id or run".into(),
+                    });
+                }
+                links.push(Link {
+                    id: r.id.clone(),
+                    lane: v.receipt.body.chain.lane.clone(),
+                    seq: v.receipt.body.chain.seq,
+                    hash: hex(&v.hash),
+                    prev_hash: v.receipt.body.chain.prev_hash.clone(),
+                });
+            }
+            Err(e) => problems.push(Problem { receipt_id: r.id.clone(), problem: e.to_string() }),
+        }
+    }
+    for ChainProblem { receipt_id, problem } in check_chain(&id, &links) {
+        problems.push(Problem { receipt_id, problem });
+    }
+    let ok = problems.is_empty();
+    app.store.set_verified(&id, ok, i64::try_from(rows.len()).unwrap_or(i64::MAX)).await?;
+    Ok(Json(VerifyReport { ok, checked: rows.len(), problems }))
+}
+
+#[utoipa::path(post, path = "/v1/receipts", request_body = ReceiptBatch,
+    responses((status = 200, body = IngestResponse), (status = 401), (status = 403), (status = 413)), security(("bearer" = [])))]
+pub(super) async fn post_receipts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<IngestResponse>> {
+    let p = principal(&app, &headers).await?;
+    require(&p, &[Role::Proxy, Role::Admin])?;
+    require_json(&headers)?;
+    let max_batch = app.max_batch;
+    // Parsing, canonicalizing and hashing a batch is CPU work: one blocking task for all of it.
+    let prepared = tokio::task::spawn_blocking(move || {
+        let batch: ReceiptBatch = serde_json::from_slice(&body).map_err(json_error)?;
+        if batch.receipts.len() > max_batch {
+            return Err(ApiError::new(
+                ErrorKind::BatchTooLarge,
+                format!("{} receipts in one batch; the limit is {max_batch} (control.max_batch)", batch.receipts.len()),
+            ));
+        }
+        Ok(ingest::prepare(batch.receipts))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("ingest worker failed: {e}")))??;
+    let start = Instant::now();
+    let answer = ingest::ingest_prepared(&app.store, &app.signatures, &app.keys, &p, prepared).await?;
+    app.metrics.ingested(answer.accepted, answer.duplicates, answer.rejected, start.elapsed());
+    Ok(Json(answer))
+}

@@ -1,0 +1,334 @@
+//! Runs: `POST /v1/runs`, `GET /v1/runs`, `GET /v1/runs/{id}`, `POST /v1/runs/{id}/token` (a new
+//! run token for a run that exists) and `POST /v1/runs/{id}/revoke`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fleetforge_trust::capability::Grants;
+use fleetforge_trust::text::rfc3339_from_unix_micros as rfc3339;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiResult, App, ErrorKind, bad_json, bad_query, json_error, principal, require, run_of};
+use crate::auth::{self, Role};
+use crate::store::RunRow;
+
+/// `POST /v1/runs` body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    /// The run's id (1 to 128 of `A-Z a-z 0-9 . _ -`); default `run-` and 12 random characters.
+    /// An id that exists already is `409 conflict`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: serde_json::Map<String, Value>,
+    /// Budget SLOs: `tokens`, `cost_usd`, `calls`, `tokens_per_minute` (enforced by budgets).
+    #[serde(default)]
+    pub budget: Option<Budget>,
+    /// Tenant; only an all-tenant admin may name one.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The agent this run is for (a fact in the run token).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// What the run may do: `hosts` (`*`, `*.example.com`, exact), `methods`, `paths`
+    /// (prefixes), `models` (`*`, `gpt-4o*`, exact); empty = unrestricted.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub grants: Option<fleetforge_trust::capability::Grants>,
+    /// Run token lifetime in seconds (default 86400, at most 30 days).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A run's budget.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Token ceiling.
+    pub tokens: Option<u64>,
+    /// Cost ceiling, USD.
+    pub cost_usd: Option<f64>,
+    /// Call ceiling.
+    pub calls: Option<u64>,
+    /// Rate SLO.
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// `POST /v1/runs` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedRun {
+    /// Run id.
+    pub id: String,
+    /// The run token: a Biscuit, base64url (shown once; agents send it as the proxy password
+    /// or `x-fleetforge-token`).
+    pub token: String,
+    /// The token's revocation id (hex), for `POST /v1/capabilities/revoke`.
+    pub token_id: String,
+    /// When the token expires (RFC 3339).
+    pub expires_at: String,
+    /// The same, unix seconds (kept in the store, not sent).
+    #[serde(skip)]
+    pub expires: u64,
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    id: String,
+    tenant: String,
+    labels: Value,
+    budget: Value,
+    created_at: String,
+    last_activity: Option<String>,
+    calls: i64,
+    receipts: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_usd: f64,
+    rejected: i64,
+    /// `ok`: the last full verification passed and no receipt was rejected at ingest;
+    /// `problems`: it failed, or receipts were rejected; `unverified`: never verified in full
+    /// (every stored receipt was still verified on ingest).
+    verification: &'static str,
+    /// When the run was last verified in full (`GET /v1/runs/{id}/verify`).
+    verified_at: Option<String>,
+    /// Receipts that verification checked.
+    verified_receipts: Option<i64>,
+    /// The agent named at creation.
+    agent: Option<String>,
+    /// What the run's token allows.
+    grants: Value,
+    /// Run token expiry.
+    expires_at: Option<String>,
+    /// The run token's revocation id.
+    token_id: Option<String>,
+    /// When the token was revoked.
+    revoked_at: Option<String>,
+}
+
+fn view(r: RunRow) -> RunView {
+    RunView {
+        labels: serde_json::from_str(&r.labels).unwrap_or(Value::Null),
+        budget: serde_json::from_str(&r.budget).unwrap_or(Value::Null),
+        created_at: rfc3339(r.created_at),
+        last_activity: r.last_activity.map(rfc3339),
+        receipts: r.calls,
+        calls: r.calls,
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        cost_usd: r.cost_micro_usd as f64 / 1e6,
+        verification: match (r.rejected, r.verify_ok) {
+            (0, Some(true)) => "ok",
+            (0, None) => "unverified",
+            _ => "problems",
+        },
+        verified_at: r.verified_at.map(rfc3339),
+        verified_receipts: r.verify_checked,
+        agent: r.agent,
+        grants: serde_json::from_str(&r.grants).unwrap_or(Value::Null),
+        expires_at: r.expires_at.map(|s| rfc3339(s.saturating_mul(1_000_000))),
+        token_id: r.token_id,
+        revoked_at: r.revoked_at.map(rfc3339),
+        rejected: r.rejected,
+        id: r.id,
+        tenant: r.tenant,
+    }
+}
+
+#[utoipa::path(post, path = "/v1/runs", request_body = CreateRun,
+    responses((status = 201, body = CreatedRun), (status = 400), (status = 401), (status = 403)), security(("bearer" = [])))]
+pub(super) async fn create_run(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateRun>, JsonRejection>,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers).await?;
+    let Json(body) = body.map_err(bad_json)?;
+    require(&p, &[Role::Admin])?;
+    let tenant = match (&p.tenant, body.tenant) {
+        (None, Some(t)) => t,
+        (Some(own), Some(t)) if own != &t => {
+            return Err(ApiError::bad_request("only an all-tenant admin may create runs in another tenant"));
+        }
+        _ => p.write_tenant().to_owned(),
+    };
+    if fleetforge_trust::RunId::new(&tenant).is_err() {
+        return Err(ApiError::bad_request("tenant must be 1 to 128 characters of A-Z a-z 0-9 . _ -"));
+    }
+    let ttl = ttl_seconds(body.ttl_seconds)?;
+    let id = match body.id {
+        Some(id) => {
+            fleetforge_trust::RunId::new(&id)
+                .map_err(|e| ApiError::bad_request(format!("id {id:?} is not a run id: {e}")))?;
+            id
+        }
+        None => format!("run-{}", auth::new_id(12)),
+    };
+    let mut grants = body.grants.unwrap_or_default();
+    if grants.max_tokens.is_none() {
+        grants.max_tokens = body.budget.as_ref().and_then(|b| b.tokens);
+    }
+    let minted = mint(&app, &id, &tenant, body.agent.as_deref(), &grants, ttl)?;
+    let labels = Value::Object(body.labels).to_string();
+    let budget = serde_json::to_string(&body.budget.unwrap_or_default()).unwrap_or_else(|_| "{}".into());
+    if !app.store.create_run(&id, &tenant, &labels, &budget, &auth::token_hash(&minted.token)).await? {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("run {id} exists already; pick another id, or give it a new token with POST /v1/runs/{id}/token"),
+        ));
+    }
+    record(&app, &minted, body.agent.as_deref(), &grants).await?;
+    Ok((StatusCode::CREATED, Json(minted)).into_response())
+}
+
+/// `POST /v1/runs/{id}/token` body; every member is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueToken {
+    /// The agent (default: the one the run's current token names).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// What the new token allows (default: what the run's current token allows).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub grants: Option<Grants>,
+    /// Token lifetime in seconds (default 86400, at most 30 days).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A new run token for a run that exists (one made by `POST /v1/runs`, or by the first receipt a
+/// proxy shipped for it). The run's previous token is revoked: one run, one live token. A revoked
+/// run gets none (`409`): create a new run.
+#[utoipa::path(post, path = "/v1/runs/{id}/token", params(("id" = String, Path)), request_body = IssueToken,
+    responses((status = 201, body = CreatedRun), (status = 400), (status = 404), (status = 409)), security(("bearer" = [])))]
+pub(super) async fn issue_token(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let p = principal(&app, &headers).await?;
+    // No body at all is the same as `{}`.
+    let body: IssueToken = if body.iter().all(u8::is_ascii_whitespace) {
+        IssueToken::default()
+    } else {
+        serde_json::from_slice(&body).map_err(json_error)?
+    };
+    require(&p, &[Role::Admin])?;
+    let run = run_of(&app, &p, &id).await?;
+    if run.revoked_at.is_some() {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("run {id} was revoked and gets no new token; create a new run (POST /v1/runs)"),
+        ));
+    }
+    let ttl = ttl_seconds(body.ttl_seconds)?;
+    let grants = match body.grants {
+        Some(g) => g,
+        None => serde_json::from_str::<Grants>(&run.grants).unwrap_or_default(),
+    };
+    let agent = body.agent.or(run.agent);
+    let minted = mint(&app, &id, &run.tenant, agent.as_deref(), &grants, ttl)?;
+    record(&app, &minted, agent.as_deref(), &grants).await?;
+    if let Some(previous) = run.token_id.filter(|t| *t != minted.token_id) {
+        app.store.revoke(&previous, None, &run.tenant, "superseded by a new run token").await?;
+        tracing::info!(run = %id, revoked = %previous, token_id = %minted.token_id, "run token replaced");
+    }
+    Ok((StatusCode::CREATED, Json(minted)).into_response())
+}
+
+fn ttl_seconds(given: Option<u64>) -> ApiResult<u64> {
+    let ttl = given.unwrap_or(86_400);
+    if ttl == 0 || ttl > 30 * 86_400 {
+        return Err(ApiError::bad_request(format!("ttl_seconds is {ttl}; expected 1 to 2592000 (30 days)")));
+    }
+    Ok(ttl)
+}
+
+/// A run token for `run`, signed by the newest capability root key.
+fn mint(app: &App, run: &str, tenant: &str, agent: Option<&str>, grants: &Grants, ttl: u64) -> ApiResult<CreatedRun> {
+    let expires = fleetforge_trust::capability::unix_now() + ttl;
+    let claims = fleetforge_trust::capability::RunClaims {
+        run: run.to_owned(),
+        tenant: tenant.to_owned(),
+        agent: agent.map(str::to_owned),
+        expires,
+        grants: grants.clone(),
+    };
+    let root = app.roots.newest().ok_or_else(|| ApiError::internal("no capability root key is loaded"))?;
+    let fleetforge_trust::capability::Minted { token, id: token_id } =
+        fleetforge_trust::capability::mint(&root.pair, root.id, &claims)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let expires_at = rfc3339(i64::try_from(expires).unwrap_or(i64::MAX).saturating_mul(1_000_000));
+    Ok(CreatedRun { id: run.to_owned(), token, token_id, expires_at, expires })
+}
+
+/// Stores what the run's (new) token carries.
+async fn record(app: &App, minted: &CreatedRun, agent: Option<&str>, grants: &Grants) -> ApiResult<()> {
+    let grants_json = serde_json::to_string(grants).unwrap_or_else(|_| "{}".into());
+    let expires = i64::try_from(minted.expires).unwrap_or(i64::MAX);
+    app.store.set_capability(&minted.id, agent, &grants_json, expires, &minted.token_id).await?;
+    Ok(())
+}
+
+/// Listing parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListRuns {
+    /// Page size (default 50, max 500).
+    limit: Option<i64>,
+    /// Cursor from the previous page's `next_after`.
+    after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/runs", params(ListRuns), responses((status = 200)), security(("bearer" = [])))]
+pub(super) async fn list_runs(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<ListRuns>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let p = principal(&app, &headers).await?;
+    let Query(q) = q.map_err(bad_query)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let cursor =
+        q.after.as_deref().and_then(|a| a.split_once('/')).and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)));
+    let rows = app.store.runs(p.tenant_filter(), limit, cursor).await?;
+    let next =
+        (rows.len() as i64 == limit).then(|| rows.last().map(|r| format!("{}/{}", r.created_at, r.id))).flatten();
+    Ok(Json(json!({ "runs": rows.into_iter().map(view).collect::<Vec<_>>(), "next_after": next })))
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}", params(("id" = String, Path)), responses((status = 200, body = RunView), (status = 404)), security(("bearer" = [])))]
+pub(super) async fn show_run(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    let p = principal(&app, &headers).await?;
+    Ok(Json(view(run_of(&app, &p, &id).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/runs/{id}/revoke", params(("id" = String, Path)),
+    responses((status = 200), (status = 404)), security(("bearer" = [])))]
+pub(super) async fn revoke_run(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = principal(&app, &headers).await?;
+    require(&p, &[Role::Admin])?;
+    let run = run_of(&app, &p, &id).await?;
+    let token_id =
+        run.token_id.ok_or_else(|| ApiError::bad_request(format!("run {id} has no capability token to revoke")))?;
+    app.store.revoke(&token_id, Some(&id), &run.tenant, "run revoked").await?;
+    tracing::info!(run = %id, token_id = %token_id, "run token revoked");
+    Ok(Json(json!({ "run": id, "revoked": [token_id] })))
+}

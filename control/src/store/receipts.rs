@@ -1,0 +1,81 @@
+//! Receipts as read back: a run's page, its whole chain, one receipt.
+
+use sqlx::Row as _;
+
+use super::{Store, StoreError};
+
+/// A stored receipt, as read back.
+#[derive(Debug, Clone)]
+pub struct StoredReceipt {
+    /// Receipt id.
+    pub id: String,
+    /// Lane.
+    pub lane: String,
+    /// Seq.
+    pub seq: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// The receipt JSON.
+    pub body: String,
+}
+
+impl Store {
+    /// A run's receipts with `seq > after`, in (seq, lane) order: about `limit` of them, and
+    /// never part of a seq (several lanes can share one), so `after = last seq` pages correctly.
+    pub async fn receipts(&self, run: &str, after: i64, limit: i64) -> Result<Vec<StoredReceipt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, lane, seq, tenant, body FROM receipts WHERE run_id = $1 AND seq > $2 ORDER BY seq, lane LIMIT $3",
+        )
+        .bind(run)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut page: Vec<StoredReceipt> = rows.iter().map(stored).collect::<Result<_, _>>()?;
+        if i64::try_from(page.len()).unwrap_or(i64::MAX) >= limit
+            && let Some(last) = page.last().map(|r| r.seq)
+        {
+            // The page may have cut a seq short: take that seq whole.
+            page.retain(|r| r.seq != last);
+            let rest = sqlx::query(
+                "SELECT id, lane, seq, tenant, body FROM receipts WHERE run_id = $1 AND seq = $2 ORDER BY lane",
+            )
+            .bind(run)
+            .bind(last)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rest {
+                page.push(stored(r)?);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Every receipt of a run, in (lane, seq) order, for verification.
+    pub async fn chain(&self, run: &str) -> Result<Vec<StoredReceipt>, StoreError> {
+        let rows = sqlx::query("SELECT id, lane, seq, tenant, body FROM receipts WHERE run_id = $1 ORDER BY lane, seq")
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// One receipt.
+    pub async fn receipt(&self, id: &str) -> Result<Option<StoredReceipt>, StoreError> {
+        let row = sqlx::query("SELECT id, lane, seq, tenant, body FROM receipts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(stored).transpose()
+    }
+}
+
+fn stored(r: &sqlx::any::AnyRow) -> Result<StoredReceipt, StoreError> {
+    Ok(StoredReceipt {
+        id: r.try_get("id")?,
+        lane: r.try_get("lane")?,
+        seq: r.try_get("seq")?,
+        tenant: r.try_get("tenant")?,
+        body: r.try_get("body")?,
+    })
+}
