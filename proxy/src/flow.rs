@@ -53,6 +53,9 @@ use crate::phase::Next;
 use crate::state::Proxy;
 use crate::{forward, identify, meter, record, settle, upstream};
 
+#[cfg(test)]
+mod tests;
+
 /// Serves one HTTP request through the pipeline. Never fails: errors become contract error
 /// responses.
 pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {

@@ -214,3 +214,22 @@ fn sidecars_load_from_the_contract_s_top_level_table_and_from_the_proxy_table() 
         .to_string();
     assert!(err.contains("sidecar[0].upstream") && !err.contains("proxy.sidecar"), "{err}");
 }
+
+#[test]
+fn run_tokens_are_verified_whenever_control_is_known() {
+    let load = |env: &[(&str, &str)]| Config::load(None, &env_of(env), &Flags::default()).unwrap().capabilities;
+    let alone = load(&[]);
+    assert!(!alone.required && !alone.explicit, "no control token: nothing to verify with");
+    let known = load(&[("FLEETFORGE_CONTROL_TOKEN", "fft_x")]);
+    assert!(known.required && !known.explicit, "a proxy that knows control verifies by default");
+    let off = load(&[("FLEETFORGE_CONTROL_TOKEN", "fft_x"), ("FLEETFORGE_CAPABILITIES", "false")]);
+    assert!(!off.required && off.explicit, "turning it off is an explicit choice");
+    let c = load_text(
+        "[proxy.capabilities]\nrequired = false\n",
+        &[("FLEETFORGE_CONTROL_TOKEN", "fft_x")],
+        &Flags::default(),
+    )
+    .unwrap()
+    .capabilities;
+    assert!(!c.required && c.explicit, "the file can opt out too");
+}
