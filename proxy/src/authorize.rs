@@ -72,7 +72,7 @@ pub async fn authorize(proxy: &Proxy, call: &mut Call, subject: Subject<'_>) -> 
         Subject::Request(out) => {
             out.read_body(proxy.config.max_body, proxy.config.body_timeout).await?;
             call.request_bytes = out.bytes().len() as u64;
-            if reads_facts(proxy) {
+            if reads_facts(proxy, call, &target) {
                 call.facts =
                     Some(facts::read(&target.host, &call.path, facts::is_json(&out.parts.headers), out.bytes()));
             }
@@ -94,10 +94,14 @@ pub async fn authorize(proxy: &Proxy, call: &mut Call, subject: Subject<'_>) -> 
     Ok(Next::Continue)
 }
 
-/// Whether any check reads the body's LLM/MCP fields. When none does (no model allow-list, no
-/// pack, no capability check), the body is not parsed at all.
-fn reads_facts(proxy: &Proxy) -> bool {
-    proxy.builtin.restricts_models() || proxy.policy.is_some() || proxy.capabilities.is_some()
+/// Whether anything reads the body's LLM/MCP fields: a check (the model allow-list, a pack, the
+/// capability check), or the receipt of a call to an LLM API, whose usage names the model. When
+/// nothing does, the body is not parsed at all.
+fn reads_facts(proxy: &Proxy, call: &Call, target: &Target) -> bool {
+    proxy.builtin.restricts_models()
+        || proxy.policy.is_some()
+        || proxy.capabilities.is_some()
+        || facts::provider(&target.host, &call.path).is_some()
 }
 
 /// Notes in the run's ledger that a call policy allowed is leaving (hosts and tools seen by later

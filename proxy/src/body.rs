@@ -5,7 +5,8 @@
 //! from the upstream connection, or replayed from recorded chunks. The tap passes data on as soon
 //! as it arrives — an SSE token stream reaches the client chunk by chunk, never buffered until the
 //! end — while it counts and digests the bytes, and can rewrite each chunk on its way
-//! ([`Rewrite`]; the digest covers the bytes as received). When the stream ends, fails, or the
+//! ([`Rewrite`]; the digest covers the bytes as received), and reads an LLM response's token usage
+//! as it passes ([`crate::usage`]), holding nothing back. When the stream ends, fails, or the
 //! client goes away, it calls its end-of-body callback ([`OnEnd`]) exactly once with a
 //! [`Summary`], so settle and record run with the final figures.
 //!
@@ -26,6 +27,7 @@ use hyper::body::Incoming;
 
 use crate::context::{Outcome, Summary};
 use crate::error::ErrorBody;
+use crate::usage::UsageReader;
 
 /// Called once when a tapped body ends, with what the tap saw and how the body ended.
 pub type OnEnd = Box<dyn FnOnce(Summary, Outcome) + Send>;
@@ -121,6 +123,8 @@ pub struct Tap {
     /// SHA-256 over the body as received from the upstream (the receipt's response digest).
     digest: ring::digest::Context,
     rewrite: Option<Rewrite>,
+    /// Reads token usage from the body as received (LLM responses only).
+    usage: Option<UsageReader>,
     on_end: Option<OnEnd>,
     /// Data received and not yet passed on (see the module docs on coalescing).
     held: Vec<Bytes>,
@@ -143,8 +147,9 @@ impl std::fmt::Debug for Tap {
 }
 
 impl Tap {
-    fn new(on_end: OnEnd, rewrite: Option<Rewrite>) -> Self {
+    fn new(on_end: OnEnd, rewrite: Option<Rewrite>, usage: Option<UsageReader>) -> Self {
         Tap {
+            usage,
             bytes: 0,
             client_bytes: 0,
             digest: ring::digest::Context::new(&ring::digest::SHA256),
@@ -162,6 +167,9 @@ impl Tap {
     fn take_in(&mut self, data: Bytes) {
         self.bytes += data.len() as u64;
         self.digest.update(&data);
+        if let Some(usage) = &mut self.usage {
+            usage.feed(&data);
+        }
         let data = match &mut self.rewrite {
             Some(rewrite) => rewrite(data),
             None => data,
@@ -181,8 +189,12 @@ impl Tap {
                 std::mem::replace(&mut self.digest, ring::digest::Context::new(&ring::digest::SHA256)).finish();
             let mut sha = [0u8; 32];
             sha.copy_from_slice(digest.as_ref());
-            let summary =
-                Summary { upstream_bytes: self.bytes, client_bytes: self.client_bytes, digest: sha, usage: None };
+            let summary = Summary {
+                upstream_bytes: self.bytes,
+                client_bytes: self.client_bytes,
+                digest: sha,
+                usage: self.usage.as_ref().map(UsageReader::counts).filter(|c| !c.is_empty()),
+            };
             on_end(summary, outcome);
         }
     }
@@ -240,10 +252,10 @@ impl ProxyBody {
         ProxyBody::Full { data: None }
     }
 
-    /// Streams `inner` to the client, each chunk through `rewrite` when given, and calls `on_end`
-    /// when it ends.
-    pub fn tapped(inner: UpstreamBody, rewrite: Option<Rewrite>, on_end: OnEnd) -> Self {
-        let mut tap = Tap::new(on_end, rewrite);
+    /// Streams `inner` to the client, each chunk through `rewrite` when given and read by `usage`
+    /// when given, and calls `on_end` when it ends.
+    pub fn tapped(inner: UpstreamBody, rewrite: Option<Rewrite>, usage: Option<UsageReader>, on_end: OnEnd) -> Self {
+        let mut tap = Tap::new(on_end, rewrite, usage);
         if inner.is_end_stream() {
             // Nothing will be polled: the call is complete now.
             tap.end(Outcome::Completed);

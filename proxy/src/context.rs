@@ -54,8 +54,8 @@ pub struct Summary {
     pub client_bytes: u64,
     /// SHA-256 of the body as received from the upstream.
     pub digest: [u8; 32],
-    /// Token usage read from the body, when the tap could read it.
-    pub usage: Option<Usage>,
+    /// Token counts read from the body, when it stated any.
+    pub usage: Option<crate::usage::Counts>,
 }
 
 /// Where a call goes: scheme, host and port of the upstream.
@@ -279,11 +279,27 @@ impl Call {
         self.facts.as_ref().and_then(|f| f.model.as_deref())
     }
 
+    /// The LLM provider the call went to: from its body's facts, or from its host and path.
+    pub fn provider(&self) -> Option<&'static str> {
+        if let Some(llm) = self.facts.as_ref().and_then(|f| f.llm.as_ref()) {
+            return Some(llm.provider);
+        }
+        self.target.as_ref().and_then(|t| crate::facts::provider(&t.host, &self.path))
+    }
+
     /// Takes in what the tap saw of the response body.
     pub fn absorb(&mut self, summary: Summary) {
         self.response_bytes = summary.client_bytes;
         self.response_digest = Some(summary.digest);
-        self.usage = summary.usage;
+        self.usage = summary.usage.map(|c| Usage {
+            cached_input_tokens: c.cached_input_tokens,
+            cost_micro_usd: None,
+            input_tokens: c.input_tokens,
+            model: self.model().map(str::to_owned),
+            output_tokens: c.output_tokens,
+            provider: self.provider().map(str::to_owned),
+            reasoning_tokens: c.reasoning_tokens,
+        });
     }
 }
 

@@ -51,6 +51,7 @@ use crate::outbound::Outbound;
 use crate::pattern::normalize_host;
 use crate::phase::Next;
 use crate::state::Proxy;
+use crate::usage::UsageReader;
 use crate::{forward, identify, meter, record, settle, upstream};
 
 #[cfg(test)]
@@ -148,10 +149,16 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
     crate::headers::strip_hop_by_hop(&mut parts.headers);
     call.status = Some(parts.status);
     stamp(&call, &mut parts.headers);
+    // An LLM response is read for its token usage on its way through.
+    let usage = call.provider().and_then(|_| {
+        let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        UsageReader::for_content_type(content_type)
+    });
     // One allocation holds the call and the proxy handle until the body ends.
     let body = ProxyBody::tapped(
         body,
         None,
+        usage,
         Box::new(move |summary, outcome| {
             let mut call = call;
             call.absorb(summary);

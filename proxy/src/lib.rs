@@ -45,6 +45,7 @@ pub mod start;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 
 pub use config::Config;
 pub use start::{Running, StartError};

@@ -9,7 +9,7 @@
 //! - steps are monotonic per run: two concurrent calls of one run never get the same number (one
 //!   atomic add; the map's write lock is taken once per new run);
 //! - a run is evicted only when it has no call in flight and has been idle for the idle timeout
-//!   (`proxy.runs.idle_timeout`, default 1 h; checked at most once a minute, when a new run
+//!   (1 h, `Runs::default()`; checked at most once a minute, when a new run
 //!   arrives); a run that comes back later starts a fresh ledger whose steps continue after
 //!   `resume_step` (the number of receipts the spool holds for it), so step numbers stay
 //!   increasing across evictions and restarts when receipts are recorded.
@@ -98,6 +98,12 @@ impl RunLedger {
         {
             s.tools.push(tool.to_owned());
         }
+    }
+
+    /// Adds a settled call's tokens to the run's figures.
+    pub fn add_usage(&self, tokens: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.tokens_used = s.tokens_used.saturating_add(tokens);
     }
 
     /// Ends a call of this run (it started with [`Runs::begin`]).

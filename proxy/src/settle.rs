@@ -4,7 +4,7 @@
 //! usage is only known at its end; the tap's [`crate::context::Summary`] is on the call by then.
 //! Releases the unused part of the reservation made by [`crate::meter`], adds the call's usage to
 //! its run's ledger, and ends the call's place in the ledger's in-flight count. With no budgets
-//! yet, reservations are empty and usage is not read, so only the in-flight count changes.
+//! yet, reservations are empty: the usage the tap read is added to the run's figures.
 
 use crate::context::{Call, Outcome, Reservation};
 use crate::state::Proxy;
@@ -13,6 +13,9 @@ use crate::state::Proxy;
 pub fn settle(_proxy: &Proxy, call: &Call, _outcome: &Outcome) {
     debug_assert_eq!(call.reservation, Reservation::default(), "no budgets exist yet, so nothing can be reserved");
     if let Some(ledger) = &call.ledger {
+        if let Some(usage) = &call.usage {
+            ledger.add_usage(usage.input_tokens.unwrap_or(0).saturating_add(usage.output_tokens.unwrap_or(0)));
+        }
         ledger.end_call();
     }
 }

@@ -404,3 +404,55 @@ async fn other_tenants_see_nothing_sqlite() {
 async fn other_tenants_see_nothing_postgres() {
     other_tenants_see_nothing(true).await;
 }
+
+/// Token usage is read from the response as it streams to the client: a JSON completion and an
+/// SSE stream with `include_usage`, through curl, each receipt stating exactly what the upstream
+/// reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_carry_the_usage_the_upstream_reported() {
+    let s = stack(false).await;
+    let proxy = s.proxy(&s.dir.path().join("proxy-home"), &s.control.url(), &[]);
+    let env = [
+        ("HTTPS_PROXY", proxy.proxy_url("run-usage", RUN_TOKEN)),
+        ("CURL_CA_BUNDLE", proxy.bundle.display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let chat = |body: &str| {
+        [
+            "-s",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            &format!("{CHUNKS_HEADER}: 5"),
+            "--data-binary",
+            body,
+            "https://api.openai.com/v1/chat/completions",
+        ]
+        .map(str::to_owned)
+    };
+    let json_body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello to the whole fleet"}]}"#;
+    let args = chat(json_body);
+    let out = s.clients.curl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &env).await.unwrap().ok().unwrap();
+    let answered: Value = serde_json::from_str(&out.stdout).unwrap();
+    let stream_body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Count to five"}]}"#;
+    let args = chat(stream_body);
+    let out = s.clients.curl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &env).await.unwrap().ok().unwrap();
+    let streamed: Value = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|chunk| chunk["usage"].is_object())
+        .expect("the stream's usage chunk");
+
+    let receipts = s.receipts("run-usage", 2);
+    for (receipt, reported) in receipts.iter().zip([&answered["usage"], &streamed["usage"]]) {
+        let usage = &receipt["usage"];
+        assert_eq!(usage["input_tokens"], reported["prompt_tokens"], "{receipt}");
+        assert_eq!(usage["output_tokens"], reported["completion_tokens"], "{receipt}");
+        assert!(usage["output_tokens"].as_u64().unwrap() > 0, "{receipt}");
+        assert_eq!(usage["provider"], "openai");
+        assert_eq!(usage["model"], "gpt-4o-mini", "the model the request named");
+        assert!(usage["cost_micro_usd"].is_null(), "no price list yet");
+    }
+}

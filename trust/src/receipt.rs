@@ -80,16 +80,22 @@ pub struct Seal {
 /// Token usage of an LLM call, when the proxy could read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Input tokens served from the provider's prompt cache (part of `input_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
     /// Cost in millionths of a US dollar.
     pub cost_micro_usd: Option<u64>,
-    /// Input (prompt) tokens.
+    /// Input (prompt) tokens, cached ones included.
     pub input_tokens: Option<u64>,
     /// Model.
     pub model: Option<String>,
-    /// Output (completion) tokens.
+    /// Output (completion) tokens, reasoning ones included.
     pub output_tokens: Option<u64>,
     /// Provider, e.g. `openai`.
     pub provider: Option<String>,
+    /// Output tokens spent on reasoning (part of `output_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
 }
 
 /// The run's budget around a call: what was set aside before it left, and what was left after it
@@ -352,11 +358,13 @@ pub(crate) mod tests {
         full.budget =
             Some(Budget { cost_left_micro_usd: Some(5), reserved_tokens: 900, throttled_ms: 12, tokens_left: None });
         full.usage = Some(Usage {
+            cached_input_tokens: Some(1),
             cost_micro_usd: Some(1),
             input_tokens: Some(2),
             model: Some("gpt-4o".into()),
             output_tokens: Some(3),
             provider: Some("openai".into()),
+            reasoning_tokens: Some(2),
         });
         let generic = canonical::to_canonical(&serde_json::to_value(&full).unwrap()).unwrap();
         assert_eq!(full.canonical().unwrap(), generic, "typed parts are declared in JCS order");
@@ -387,8 +395,15 @@ pub(crate) mod tests {
         full.trace = Some(Trace { span_id: "s".into(), trace_id: "t".into() });
         full.capability = Some(Capability { call_token_id: Some("c".into()), expires: 1, token_id: "t".into() });
         full.budget = Some(Budget::default());
-        full.usage =
-            Some(Usage { cost_micro_usd: None, input_tokens: None, model: None, output_tokens: None, provider: None });
+        full.usage = Some(Usage {
+            cached_input_tokens: Some(0),
+            cost_micro_usd: None,
+            input_tokens: None,
+            model: None,
+            output_tokens: None,
+            provider: None,
+            reasoning_tokens: Some(0),
+        });
         let full = serde_json::to_value(full).unwrap();
         for member in ["budget", "capability", "trace", "usage"] {
             body[member] = full[member].clone();

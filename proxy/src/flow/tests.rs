@@ -60,7 +60,7 @@ impl Upstream {
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
                             record.lock().unwrap().push(Seen { path, headers: parts.headers, body });
-                            let reply = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#;
+                            let reply = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#;
                             Ok::<_, Infallible>(
                                 Response::builder()
                                     .header("content-type", "application/json")
@@ -219,6 +219,7 @@ async fn a_sidecar_call_is_forwarded_without_credentials_and_recorded_once() {
     assert_eq!(ledger.in_flight(), 0, "both calls settled");
     let state = ledger.snapshot();
     assert_eq!((state.calls, state.hosts.as_slice()), (2, &["up.test".to_owned()][..]), "{state:?}");
+    assert_eq!(state.tokens_used, 2 * (7 + 3), "the usage the tap read, settled into the run's figures");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,119 @@
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::{Counts, UsageReader};
+
+/// Reads `body` whole, then again one byte per chunk: a chunk boundary anywhere gives the same.
+fn read(body: &str, sse: bool) -> Counts {
+    let mut whole = UsageReader::new(sse);
+    whole.feed(body.as_bytes());
+    let mut bytewise = UsageReader::new(sse);
+    for b in body.as_bytes() {
+        bytewise.feed(std::slice::from_ref(b));
+    }
+    assert_eq!(whole.counts(), bytewise.counts(), "chunking changed the result");
+    whole.counts()
+}
+
+fn counts(input: u64, output: u64, cached: Option<u64>, reasoning: Option<u64>) -> Counts {
+    Counts {
+        input_tokens: Some(input),
+        output_tokens: Some(output),
+        cached_input_tokens: cached,
+        reasoning_tokens: reasoning,
+    }
+}
+
+#[test]
+fn openai_chat_completion_json() {
+    let body = r#"{
+  "id": "chatcmpl-9", "object": "chat.completion", "model": "gpt-4o-mini",
+  "choices": [{"index": 0, "message": {"role": "assistant", "content": "The \"usage\": {\"prompt_tokens\": 1} of it"}}],
+  "usage": {"prompt_tokens": 1200, "completion_tokens": 35, "total_tokens": 1235,
+            "prompt_tokens_details": {"cached_tokens": 1024}, "completion_tokens_details": {"reasoning_tokens": 0}}
+}"#;
+    assert_eq!(read(body, false), counts(1200, 35, Some(1024), Some(0)));
+}
+
+#[test]
+fn openai_stream_with_include_usage() {
+    let body = "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n\
+                data: {\"id\":\"c\",\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n\
+                data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"total_tokens\":14}}\n\n\
+                data: [DONE]\n\n";
+    assert_eq!(read(body, true), counts(12, 2, None, None));
+}
+
+#[test]
+fn openai_responses_api_stream() {
+    let body = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"usage\":null}}\n\n\
+                event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hello\"}\n\n\
+                event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"output\":[{\"content\":[{\"text\":\"Hello\"}]}],\
+                \"usage\":{\"input_tokens\":40,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":120,\
+                \"output_tokens_details\":{\"reasoning_tokens\":64},\"total_tokens\":160}}}\n\n";
+    assert_eq!(read(body, true), counts(40, 120, Some(0), Some(64)));
+}
+
+#[test]
+fn embeddings_have_input_only() {
+    let body = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+    let c = read(body, false);
+    assert_eq!((c.input_tokens, c.output_tokens), (Some(8), None));
+}
+
+#[test]
+fn anthropic_message_json_adds_cache_reads_and_writes_to_input() {
+    let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5",
+      "content":[{"type":"tool_use","id":"t","name":"meter","input":{"usage":{"input_tokens":999999}}}],
+      "usage":{"input_tokens":20,"cache_creation_input_tokens":100,"cache_read_input_tokens":3000,"output_tokens":50}}"#;
+    assert_eq!(read(body, false), counts(3120, 50, Some(3000), None), "a tool's own `usage` is not the call's");
+}
+
+#[test]
+fn anthropic_stream_takes_the_last_cumulative_delta() {
+    let body = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-5\",\
+                \"content\":[],\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+                event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+                event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n\
+                event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":17}}\n\n\
+                event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    assert_eq!(read(body, true), counts(25, 17, None, None));
+}
+
+#[test]
+fn gemini_json_sse_and_json_array_stream() {
+    let json = r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}]}}],
+      "usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":4,"thoughtsTokenCount":30,"cachedContentTokenCount":2,"totalTokenCount":43},
+      "modelVersion":"gemini-2.5-flash"}"#;
+    assert_eq!(read(json, false), counts(9, 34, Some(2), Some(30)));
+    let sse = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"H\"}]}}],\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":1}}\r\n\r\n\
+               data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"i\"}]}}],\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":2}}\r\n\r\n";
+    assert_eq!(read(sse, true), counts(9, 2, None, None));
+    let array = r#"[{"candidates":[],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":1}}
+,{"candidates":[],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":6}}]"#;
+    assert_eq!(read(array, false), counts(9, 6, None, None));
+}
+
+#[test]
+fn no_usage_and_junk_read_as_nothing() {
+    assert!(read(r#"{"id":"x","choices":[]}"#, false).is_empty());
+    assert!(read(r#"{"usage": "lots"}"#, false).is_empty());
+    assert!(read("data: {\"usage\": {\"prompt_tokens\": \n\ndata: {\"x\":1}\n\n", true).is_empty());
+    // A malformed event does not hide the next one's usage.
+    let c = read("data: {\"a\": {{{\n\ndata: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n", true);
+    assert_eq!(c, counts(3, 4, None, None));
+    // Usage deeper than one level down is someone else's.
+    assert!(read(r#"{"a":{"b":{"usage":{"prompt_tokens":5}}}}"#, false).is_empty());
+    // An object too large to be usage is dropped.
+    let big = format!(r#"{{"usage":{{"prompt_tokens":1,"pad":"{}"}}}}"#, "x".repeat(10_000));
+    assert!(read(&big, false).is_empty());
+}
+
+#[test]
+fn content_types_pick_the_reader() {
+    assert!(UsageReader::for_content_type(Some("text/event-stream; charset=utf-8")).is_some_and(|r| r.sse));
+    assert!(UsageReader::for_content_type(Some("application/json")).is_some_and(|r| !r.sse));
+    assert!(UsageReader::for_content_type(Some("application/problem+json")).is_some());
+    assert!(UsageReader::for_content_type(Some("text/html")).is_none());
+    assert!(UsageReader::for_content_type(None).is_none());
+}
