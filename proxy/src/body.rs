@@ -32,7 +32,9 @@ use crate::usage::UsageReader;
 /// Called once when a tapped body ends, with what the tap saw and how the body ended.
 pub type OnEnd = Box<dyn FnOnce(Summary, Outcome) + Send>;
 
-/// Rewrites one chunk of a tapped body on its way to the client; an empty result drops it.
+/// Rewrites one chunk of a tapped body on its way to the client; an empty result drops it. When
+/// the body ends it is called once more with an empty chunk, and what it returns is sent last (a
+/// rewrite that waits for whole lines passes on what it still holds).
 pub type Rewrite = Box<dyn FnMut(Bytes) -> Bytes + Send>;
 
 /// The most data gathered into one frame before it is sent.
@@ -165,6 +167,9 @@ impl Tap {
 
     /// Takes in one chunk from the upstream: counted and digested as received, rewritten, held.
     fn take_in(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
         self.bytes += data.len() as u64;
         self.digest.update(&data);
         if let Some(usage) = &mut self.usage {
@@ -181,6 +186,18 @@ impl Tap {
         self.held_len += data.len();
         self.held.push(data);
         self.grew = true;
+    }
+
+    /// The body ended: whatever the rewrite still holds goes out last.
+    fn flush(&mut self) {
+        if let Some(rewrite) = &mut self.rewrite {
+            let rest = rewrite(Bytes::new());
+            if !rest.is_empty() {
+                self.client_bytes += rest.len() as u64;
+                self.held_len += rest.len();
+                self.held.push(rest);
+            }
+        }
     }
 
     fn end(&mut self, outcome: Outcome) {
@@ -282,6 +299,7 @@ impl Body for ProxyBody {
                                 tap.take_in(data);
                                 if inner.is_end_stream() {
                                     // With a known length the server stops polling after the last byte.
+                                    tap.flush();
                                     tap.end(Outcome::Completed);
                                     if tap.held.is_empty() {
                                         return Poll::Ready(None);
@@ -295,10 +313,12 @@ impl Body for ProxyBody {
                             Err(trailers) => return tap.then(Some(Ok(trailers))),
                         },
                         Poll::Ready(Some(Err(e))) => {
+                            tap.flush();
                             tap.end(Outcome::UpstreamAborted(e.to_string()));
                             return tap.then(Some(Err(e)));
                         }
                         Poll::Ready(None) => {
+                            tap.flush();
                             tap.end(Outcome::Completed);
                             return tap.then(None);
                         }

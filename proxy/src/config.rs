@@ -194,6 +194,9 @@ pub struct Config {
     pub default_token: Option<Secret>,
     /// Reject calls that carry no run credentials with 407.
     pub require_credentials: bool,
+    /// Ask OpenAI streams for their usage (`stream_options.include_usage`) when the client did not,
+    /// and remove it from what the client receives (`FLEETFORGE_INJECT_STREAM_USAGE`).
+    pub inject_stream_usage: bool,
     /// Receipts: recording, spool and signing.
     pub receipts: ReceiptsConfig,
     /// Where the control service is (`FLEETFORGE_CONTROL_URL`).
@@ -298,6 +301,16 @@ pub struct FileConfig {
     pub tool: Vec<FileTool>,
     /// Policy packs.
     pub policy: FilePolicy,
+    /// Token usage.
+    pub usage: FileUsage,
+}
+
+/// `[proxy.usage]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileUsage {
+    /// Inject `stream_options.include_usage` into OpenAI streams that lack it (default true).
+    pub inject_stream_usage: Option<bool>,
 }
 
 /// `[proxy.policy]`
@@ -655,6 +668,10 @@ impl Builder<'_> {
             Some(g) => parse_bool("proxy.identity.require_credentials", g)?,
             None => raw.identity.require_credentials.unwrap_or(false),
         };
+        let inject_stream_usage = match self.env("FLEETFORGE_INJECT_STREAM_USAGE") {
+            Some(g) => parse_bool("proxy.usage.inject_stream_usage", g)?,
+            None => raw.usage.inject_stream_usage.unwrap_or(true),
+        };
 
         let receipts = {
             let r = &raw.receipts;
@@ -842,6 +859,7 @@ impl Builder<'_> {
             default_run,
             default_token,
             require_credentials,
+            inject_stream_usage,
             receipts,
             control_url,
             control_token,

@@ -224,6 +224,9 @@ pub struct Call {
     pub capability: Option<Grant>,
     /// Token usage of the response, when the tap could read it.
     pub usage: Option<Usage>,
+    /// The proxy asked the upstream for stream usage the client did not ask for, so the tap
+    /// removes it from what the client receives ([`crate::usage::StripUsage`]).
+    pub strip_usage: bool,
     /// What policy decided, for the receipt.
     pub decided: Decided,
 }
@@ -265,6 +268,7 @@ impl Call {
             response_bytes: 0,
             capability: None,
             usage: None,
+            strip_usage: false,
             decided: Decided::default(),
         }
     }

@@ -45,6 +45,9 @@ pub struct LlmCall {
     pub max_tokens: Option<u64>,
     /// Whether a stream was requested.
     pub stream: bool,
+    /// OpenAI's `stream_options`: `None` when the request has none, else its `include_usage`
+    /// (false when unset).
+    pub stream_usage: Option<bool>,
     /// Number of messages (Gemini: `contents`).
     pub messages: u64,
     /// Names of the tools offered to the model.
@@ -79,6 +82,7 @@ struct Body<'a> {
     #[serde(rename = "generationConfig")]
     generation_config: Option<GenerationConfig>,
     stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
     messages: Option<Vec<IgnoredAny>>,
     contents: Option<Vec<IgnoredAny>>,
     input: Option<IgnoredAny>,
@@ -87,6 +91,11 @@ struct Body<'a> {
     #[serde(borrow)]
     method: Option<Cow<'a, str>>,
     params: Option<Params<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +225,7 @@ pub fn read(host: &str, path_and_query: &str, json: bool, body: &Bytes) -> Reque
             model: path_model.to_owned(),
             max_tokens,
             stream,
+            stream_usage: None,
             messages: b.contents.as_ref().map_or(0, |c| c.len() as u64),
             tools: tools(),
         })
@@ -227,6 +237,7 @@ pub fn read(host: &str, path_and_query: &str, json: bool, body: &Bytes) -> Reque
                 model: model.clone().into_owned(),
                 max_tokens,
                 stream: b.stream.unwrap_or(false),
+                stream_usage: b.stream_options.as_ref().map(|o| o.include_usage.unwrap_or(false)),
                 messages: b.messages.as_ref().map_or(0, |m| m.len() as u64),
                 tools: tools(),
             }),

@@ -41,7 +41,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use crate::authorize::{self, Subject};
-use crate::body::{ProxyBody, UpstreamBody};
+use crate::body::{ProxyBody, Rewrite, UpstreamBody};
 use crate::context::{Call, CallKind, ConnCtx, ConnMode, Outcome, Target};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 use crate::headers::{X_RECEIPT, X_RUN};
@@ -51,7 +51,7 @@ use crate::outbound::Outbound;
 use crate::pattern::normalize_host;
 use crate::phase::Next;
 use crate::state::Proxy;
-use crate::usage::UsageReader;
+use crate::usage::{StripUsage, UsageReader};
 use crate::{forward, identify, meter, record, settle, upstream};
 
 #[cfg(test)]
@@ -99,6 +99,10 @@ async fn exchange(
     if let Next::Respond(response) = authorize::authorize(proxy, call, Subject::Request(&mut request)).await? {
         return Ok(response);
     }
+    // An OpenAI stream that did not ask for its usage is asked for it; the tap strips it again.
+    if proxy.config.inject_stream_usage {
+        ask_for_stream_usage(call, &mut request);
+    }
     // 3. Reserve budget only for calls policy allowed, so a denied call never holds budget.
     if let Next::Respond(response) = meter::meter(proxy, call, &request).await? {
         return Ok(response);
@@ -106,6 +110,25 @@ async fn exchange(
     // 4. Forward (or replay); the response body streams back through the tap, which calls
     // `finish` at its end.
     forward::forward(proxy, call, request).await
+}
+
+/// Adds `stream_options.include_usage` to an OpenAI chat or completion stream request that has no
+/// `stream_options`, so its usage can be counted; the response tap removes what it adds.
+fn ask_for_stream_usage(call: &mut Call, request: &mut Outbound) {
+    let wanted = call.facts.as_ref().and_then(|f| f.llm.as_ref()).is_some_and(|llm| {
+        llm.provider == "openai"
+            && llm.stream
+            && llm.stream_usage.is_none()
+            && matches!(llm.operation, "chat" | "text_completion")
+    });
+    if !wanted {
+        return;
+    }
+    if let Some(body) = crate::usage::inject(request.bytes()) {
+        call.request_bytes = body.len() as u64;
+        request.set_body(body);
+        call.strip_usage = true;
+    }
 }
 
 /// Where the call goes: fixed by the connection (tunnels, sidecars) or named by an absolute-form
@@ -154,10 +177,19 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
         let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         UsageReader::for_content_type(content_type)
     });
+    let sse = usage.as_ref().is_some_and(UsageReader::is_sse);
+    let rewrite: Option<Rewrite> = (call.strip_usage && sse).then(|| {
+        let mut strip = StripUsage::default();
+        Box::new(move |chunk| strip.rewrite(chunk)) as Rewrite
+    });
+    if rewrite.is_some() {
+        // The client's stream is shorter than the upstream's.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
     // One allocation holds the call and the proxy handle until the body ends.
     let body = ProxyBody::tapped(
         body,
-        None,
+        rewrite,
         usage,
         Box::new(move |summary, outcome| {
             let mut call = call;

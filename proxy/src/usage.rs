@@ -20,6 +20,7 @@
 //! apart; it is added in); `reasoning_tokens` is that part. A later object replaces each figure it
 //! states, which is how cumulative streams end with their final counts.
 
+use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 
 /// The most bytes one usage object may take; a larger one is not usage and is dropped.
@@ -163,6 +164,11 @@ impl UsageReader {
         }
     }
 
+    /// Whether this reader reads an SSE stream.
+    pub fn is_sse(&self) -> bool {
+        self.sse
+    }
+
     /// Takes in the next bytes of the body.
     pub fn feed(&mut self, data: &[u8]) {
         for &b in data {
@@ -250,6 +256,184 @@ impl UsageReader {
         let key = &self.key[..self.key_len];
         let usage = !self.key_long && (key == b"usage" || key == b"usageMetadata");
         self.after = if usage && (1..=2).contains(&self.string_depth) { After::Colon } else { After::Nothing };
+    }
+}
+
+/// The request body with `"stream_options":{"include_usage":true}` added as its last member, for an
+/// OpenAI stream request that has no `stream_options`; `None` when `body` is not a JSON object.
+/// Added as text, so every byte the client sent is sent as it was.
+pub fn inject(body: &[u8]) -> Option<Bytes> {
+    let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' || body[end] != b'}' || body[start + 1..end].iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    const MEMBER: &[u8] = br#","stream_options":{"include_usage":true}"#;
+    let mut out = BytesMut::with_capacity(body.len() + MEMBER.len());
+    out.extend_from_slice(&body[..end]);
+    out.extend_from_slice(MEMBER);
+    out.extend_from_slice(&body[end..]);
+    Some(out.freeze())
+}
+
+/// Undoes [`inject`] on the stream the client receives: the usage chunk the option added is
+/// dropped (with its blank line), and the `"usage":null` member it added to every other chunk is
+/// cut out, so the client gets exactly the bytes it would have without the option. Works on whole
+/// lines (OpenAI sends one `data:` line per event); a partial line waits for the rest, and what is
+/// held when the body ends is passed on as it is (called with an empty chunk, see
+/// [`crate::body::Rewrite`]).
+#[derive(Debug, Default)]
+pub struct StripUsage {
+    partial: BytesMut,
+    /// A usage chunk was dropped; its terminating blank line goes too.
+    drop_blank: bool,
+}
+
+impl StripUsage {
+    /// Rewrites the next chunk; an empty chunk means the body ended.
+    pub fn rewrite(&mut self, chunk: Bytes) -> Bytes {
+        if chunk.is_empty() {
+            return self.partial.split().freeze();
+        }
+        if self.partial.is_empty() && chunk.ends_with(b"\n") {
+            return self.lines(&chunk);
+        }
+        self.partial.extend_from_slice(&chunk);
+        let Some(last) = memchr::memrchr(b'\n', &self.partial) else { return Bytes::new() };
+        let complete = self.partial.split_to(last + 1);
+        self.lines(&complete)
+    }
+
+    fn lines(&mut self, lines: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(lines.len());
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            if std::mem::take(&mut self.drop_blank) && (line == b"\n" || line == b"\r\n") {
+                continue;
+            }
+            let Some(payload) = line.strip_prefix(b"data:") else {
+                out.extend_from_slice(line);
+                continue;
+            };
+            let offset = line.len() - payload.len();
+            match member(payload, b"usage") {
+                Some(m) if payload[m.value.clone()] == *b"null" => {
+                    let cut = m.cut;
+                    out.extend_from_slice(&line[..offset + cut.start]);
+                    out.extend_from_slice(&line[offset + cut.end..]);
+                }
+                Some(m)
+                    if payload[m.value.start] == b'{'
+                        && member(payload, b"choices").is_some_and(|c| payload[c.value] == *b"[]") =>
+                {
+                    self.drop_blank = true;
+                }
+                _ => out.extend_from_slice(line),
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// Where a top-level member of a JSON object is: its value, and the bytes to cut to remove it
+/// (with the comma that separates it from its neighbour).
+struct Member {
+    value: std::ops::Range<usize>,
+    cut: std::ops::Range<usize>,
+}
+
+/// Finds the top-level member `key` of the JSON object in `text` (which may be surrounded by
+/// whitespace). String- and escape-aware; `None` when absent or when `text` is not an object.
+fn member(text: &[u8], key: &[u8]) -> Option<Member> {
+    let mut depth = 0u32;
+    let mut i = 0;
+    // The end of the previous top-level value (after its comma's position is known).
+    let mut previous_comma: Option<usize> = None;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                let end = string_end(text, i)?;
+                if depth == 1 && &text[i + 1..end] == key {
+                    let mut j = end + 1;
+                    while j < text.len() && text[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if text.get(j) != Some(&b':') {
+                        i = end + 1;
+                        continue;
+                    }
+                    j += 1;
+                    while j < text.len() && text[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    let value_end = value_end(text, j)?;
+                    let cut = match previous_comma {
+                        Some(comma) => comma..value_end,
+                        None => {
+                            // The first member: cut it and the comma after it.
+                            let mut k = value_end;
+                            while k < text.len() && text[k].is_ascii_whitespace() {
+                                k += 1;
+                            }
+                            if text.get(k) == Some(&b',') { i..k + 1 } else { i..value_end }
+                        }
+                    };
+                    return Some(Member { value: j..value_end, cut });
+                }
+                i = end + 1;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b',' if depth == 1 => previous_comma = Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index of the quote that closes the string opening at `start`.
+fn string_end(text: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < text.len() {
+        match text[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The end (exclusive) of the JSON value starting at `start`.
+fn value_end(text: &[u8], start: usize) -> Option<usize> {
+    match *text.get(start)? {
+        b'"' => string_end(text, start).map(|e| e + 1),
+        b'{' | b'[' => {
+            let mut depth = 0u32;
+            let mut i = start;
+            while i < text.len() {
+                match text[i] {
+                    b'"' => {
+                        i = string_end(text, i)?;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let len = text[start..].iter().position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace());
+            Some(start + len.unwrap_or(text.len() - start))
+        }
     }
 }
 

@@ -445,7 +445,37 @@ async fn receipts_carry_the_usage_the_upstream_reported() {
         .find(|chunk| chunk["usage"].is_object())
         .expect("the stream's usage chunk");
 
-    let receipts = s.receipts("run-usage", 2);
+    // A stream that did not ask for usage: the proxy asks for it, and the client gets exactly the
+    // bytes a direct call without it gets.
+    let bare_body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Count to five"}]}"#;
+    let args = chat(bare_body);
+    let through =
+        s.clients.curl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &env).await.unwrap().ok().unwrap();
+    let port = s.upstream.addr().port();
+    let direct_url = format!("https://api.openai.com:{port}/v1/chat/completions");
+    let direct_args = [
+        "-s",
+        "--resolve",
+        &format!("api.openai.com:{port}:127.0.0.1"),
+        "--cacert",
+        s.ca.pem_path().to_str().unwrap(),
+        "-H",
+        "content-type: application/json",
+        "-H",
+        &format!("{CHUNKS_HEADER}: 5"),
+        "--data-binary",
+        bare_body,
+        &direct_url,
+    ];
+    let direct = s.clients.curl(&direct_args, &[]).await.unwrap().ok().unwrap();
+    assert!(direct.stdout.contains("data: [DONE]") && !direct.stdout.contains("usage"), "{}", direct.stdout);
+    assert_eq!(through.stdout, direct.stdout, "the client sees the stream it asked for, byte for byte");
+
+    let receipts = s.receipts("run-usage", 3);
+    let bare = &receipts[2]["usage"];
+    assert_eq!(bare["input_tokens"], streamed["usage"]["prompt_tokens"], "counted although not asked for: {bare}");
+    assert_eq!(bare["output_tokens"], streamed["usage"]["completion_tokens"], "{bare}");
+    assert!(receipts[2]["seal"]["response_bytes"].as_u64().unwrap() == through.stdout.len() as u64, "{}", receipts[2]);
     for (receipt, reported) in receipts.iter().zip([&answered["usage"], &streamed["usage"]]) {
         let usage = &receipt["usage"];
         assert_eq!(usage["input_tokens"], reported["prompt_tokens"], "{receipt}");

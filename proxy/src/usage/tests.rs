@@ -117,3 +117,67 @@ fn content_types_pick_the_reader() {
     assert!(UsageReader::for_content_type(Some("text/html")).is_none());
     assert!(UsageReader::for_content_type(None).is_none());
 }
+
+use bytes::Bytes;
+
+use super::{StripUsage, inject};
+
+#[test]
+fn inject_adds_the_option_as_the_last_member_and_keeps_every_other_byte() {
+    let body = "{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"}\"}]}\n";
+    let injected = inject(body.as_bytes()).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&injected).unwrap(),
+        "{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"}\"}],\"stream_options\":{\"include_usage\":true}}\n"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&injected).unwrap();
+    assert_eq!(v["stream_options"]["include_usage"], true);
+    assert!(inject(b"[1,2]").is_none());
+    assert!(inject(b"{ }").is_none());
+    assert!(inject(b"").is_none());
+}
+
+/// The stream as OpenAI sends it with and without `include_usage`.
+fn streams() -> (String, String) {
+    let chunk = |content: &str, usage: bool| {
+        format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":null}}]{}}}\n\n",
+            if usage { ",\"usage\":null" } else { "" }
+        )
+    };
+    let words = ["Hel", "lo \\\"usage\\\":null", ", fleet"];
+    let plain: String = words.iter().map(|w| chunk(w, false)).collect::<String>() + "data: [DONE]\n\n";
+    let with: String = words.iter().map(|w| chunk(w, true)).collect::<String>()
+        + "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}\n\n"
+        + "data: [DONE]\n\n";
+    (plain, with)
+}
+
+fn strip_in_chunks(stream: &str, size: usize) -> String {
+    let mut strip = StripUsage::default();
+    let mut out = Vec::new();
+    for piece in stream.as_bytes().chunks(size) {
+        out.extend_from_slice(&strip.rewrite(Bytes::copy_from_slice(piece)));
+    }
+    out.extend_from_slice(&strip.rewrite(Bytes::new()));
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn strip_gives_the_client_exactly_the_stream_without_the_option_however_it_is_chunked() {
+    let (plain, with) = streams();
+    for size in [1, 2, 7, 64, 100_000] {
+        assert_eq!(strip_in_chunks(&with, size), plain, "chunks of {size} bytes");
+    }
+    // The usage was in what the upstream sent, for the reader.
+    let mut reader = super::UsageReader::new(true);
+    reader.feed(with.as_bytes());
+    assert_eq!((reader.counts().input_tokens, reader.counts().output_tokens), (Some(9), Some(3)));
+}
+
+#[test]
+fn strip_passes_other_lines_and_an_unterminated_tail_through() {
+    let stream = ": keep-alive\n\nevent: x\ndata: {\"usage\":null,\"a\":1}\n\ndata: {\"a\":2,\"usage\": null }\n\ndata: {\"a\":3";
+    let out = strip_in_chunks(stream, 5);
+    assert_eq!(out, ": keep-alive\n\nevent: x\ndata: {\"a\":1}\n\ndata: {\"a\":2 }\n\ndata: {\"a\":3");
+}
