@@ -197,6 +197,8 @@ pub struct Config {
     /// Ask OpenAI streams for their usage (`stream_options.include_usage`) when the client did not,
     /// and remove it from what the client receives (`FLEETFORGE_INJECT_STREAM_USAGE`).
     pub inject_stream_usage: bool,
+    /// The price list (`FLEETFORGE_PRICES`; `None`: the built-in `configs/prices.toml`).
+    pub prices: Option<PathBuf>,
     /// Receipts: recording, spool and signing.
     pub receipts: ReceiptsConfig,
     /// Where the control service is (`FLEETFORGE_CONTROL_URL`).
@@ -311,6 +313,8 @@ pub struct FileConfig {
 pub struct FileUsage {
     /// Inject `stream_options.include_usage` into OpenAI streams that lack it (default true).
     pub inject_stream_usage: Option<bool>,
+    /// Price list file (`FLEETFORGE_PRICES`; default: the built-in list), relative to this file.
+    pub prices: Option<String>,
 }
 
 /// `[proxy.policy]`
@@ -672,6 +676,14 @@ impl Builder<'_> {
             Some(g) => parse_bool("proxy.usage.inject_stream_usage", g)?,
             None => raw.usage.inject_stream_usage.unwrap_or(true),
         };
+        // A path in a config file is relative to the file; others to the working directory.
+        let prices = match self.env("FLEETFORGE_PRICES").or_else(|| self.file(raw.usage.prices.clone())) {
+            Some(Given { value, origin: Origin::File(file) }) => {
+                Some(file.parent().map(Path::to_path_buf).unwrap_or_default().join(value))
+            }
+            Some(g) => Some(PathBuf::from(g.value)),
+            None => None,
+        };
 
         let receipts = {
             let r = &raw.receipts;
@@ -860,6 +872,7 @@ impl Builder<'_> {
             default_token,
             require_credentials,
             inject_stream_usage,
+            prices,
             receipts,
             control_url,
             control_token,

@@ -193,7 +193,13 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
         usage,
         Box::new(move |summary, outcome| {
             let mut call = call;
+            let counts = summary.usage;
             call.absorb(summary);
+            if let (Some(counts), Some(usage)) = (counts, call.usage.as_mut())
+                && let (Some(provider), Some(model)) = (usage.provider.as_deref(), usage.model.as_deref())
+            {
+                usage.cost_micro_usd = proxy.prices.cost_micro_usd(provider, model, &counts);
+            }
             finish(&proxy, call, outcome);
         }),
     );

@@ -35,6 +35,7 @@ pub mod outbound;
 pub mod pattern;
 pub mod phase;
 pub mod policy;
+pub mod prices;
 pub mod record;
 pub mod runs;
 pub mod settle;

@@ -131,6 +131,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_BAD_CONFIG);
             }
         };
+        // So is the price list.
+        if let Err(e) = fleetforge_proxy::prices::Prices::load(config.prices.as_deref()) {
+            eprintln!("fleetforge-proxy: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
         println!(
             "config ok: forward {}, admin {}, {} sidecar(s), {packs} policy pack(s), home {}",
             config.listen,

@@ -100,10 +100,11 @@ impl RunLedger {
         }
     }
 
-    /// Adds a settled call's tokens to the run's figures.
-    pub fn add_usage(&self, tokens: u64) {
+    /// Adds a settled call's tokens and cost to the run's figures.
+    pub fn add_usage(&self, tokens: u64, cost_micro_usd: u64) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.tokens_used = s.tokens_used.saturating_add(tokens);
+        s.cost_micro_usd = s.cost_micro_usd.saturating_add(cost_micro_usd);
     }
 
     /// Ends a call of this run (it started with [`Runs::begin`]).

@@ -14,7 +14,8 @@ pub fn settle(_proxy: &Proxy, call: &Call, _outcome: &Outcome) {
     debug_assert_eq!(call.reservation, Reservation::default(), "no budgets exist yet, so nothing can be reserved");
     if let Some(ledger) = &call.ledger {
         if let Some(usage) = &call.usage {
-            ledger.add_usage(usage.input_tokens.unwrap_or(0).saturating_add(usage.output_tokens.unwrap_or(0)));
+            let tokens = usage.input_tokens.unwrap_or(0).saturating_add(usage.output_tokens.unwrap_or(0));
+            ledger.add_usage(tokens, usage.cost_micro_usd.unwrap_or(0));
         }
         ledger.end_call();
     }

@@ -63,6 +63,9 @@ pub enum StartError {
     /// A policy pack did not load.
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
+    /// The price list did not load.
+    #[error("{0}")]
+    Prices(#[from] crate::prices::PricesError),
     /// Settings that cannot work together.
     #[error("{0}")]
     Unusable(String),
@@ -187,6 +190,7 @@ impl Proxy {
             Some(policy)
         };
         let builtin = Builtin::new(config.allowed_hosts.clone(), config.allowed_models.clone());
+        let prices = crate::prices::Prices::load(config.prices.as_deref())?;
 
         let (forward_addr, forward) = bind_group("proxy.listen", config.listen, workers)?;
         let (admin_addr, mut admin) = bind_group("proxy.admin_listen", config.admin_listen, 1)?;
@@ -238,6 +242,7 @@ impl Proxy {
             capabilities: capabilities.clone(),
             policy,
             builtin,
+            prices,
             runs: Runs::default(),
             anonymous_run: RunId::new("anonymous").map_err(|e| StartError::Tls(TlsError::BadCa(e.to_string())))?,
             drain: Drain::new(),

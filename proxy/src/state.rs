@@ -43,6 +43,8 @@ pub struct Proxy {
     pub policy: Option<Arc<Policy>>,
     /// The built-in allow-list pack.
     pub builtin: Builtin,
+    /// What tokens cost, per provider and model.
+    pub prices: crate::prices::Prices,
     /// Per-run ledgers (steps, policy state, budget figures).
     pub runs: Runs,
     /// The run of calls that name none when no default run is configured.

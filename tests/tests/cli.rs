@@ -49,7 +49,8 @@ fn example_configs_check_and_bad_ones_exit_64_naming_the_key() {
     let configs = workspace().join("configs");
     for entry in std::fs::read_dir(&configs).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
+        // prices.toml is the price list, not a config.
+        if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("prices.toml") {
             for bin in ["fleetforge-proxy", "fleetforge-ctl", "fleetforge-control"] {
                 let (code, out, err) = run(bin, &["--config", path.to_str().unwrap(), "--check-config"], &[]);
                 assert_eq!(code, 0, "{bin} {}: {out}{err}", path.display());
@@ -57,6 +58,12 @@ fn example_configs_check_and_bad_ones_exit_64_naming_the_key() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(&prices, "[openai.\"gpt-4o\"]\ninput = -2.5\noutput = 10.0\n").unwrap();
+    let (code, _, err) =
+        run("fleetforge-proxy", &["--check-config"], &[("FLEETFORGE_PRICES", prices.to_str().unwrap())]);
+    assert_eq!(code, 64, "a bad price list is a bad config: {err}");
+    assert!(err.contains("openai.\"gpt-4o\""), "{err}");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[proxy.limits]\nmax_body = \"huge\"\n").unwrap();
     let (code, _, err) = run("fleetforge-proxy", &["--config", bad.to_str().unwrap(), "--check-config"], &[]);

@@ -483,6 +483,9 @@ async fn receipts_carry_the_usage_the_upstream_reported() {
         assert!(usage["output_tokens"].as_u64().unwrap() > 0, "{receipt}");
         assert_eq!(usage["provider"], "openai");
         assert_eq!(usage["model"], "gpt-4o-mini", "the model the request named");
-        assert!(usage["cost_micro_usd"].is_null(), "no price list yet");
+        // The built-in list: gpt-4o-mini at $0.15 in and $0.60 out per million tokens.
+        let (input, output) =
+            (reported["prompt_tokens"].as_f64().unwrap(), reported["completion_tokens"].as_f64().unwrap());
+        assert_eq!(usage["cost_micro_usd"].as_u64(), Some((input * 0.15 + output * 0.60).round() as u64), "{receipt}");
     }
 }
