@@ -158,7 +158,9 @@ async fn receipts_arrive_in_order_and_tampering_is_caught(postgres: bool) {
                 "-H",
                 &format!("{CHUNKS_HEADER}=4"),
                 "--data-binary",
-                r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+                // Asks for its usage itself, so the client gets exactly what the upstream sent (an
+                // injected option's usage chunk would be cut: see receipts_carry_the_usage_…).
+                r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
                 "https://api.openai.com/v1/chat/completions",
             ],
             &[
@@ -437,6 +439,7 @@ async fn receipts_carry_the_usage_the_upstream_reported() {
     let stream_body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Count to five"}]}"#;
     let args = chat(stream_body);
     let out = s.clients.curl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &env).await.unwrap().ok().unwrap();
+    let with_usage = out.stdout.clone();
     let streamed: Value = out
         .stdout
         .lines()
@@ -476,6 +479,8 @@ async fn receipts_carry_the_usage_the_upstream_reported() {
     assert_eq!(bare["input_tokens"], streamed["usage"]["prompt_tokens"], "counted although not asked for: {bare}");
     assert_eq!(bare["output_tokens"], streamed["usage"]["completion_tokens"], "{bare}");
     assert!(receipts[2]["seal"]["response_bytes"].as_u64().unwrap() == through.stdout.len() as u64, "{}", receipts[2]);
+    // The seal is of what the upstream sent: the stream with its usage, as a client asking for it gets.
+    assert_eq!(receipts[2]["seal"]["response_digest"], sha256_hex(with_usage.as_bytes()), "{}", receipts[2]);
     for (receipt, reported) in receipts.iter().zip([&answered["usage"], &streamed["usage"]]) {
         let usage = &receipt["usage"];
         assert_eq!(usage["input_tokens"], reported["prompt_tokens"], "{receipt}");
