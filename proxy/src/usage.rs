@@ -171,8 +171,25 @@ impl UsageReader {
 
     /// Takes in the next bytes of the body.
     pub fn feed(&mut self, data: &[u8]) {
-        for &b in data {
-            self.byte(b);
+        let mut i = 0;
+        while i < data.len() {
+            // Most bytes of an LLM response are inside strings (ids, content): skip to the next
+            // byte that can end one, keeping the first few for the key comparison.
+            if self.in_string && !self.escaped && self.capture.is_none() {
+                let rest = &data[i..];
+                let n = memchr::memchr3(b'"', b'\\', b'\n', rest).unwrap_or(rest.len());
+                if n > 0 {
+                    let take = n.min(MAX_KEY - self.key_len);
+                    self.key[self.key_len..self.key_len + take].copy_from_slice(&rest[..take]);
+                    self.key_len += take;
+                    self.key_long |= n > take;
+                    self.previous = rest[n - 1];
+                    i += n;
+                    continue;
+                }
+            }
+            self.byte(data[i]);
+            i += 1;
         }
     }
 

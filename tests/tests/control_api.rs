@@ -123,6 +123,22 @@ fn contract(postgres: bool) {
     let (status, body) = c.api("POST", "/v1/runs", admin, Some(r#"{"lables":{}}"#)).unwrap();
     assert!(status == 422 || status == 400, "{status} {body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("lables"), "{body}");
+    for (budget, member) in [
+        (r#"{"tokens":-5}"#, "budget.tokens"),
+        (r#"{"tokens":1.5}"#, "budget.tokens"),
+        (r#"{"calls":"ten"}"#, "budget.calls"),
+        (r#"{"cost_usd":-1}"#, "budget.cost_usd"),
+        (r#"{"cost_usd":"lots"}"#, "budget.cost_usd"),
+        (r#"{"tokens_per_minute":-1}"#, "budget.tokens_per_minute"),
+        (r#"{"token":10}"#, "\"token\""),
+    ] {
+        let (status, body) = c.api("POST", "/v1/runs", admin, Some(&format!(r#"{{"budget":{budget}}}"#))).unwrap();
+        assert_eq!((status, body["error"]["type"].as_str()), (422, Some("invalid_request")), "{budget}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(member), "{budget} names {member}: {body}");
+    }
+    let (status, body) =
+        c.api("POST", "/v1/runs", admin, Some(r#"{"budget":{"tokens":0,"cost_usd":2.5,"calls":null}}"#)).unwrap();
+    assert_eq!(status, 201, "{body}");
     let (status, _) = c.api("GET", "/v1/runs?limit=many", admin, None).unwrap();
     assert_eq!(status, 400);
     let (status, body) = c.api("GET", "/v1/nowhere", admin, None).unwrap();

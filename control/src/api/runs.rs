@@ -48,9 +48,9 @@ pub struct CreateRun {
     pub ttl_seconds: Option<u64>,
 }
 
-/// A run's budget.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A run's budget. Every member is optional; a negative, fractional (for counts) or non-numeric
+/// value is refused naming the member (`422`).
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct Budget {
     /// Token ceiling.
     pub tokens: Option<u64>,
@@ -60,6 +60,41 @@ pub struct Budget {
     pub calls: Option<u64>,
     /// Rate SLO.
     pub tokens_per_minute: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let members = serde_json::Map::<String, Value>::deserialize(d)?;
+        let mut budget = Budget::default();
+        for (name, value) in members {
+            if value.is_null() {
+                continue;
+            }
+            let count = || {
+                value.as_u64().ok_or_else(|| {
+                    D::Error::custom(format!("budget.{name} is {value}; expected a whole number, 0 or more"))
+                })
+            };
+            match name.as_str() {
+                "tokens" => budget.tokens = Some(count()?),
+                "calls" => budget.calls = Some(count()?),
+                "tokens_per_minute" => budget.tokens_per_minute = Some(count()?),
+                "cost_usd" => {
+                    let usd = value.as_f64().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+                        D::Error::custom(format!("budget.cost_usd is {value}; expected US dollars, 0 or more"))
+                    })?;
+                    budget.cost_usd = Some(usd);
+                }
+                other => {
+                    return Err(D::Error::custom(format!(
+                        "budget has no member {other:?}; expected tokens, cost_usd, calls or tokens_per_minute"
+                    )));
+                }
+            }
+        }
+        Ok(budget)
+    }
 }
 
 /// `POST /v1/runs` answer.
