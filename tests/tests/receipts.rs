@@ -481,6 +481,12 @@ async fn receipts_carry_the_usage_the_upstream_reported() {
     assert!(receipts[2]["seal"]["response_bytes"].as_u64().unwrap() == through.stdout.len() as u64, "{}", receipts[2]);
     // The seal is of what the upstream sent: the stream with its usage, as a client asking for it gets.
     assert_eq!(receipts[2]["seal"]["response_digest"], sha256_hex(with_usage.as_bytes()), "{}", receipts[2]);
+    // Control adds each receipt's usage to its run.
+    let sum = |member: &str| receipts.iter().map(|r| r["usage"][member].as_u64().unwrap()).sum::<u64>();
+    let (_, run) = s.control.api("GET", "/v1/runs/run-usage", &s.control.token, None).unwrap();
+    assert_eq!(run["input_tokens"].as_u64(), Some(sum("input_tokens")), "{run}");
+    assert_eq!(run["output_tokens"].as_u64(), Some(sum("output_tokens")), "{run}");
+    assert!((run["cost_usd"].as_f64().unwrap() - sum("cost_micro_usd") as f64 / 1e6).abs() < 1e-9, "{run}");
     for (receipt, reported) in receipts.iter().zip([&answered["usage"], &streamed["usage"]]) {
         let usage = &receipt["usage"];
         assert_eq!(usage["input_tokens"], reported["prompt_tokens"], "{receipt}");
