@@ -41,7 +41,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use crate::authorize::{self, Subject};
-use crate::body::{ProxyBody, Rewrite, UpstreamBody};
+use crate::body::{ProxyBody, UpstreamBody};
 use crate::context::{Call, CallKind, ConnCtx, ConnMode, Outcome, Target};
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 use crate::headers::{X_RECEIPT, X_RUN};
@@ -51,7 +51,6 @@ use crate::outbound::Outbound;
 use crate::pattern::normalize_host;
 use crate::phase::Next;
 use crate::state::Proxy;
-use crate::usage::{StripUsage, UsageReader};
 use crate::{forward, identify, meter, record, settle, upstream};
 
 #[cfg(test)]
@@ -99,36 +98,13 @@ async fn exchange(
     if let Next::Respond(response) = authorize::authorize(proxy, call, Subject::Request(&mut request)).await? {
         return Ok(response);
     }
-    // An OpenAI stream that did not ask for its usage is asked for it; the tap strips it again.
-    if proxy.config.inject_stream_usage {
-        ask_for_stream_usage(call, &mut request);
-    }
     // 3. Reserve budget only for calls policy allowed, so a denied call never holds budget.
-    if let Next::Respond(response) = meter::meter(proxy, call, &request).await? {
+    if let Next::Respond(response) = meter::meter(proxy, call, &mut request).await? {
         return Ok(response);
     }
     // 4. Forward (or replay); the response body streams back through the tap, which calls
     // `finish` at its end.
     forward::forward(proxy, call, request).await
-}
-
-/// Adds `stream_options.include_usage` to an OpenAI chat or completion stream request that has no
-/// `stream_options`, so its usage can be counted; the response tap removes what it adds.
-fn ask_for_stream_usage(call: &mut Call, request: &mut Outbound) {
-    let wanted = call.facts.as_ref().and_then(|f| f.llm.as_ref()).is_some_and(|llm| {
-        llm.provider == "openai"
-            && llm.stream
-            && llm.stream_usage.is_none()
-            && matches!(llm.operation, "chat" | "text_completion")
-    });
-    if !wanted {
-        return;
-    }
-    if let Some(body) = crate::usage::inject(request.bytes()) {
-        call.request_bytes = body.len() as u64;
-        request.set_body(body);
-        call.strip_usage = true;
-    }
 }
 
 /// Where the call goes: fixed by the connection (tunnels, sidecars) or named by an absolute-form
@@ -172,16 +148,8 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
     crate::headers::strip_hop_by_hop(&mut parts.headers);
     call.status = Some(parts.status);
     stamp(&call, &mut parts.headers);
-    // An LLM response is read for its token usage on its way through.
-    let usage = call.provider().and_then(|_| {
-        let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        UsageReader::for_content_type(content_type)
-    });
-    let sse = usage.as_ref().is_some_and(UsageReader::is_sse);
-    let rewrite: Option<Rewrite> = (call.strip_usage && sse).then(|| {
-        let mut strip = StripUsage::default();
-        Box::new(move |chunk| strip.rewrite(chunk)) as Rewrite
-    });
+    // An LLM response is read for its usage on its way through (and stripped of what meter asked for).
+    let (usage, rewrite) = meter::response_tap(&call, &parts.headers);
     if rewrite.is_some() {
         // The client's stream is shorter than the upstream's.
         parts.headers.remove(http::header::CONTENT_LENGTH);
@@ -193,13 +161,7 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
         usage,
         Box::new(move |summary, outcome| {
             let mut call = call;
-            let counts = summary.usage;
             call.absorb(summary);
-            if let (Some(counts), Some(usage)) = (counts, call.usage.as_mut())
-                && let (Some(provider), Some(model)) = (usage.provider.as_deref(), usage.model.as_deref())
-            {
-                usage.cost_micro_usd = proxy.prices.cost_micro_usd(provider, model, &counts);
-            }
             finish(&proxy, call, outcome);
         }),
     );
@@ -233,8 +195,8 @@ fn stamp(call: &Call, headers: &mut HeaderMap) {
 }
 
 /// Phases 5 and 6, run exactly once per call whichever way it ended.
-fn finish(proxy: &Proxy, call: Call, outcome: Outcome) {
-    settle::settle(proxy, &call, &outcome);
+fn finish(proxy: &Proxy, mut call: Call, outcome: Outcome) {
+    settle::settle(proxy, &mut call, &outcome);
     record::record(proxy, &call, &outcome);
 }
 

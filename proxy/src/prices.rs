@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
-use crate::usage::Counts;
+use fleetforge_trust::receipt::Usage;
 
 /// The built-in list (`configs/prices.toml`).
 pub const BUILT_IN: &str = include_str!("../../configs/prices.toml");
@@ -113,9 +113,10 @@ impl Prices {
             .map(|(_, p)| *p)
     }
 
-    /// What `counts` cost at `provider` for `model`, in micro-dollars; `None` (and one WARN per
-    /// provider and model) when the list has no price for it.
-    pub fn cost_micro_usd(&self, provider: &str, model: &str, counts: &Counts) -> Option<u64> {
+    /// What a call's `usage` cost, in micro-dollars; `None` when it names no provider or model,
+    /// or (with one WARN per provider and model) when the list has no price for it.
+    pub fn cost_micro_usd(&self, usage: &Usage) -> Option<u64> {
+        let (provider, model) = (usage.provider.as_deref()?, usage.model.as_deref()?);
         let Some(p) = self.price(provider, model) else {
             let key = format!("{provider}/{model}");
             let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
@@ -128,9 +129,9 @@ impl Prices {
             }
             return None;
         };
-        let input = counts.input_tokens.unwrap_or(0);
-        let cached = counts.cached_input_tokens.unwrap_or(0).min(input);
-        let output = counts.output_tokens.unwrap_or(0);
+        let input = usage.input_tokens.unwrap_or(0);
+        let cached = usage.cached_input_tokens.unwrap_or(0).min(input);
+        let output = usage.output_tokens.unwrap_or(0);
         // Dollars per million tokens is micro-dollars per token.
         let micro = (input - cached) as f64 * p.input
             + cached as f64 * p.cached_input.unwrap_or(p.input)
@@ -144,7 +145,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::{Prices, PricesError};
-    use crate::usage::Counts;
+    use fleetforge_trust::receipt::Usage;
 
     #[test]
     fn the_built_in_list_prices_the_main_models() {
@@ -174,15 +175,18 @@ mod tests {
         assert_eq!(prices.price("openai", "gpt-4o-2024-08-06").unwrap().input, 2.5);
         assert!(prices.price("openai", "gpt-4oo").is_none(), "not a snapshot of gpt-4o");
         assert!(prices.price("anthropic", "gpt-4o").is_none());
-        let counts = Counts {
-            input_tokens: Some(1_200),
+        let usage = |model: &str| Usage {
             cached_input_tokens: Some(1_024),
+            cost_micro_usd: None,
+            input_tokens: Some(1_200),
+            model: Some(model.into()),
             output_tokens: Some(35),
+            provider: Some("openai".into()),
             reasoning_tokens: None,
         };
         // 176 × 2.5 + 1024 × 1.25 + 35 × 10 = 440 + 1280 + 350
-        assert_eq!(prices.cost_micro_usd("openai", "gpt-4o", &counts), Some(2_070));
-        assert_eq!(prices.cost_micro_usd("openai", "unknown-model", &counts), None);
+        assert_eq!(prices.cost_micro_usd(&usage("gpt-4o")), Some(2_070));
+        assert_eq!(prices.cost_micro_usd(&usage("unknown-model")), None);
     }
 
     #[test]
