@@ -77,6 +77,16 @@ enum Command {
         /// The run id.
         run: String,
     },
+    /// A run's budget: each limit its token carries with what its receipts used and what
+    /// remains, calls throttled by its rate SLOs and their total wait, calls refused, burn rate
+    /// and projected exhaustion. Figures come from the receipts control holds.
+    Budget {
+        /// The run id.
+        run: String,
+        /// Print the figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Capability tokens: verify one offline for a call, narrow one offline, revoke one.
     Capability {
         #[command(subcommand)]
@@ -246,6 +256,7 @@ fn main() -> ExitCode {
             Command::Runs { command } => runs(command).await,
             Command::Receipts { run, json } => receipts(&run, json).await,
             Command::Verify { run } => verify(&run).await,
+            Command::Budget { run, json } => budget(&run, json).await,
             Command::Capability { command } => capability(command).await,
             Command::Policy { command } => policy::run(command, || {
                 let env = |k: &str| std::env::var(k).ok();
@@ -392,7 +403,7 @@ async fn capability(command: CapabilityCommand) -> anyhow::Result<ExitCode> {
         CapabilityCommand::Attenuate { token, hosts, methods, paths, models, ttl } => {
             let token = read_token(&token)?;
             let ttl = ttl.as_deref().map(parse_ttl).transpose()?;
-            let narrow = Grants { hosts, methods, paths, models, max_tokens: None };
+            let narrow = Grants { hosts, methods, paths, models, ..Grants::default() };
             println!("{}", cap::attenuate(&token, &narrow, ttl, std::time::SystemTime::now())?);
             Ok(ExitCode::SUCCESS)
         }
@@ -540,6 +551,104 @@ async fn receipts(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
             Some(next) if !items.is_empty() => after = next,
             _ => break,
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleetforge-ctl budget RUN`.
+async fn budget(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let c = client()?;
+    let shown = c.get(&format!("/v1/runs/{run}")).await.map_err(not_found(run))?;
+    let state = &shown["budget_state"];
+    let (mut calls, mut throttled, mut waited_ms, mut refused) = (0u64, 0u64, 0u64, 0u64);
+    let (mut first, mut last): (Option<String>, Option<String>) = (None, None);
+    let mut after = 0i64;
+    loop {
+        let page = c.get(&format!("/v1/runs/{run}/receipts?after={after}&limit=1000")).await.map_err(not_found(run))?;
+        let items = page["receipts"].as_array().cloned().unwrap_or_default();
+        for r in &items {
+            if r["decision"]["allow"] == true {
+                calls += 1;
+            }
+            if r["decision"]["error"]["type"] == "budget_exceeded" {
+                refused += 1;
+            }
+            let wait = r["budget"]["throttled_ms"].as_u64().unwrap_or(0);
+            if wait > 0 {
+                throttled += 1;
+                waited_ms += wait;
+            }
+            if first.is_none() {
+                first = r["started_at"].as_str().map(str::to_owned);
+            }
+            last = r["ended_at"].as_str().map(str::to_owned).or(last);
+        }
+        match page["next_after"].as_i64() {
+            Some(next) if !items.is_empty() => after = next,
+            _ => break,
+        }
+    }
+    let used_tokens = shown["input_tokens"].as_u64().unwrap_or(0) + shown["output_tokens"].as_u64().unwrap_or(0);
+    // Burn rate over the span of the run's receipts, and when the token budget runs out at it.
+    let minutes = match (&first, &last) {
+        (Some(a), Some(b)) => millis_between(a, b).map(|ms| ms / 60_000.0).filter(|m| *m > 0.0),
+        _ => None,
+    };
+    let burn = minutes.map(|m| used_tokens as f64 / m);
+    let remaining = state["tokens"]["remaining"].as_u64();
+    let exhausted_in = match (burn, remaining) {
+        (Some(b), Some(r)) if b > 0.0 => Some(r as f64 / b),
+        _ => None,
+    };
+    let calls_limit = state["calls"].as_u64();
+    let report = serde_json::json!({
+        "run": run,
+        "tokens": state["tokens"],
+        "cost_usd": state["cost_usd"],
+        "calls": {"limit": calls_limit, "used": calls, "remaining": calls_limit.map(|l| l.saturating_sub(calls))},
+        "reserved": null,
+        "deadline": state["deadline"],
+        "tokens_per_minute": state["tokens_per_minute"],
+        "calls_per_minute": state["calls_per_minute"],
+        "throttled_calls": throttled,
+        "throttled_seconds": waited_ms as f64 / 1e3,
+        "refused_calls": refused,
+        "burn_tokens_per_minute": burn,
+        "exhausted_in_minutes": exhausted_in,
+    });
+    if as_json {
+        println!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::Number(n) if n.is_f64() => format!("{:.6}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    };
+    println!("run {run}");
+    println!("{:<10} {:>14} {:>14} {:>14}", "", "LIMIT", "USED", "REMAINING");
+    for (name, v) in [("tokens", &report["tokens"]), ("cost_usd", &report["cost_usd"]), ("calls", &report["calls"])] {
+        println!("{name:<10} {:>14} {:>14} {:>14}", cell(&v["limit"]), cell(&v["used"]), cell(&v["remaining"]));
+    }
+    println!("reserved:  held by the proxies serving the run until their calls settle (not known to control)");
+    if let Some(d) = state["deadline"].as_str() {
+        println!("wall time: no calls after {d}");
+    }
+    let rate = |v: &serde_json::Value, what: &str| v.as_u64().map(|n| format!("{n} {what}/min"));
+    let rates: Vec<String> = [rate(&state["tokens_per_minute"], "tokens"), rate(&state["calls_per_minute"], "calls")]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !rates.is_empty() {
+        println!("rate SLOs: {}", rates.join(", "));
+    }
+    println!("throttled: {throttled} calls, {:.1} s waited in total; refused: {refused} calls", waited_ms as f64 / 1e3);
+    match (burn, exhausted_in) {
+        (Some(b), Some(m)) => {
+            println!("burn rate: {b:.1} tokens/min; the token budget runs out in about {m:.1} min at this rate")
+        }
+        (Some(b), None) => println!("burn rate: {b:.1} tokens/min"),
+        _ => println!("burn rate: - (not enough receipts)"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,7 @@ fn setup() -> (RootKeys, String) {
             paths: vec!["/v1/".into()],
             models: vec!["gpt-4o*".into()],
             max_tokens: Some(100_000),
+            ..Grants::default()
         },
     };
     (roots, cap::mint(&root, 1, &claims).unwrap().token)

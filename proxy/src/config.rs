@@ -209,6 +209,42 @@ pub struct Config {
     pub capabilities: CapabilitiesConfig,
     /// Policy packs.
     pub policy: PolicyConfig,
+    /// Budget enforcement and default budgets.
+    pub budget: BudgetConfig,
+}
+
+/// Budgets (`[proxy.budget]`): how the meter phase enforces a run's budget, and the budgets of
+/// runs whose token sets none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetConfig {
+    /// Set a request's output limit to what remains of its run's budget when the request has
+    /// none or a larger one (`FLEETFORGE_BUDGET_CAP_OUTPUT`, default true).
+    pub cap_output: bool,
+    /// How long a call over its run's rate SLO may wait in the run's queue before it is refused
+    /// with 429 (`proxy.budget.max_wait`, `FLEETFORGE_BUDGET_MAX_WAIT`, default 30 s).
+    pub max_wait: Duration,
+    /// Every run's budget, member by member where neither its token nor its agent's or tenant's
+    /// default sets one.
+    pub default: crate::budget::Limits,
+    /// Default budgets of runs by agent (the run token's agent).
+    pub agents: HashMap<String, crate::budget::Limits>,
+    /// Default budgets of runs by tenant (the run token's tenant).
+    pub tenants: HashMap<String, crate::budget::Limits>,
+}
+
+impl BudgetConfig {
+    /// Whether any default budget is set.
+    pub fn has_defaults(&self) -> bool {
+        !self.default.is_unlimited() || !self.agents.is_empty() || !self.tenants.is_empty()
+    }
+
+    /// The default budget of a run of `agent` in `tenant`.
+    pub fn defaults_for(&self, agent: Option<&str>, tenant: Option<&str>) -> crate::budget::Limits {
+        let none = crate::budget::Limits::default();
+        let agent = agent.and_then(|a| self.agents.get(a)).unwrap_or(&none);
+        let tenant = tenant.and_then(|t| self.tenants.get(t)).unwrap_or(&none);
+        agent.or(tenant).or(&self.default)
+    }
 }
 
 /// Policy pack settings.
@@ -305,6 +341,40 @@ pub struct FileConfig {
     pub policy: FilePolicy,
     /// Token usage.
     pub usage: FileUsage,
+    /// Budgets.
+    pub budget: FileBudget,
+}
+
+/// `[proxy.budget]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileBudget {
+    /// Cap output limits at what remains (`FLEETFORGE_BUDGET_CAP_OUTPUT`, default true).
+    pub cap_output: Option<bool>,
+    /// Longest wait in a run's rate queue, e.g. `"30s"`.
+    pub max_wait: Option<String>,
+    /// `[proxy.budget.default]`: every run's default budget.
+    pub default: Option<FileBudgetLimits>,
+    /// `[proxy.budget.agent.NAME]`: default budgets by agent.
+    pub agent: HashMap<String, FileBudgetLimits>,
+    /// `[proxy.budget.tenant.NAME]`: default budgets by tenant.
+    pub tenant: HashMap<String, FileBudgetLimits>,
+}
+
+/// A default budget in the file; each member optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileBudgetLimits {
+    /// Input + output tokens.
+    pub tokens: Option<u64>,
+    /// US dollars.
+    pub cost_usd: Option<f64>,
+    /// Calls.
+    pub calls: Option<u64>,
+    /// Rate SLO: tokens per minute.
+    pub tokens_per_minute: Option<u64>,
+    /// Rate SLO: calls per minute.
+    pub calls_per_minute: Option<u64>,
 }
 
 /// `[proxy.usage]`
@@ -685,6 +755,53 @@ impl Builder<'_> {
             None => None,
         };
 
+        let budget = {
+            let b = &raw.budget;
+            let cap_output = match self.env("FLEETFORGE_BUDGET_CAP_OUTPUT") {
+                Some(g) => parse_bool("proxy.budget.cap_output", g)?,
+                None => b.cap_output.unwrap_or(true),
+            };
+            let max_wait = match self.env("FLEETFORGE_BUDGET_MAX_WAIT").or_else(|| self.file(b.max_wait.clone())) {
+                Some(g) => parse_duration("proxy.budget.max_wait", g)?,
+                None => Duration::from_secs(30),
+            };
+            let limits = |key: String, f: &FileBudgetLimits| -> Result<crate::budget::Limits, ConfigError> {
+                let cost_micro_usd = match f.cost_usd {
+                    None => None,
+                    Some(usd) if usd.is_finite() && usd >= 0.0 => Some((usd * 1e6).floor() as u64),
+                    Some(usd) => {
+                        return Err(value_error(
+                            &format!("{key}.cost_usd"),
+                            &usd.to_string(),
+                            self.file_origin.clone(),
+                            "expected US dollars, 0 or more",
+                        ));
+                    }
+                };
+                Ok(crate::budget::Limits {
+                    tokens: f.tokens,
+                    cost_micro_usd,
+                    calls: f.calls,
+                    deadline: None,
+                    tokens_per_minute: f.tokens_per_minute,
+                    calls_per_minute: f.calls_per_minute,
+                })
+            };
+            let default = match &b.default {
+                Some(f) => limits("proxy.budget.default".into(), f)?,
+                None => crate::budget::Limits::default(),
+            };
+            let mut agents = HashMap::new();
+            for (name, f) in &b.agent {
+                agents.insert(name.clone(), limits(format!("proxy.budget.agent.{name}"), f)?);
+            }
+            let mut tenants = HashMap::new();
+            for (name, f) in &b.tenant {
+                tenants.insert(name.clone(), limits(format!("proxy.budget.tenant.{name}"), f)?);
+            }
+            BudgetConfig { cap_output, max_wait, default, agents, tenants }
+        };
+
         let receipts = {
             let r = &raw.receipts;
             let enabled = match self.env("FLEETFORGE_RECEIPTS") {
@@ -878,6 +995,7 @@ impl Builder<'_> {
             control_token,
             capabilities,
             policy,
+            budget,
         };
         check_distinct_listeners(&config)?;
         Ok(config)

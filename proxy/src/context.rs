@@ -36,14 +36,15 @@ pub struct Grant {
     pub expires: u64,
     /// The per-call token for `x-fleetforge-capability`, when the upstream is a tool.
     pub header: Option<HeaderValue>,
+    /// The run's budget as its token carries it.
+    pub limits: crate::budget::Limits,
+    /// The agent the run token names.
+    pub agent: Option<String>,
+    /// The tenant the run token names.
+    pub tenant: String,
 }
 
-/// What the meter phase set aside for a call; settle reconciles it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reservation {
-    /// Tokens reserved (input estimate + output cap).
-    pub tokens: u64,
-}
+pub use crate::budget::Reservation;
 
 /// What the tap saw of a response body by the time it ended.
 #[derive(Debug, Clone, Default)]
@@ -210,6 +211,11 @@ pub struct Call {
     pub ledger: Option<Arc<RunLedger>>,
     /// Budget set aside by the meter phase, reconciled by settle.
     pub reservation: Reservation,
+    /// The receipt's `budget` part: filled by meter for a call admitted under a budget,
+    /// completed by settle.
+    pub budget: Option<fleetforge_trust::receipt::Budget>,
+    /// Tokens the run's rate SLO took for this call at admission (settle trues them up).
+    pub rate_tokens: u64,
     /// Request body bytes.
     pub request_bytes: u64,
     /// SHA-256 of the request body as sent upstream.
@@ -261,6 +267,8 @@ impl Call {
             facts: None,
             ledger: None,
             reservation: Reservation::default(),
+            budget: None,
+            rate_tokens: 0,
             request_bytes: 0,
             request_digest: None,
             response_digest: None,

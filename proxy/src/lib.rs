@@ -18,10 +18,12 @@
 
 pub mod authorize;
 pub mod body;
+pub mod budget;
 pub mod capability;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod estimate;
 pub mod facts;
 pub mod flow;
 pub mod forward;
@@ -36,6 +38,7 @@ pub mod pattern;
 pub mod phase;
 pub mod policy;
 pub mod prices;
+pub mod rate;
 pub mod record;
 pub mod runs;
 pub mod settle;

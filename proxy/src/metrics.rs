@@ -108,6 +108,9 @@ pub struct Metrics {
     ship_failures: AtomicU64,
     spool_bytes: AtomicU64,
     ship_backlog: AtomicU64,
+    budget_refused: AtomicU64,
+    budget_settled_calls: AtomicU64,
+    budget_charged_tokens: AtomicU64,
 }
 
 /// What control said about a shipped receipt.
@@ -199,6 +202,17 @@ impl Metrics {
     pub fn spool_state(&self, bytes: u64, backlog: u64) {
         self.spool_bytes.store(bytes, Relaxed);
         self.ship_backlog.store(backlog, Relaxed);
+    }
+
+    /// Counts a call refused by its run's budget or rate SLO.
+    pub fn budget_refused(&self) {
+        self.budget_refused.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a call settled under a budget and the tokens charged to it.
+    pub fn budget_settled(&self, tokens: u64) {
+        self.budget_settled_calls.fetch_add(1, Relaxed);
+        self.budget_charged_tokens.fetch_add(tokens, Relaxed);
     }
 
     /// Counts a failed client-side TLS handshake.
@@ -311,6 +325,15 @@ impl Metrics {
         writeln!(out, "# HELP fleetforge_ship_backlog Sealed receipts waiting for control's acknowledgement.")?;
         writeln!(out, "# TYPE fleetforge_ship_backlog gauge")?;
         writeln!(out, "fleetforge_ship_backlog {}", self.ship_backlog.load(Relaxed))?;
+        writeln!(out, "# HELP fleetforge_budget_refused_total Calls refused (429) by their run's budget or rate SLO.")?;
+        writeln!(out, "# TYPE fleetforge_budget_refused_total counter")?;
+        writeln!(out, "fleetforge_budget_refused_total {}", self.budget_refused.load(Relaxed))?;
+        writeln!(out, "# HELP fleetforge_budget_settled_total Calls settled under a budget.")?;
+        writeln!(out, "# TYPE fleetforge_budget_settled_total counter")?;
+        writeln!(out, "fleetforge_budget_settled_total {}", self.budget_settled_calls.load(Relaxed))?;
+        writeln!(out, "# HELP fleetforge_budget_charged_tokens_total Tokens charged to budgets at settlement.")?;
+        writeln!(out, "# TYPE fleetforge_budget_charged_tokens_total counter")?;
+        writeln!(out, "fleetforge_budget_charged_tokens_total {}", self.budget_charged_tokens.load(Relaxed))?;
         Ok(())
     }
 }

@@ -60,6 +60,10 @@ pub struct Price {
     /// Input tokens read from the prompt cache (default: `input`).
     #[serde(default)]
     pub cached_input: Option<f64>,
+    /// The most output tokens the model accepts as its limit: a budget's cap obligation never
+    /// sets a larger one (the provider would refuse the request).
+    #[serde(default)]
+    pub max_output: Option<u64>,
 }
 
 /// Prices by provider and model.

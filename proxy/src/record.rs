@@ -46,7 +46,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
     };
     ReceiptBody {
         agent: None,
-        budget: None,
+        budget: call.budget.clone(),
         capability: call.capability.as_ref().map(|g| Capability {
             call_token_id: g.call_token_id.clone(),
             expires: g.expires,

@@ -2,7 +2,7 @@
 //!
 //! One [`RunLedger`] per run holds its step counter, the state policy packs see (calls allowed so
 //! far, hosts contacted, MCP tools called) and its budget figures (tokens and cost used, tokens
-//! reserved by calls in flight; metered from the budget phases on). Phases reach it through the
+//! reserved by calls in flight, calls admitted under its budget). Phases reach it through the
 //! call ([`crate::context::Call::ledger`]), looked up once, when the call is identified.
 //!
 //! Invariants:
@@ -34,6 +34,8 @@ pub struct RunLedger {
     /// Milliseconds since the ledger map's epoch at the last call's start.
     last_seen_ms: AtomicU64,
     state: Mutex<RunState>,
+    /// The run's rate SLO queue.
+    pub rate: crate::rate::RateGate,
 }
 
 /// The part of a ledger that changes together.
@@ -51,6 +53,10 @@ pub struct RunState {
     pub cost_micro_usd: u64,
     /// Tokens reserved by calls in flight.
     pub tokens_reserved: u64,
+    /// Cost reserved by calls in flight, millionths of a US dollar.
+    pub cost_reserved_micro_usd: u64,
+    /// Calls admitted under the run's budget (the calls budget counts them).
+    pub calls_admitted: u64,
 }
 
 impl RunLedger {
@@ -60,6 +66,7 @@ impl RunLedger {
             in_flight: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(now_ms),
             state: Mutex::new(RunState::default()),
+            rate: crate::rate::RateGate::default(),
         }
     }
 
@@ -98,6 +105,12 @@ impl RunLedger {
         {
             s.tools.push(tool.to_owned());
         }
+    }
+
+    /// Runs `f` on the run's figures under the ledger's lock: reservations and settlements of
+    /// concurrent calls are serialised here ([`crate::budget`]).
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut RunState) -> R) -> R {
+        f(&mut self.state())
     }
 
     /// Adds a settled call's tokens and cost to the run's figures.
@@ -139,7 +152,8 @@ impl Runs {
         Self { map: RwLock::new(HashMap::new()), epoch: Instant::now(), idle, last_sweep_ms: AtomicU64::new(0) }
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds since this map was made (the clock rate queues run on).
+    pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 

@@ -191,6 +191,10 @@ impl Proxy {
         };
         let builtin = Builtin::new(config.allowed_hosts.clone(), config.allowed_models.clone());
         let prices = crate::prices::Prices::load(config.prices.as_deref())?;
+        if config.capabilities.required || config.budget.has_defaults() {
+            // Run tokens may carry budgets: load the tokenizers now rather than on a call.
+            let _ = std::thread::Builder::new().name("fleetforge-tokenizers".into()).spawn(crate::estimate::warm);
+        }
 
         let (forward_addr, forward) = bind_group("proxy.listen", config.listen, workers)?;
         let (admin_addr, mut admin) = bind_group("proxy.admin_listen", config.admin_listen, 1)?;

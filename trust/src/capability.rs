@@ -80,9 +80,54 @@ pub struct Grants {
     /// Models (`*`, `gpt-4o*`, exact).
     #[serde(default)]
     pub models: Vec<String>,
-    /// Token ceiling for the run (the budget phase enforces it).
+    /// Token budget of the run: input + output tokens of all its LLM calls (the proxy's meter
+    /// phase enforces it, like every member of the run's [`Budget`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
+    /// The rest of the run's budget.
+    #[serde(default, skip_serializing_if = "Budget::is_empty")]
+    pub budget: Budget,
+}
+
+/// A run's budget beyond its token ceiling ([`Grants::max_tokens`]), carried in the run token's
+/// authority block so that any proxy can enforce it offline. Each member unset = unlimited.
+/// Attenuation blocks cannot change it (the proxy reads these facts from the authority block
+/// only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Budget {
+    /// Cost ceiling, millionths of a US dollar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micro_usd: Option<u64>,
+    /// Calls the run may make (every call the proxy forwards, LLM or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    /// Unix seconds after which the run may make no more calls (its wall-time budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+    /// Rate SLO: LLM tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Rate SLO: calls per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls_per_minute: Option<u64>,
+}
+
+impl Budget {
+    /// Whether no member is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Budget::default()
+    }
+
+    /// The Datalog facts of the set members, as `(fact, value)`.
+    fn facts(&self) -> [(&'static str, Option<u64>); 5] {
+        [
+            ("budget_cost", self.cost_micro_usd),
+            ("budget_calls", self.calls),
+            ("budget_deadline", self.deadline),
+            ("budget_tokens_per_minute", self.tokens_per_minute),
+            ("budget_calls_per_minute", self.calls_per_minute),
+        ]
+    }
 }
 
 /// The claims of a run token.
@@ -218,6 +263,12 @@ pub fn mint(root: &KeyPair, key_id: u32, claims: &RunClaims) -> Result<Minted, C
         params.insert("max_tokens".into(), Term::Integer(i64::try_from(max).unwrap_or(i64::MAX)));
         code.push_str("max_tokens({max_tokens});\n");
     }
+    for (fact, value) in claims.grants.budget.facts() {
+        if let Some(value) = value {
+            params.insert(fact.into(), Term::Integer(i64::try_from(value).unwrap_or(i64::MAX)));
+            code.push_str(&format!("{fact}({{{fact}}});\n"));
+        }
+    }
     code.push_str(&grant_checks(&claims.grants, &mut params)?);
     let token = Biscuit::builder()
         .code_with_params(&code, params, HashMap::new())
@@ -284,6 +335,10 @@ pub struct RunToken {
     pub expires: u64,
     /// Revocation ids of every block, hex, authority first: revoking any of them revokes the token.
     pub revocation_ids: Vec<String>,
+    /// The run's token budget (`max_tokens`), from the authority block.
+    pub max_tokens: Option<u64>,
+    /// The rest of the run's budget, from the authority block.
+    pub budget: Budget,
     /// Signs per-call blocks with the keys derived once (`None`: biscuit-auth's append is used).
     minter: Option<Arc<mint::CallMinter>>,
     /// The token's Datalog, loaded once (`None`: biscuit-auth's authorizer is used).
@@ -316,10 +371,22 @@ impl RunToken {
             Some(Term::Date(d)) => d,
             _ => return Err(CapabilityError::Missing("expires")),
         };
+        let mut count = |fact: &str| match one(&mut authorizer, &format!("data($x) <- {fact}($x)")) {
+            Some(Term::Integer(n)) => u64::try_from(n).ok(),
+            _ => None,
+        };
+        let max_tokens = count("max_tokens");
+        let budget = Budget {
+            cost_micro_usd: count("budget_cost"),
+            calls: count("budget_calls"),
+            deadline: count("budget_deadline"),
+            tokens_per_minute: count("budget_tokens_per_minute"),
+            calls_per_minute: count("budget_calls_per_minute"),
+        };
         let revocation_ids = biscuit.revocation_identifiers().iter().map(|id| hex(id)).collect();
         let minter = mint::CallMinter::new(&biscuit).map(Arc::new);
         let compiled = decide::CompiledToken::new(&biscuit).map(Arc::new);
-        Ok(Self { biscuit, run, tenant, agent, expires, revocation_ids, minter, compiled })
+        Ok(Self { biscuit, run, tenant, agent, expires, revocation_ids, max_tokens, budget, minter, compiled })
     }
 
     /// The token's id: the revocation id of its authority block.

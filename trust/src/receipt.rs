@@ -98,23 +98,48 @@ pub struct Usage {
     pub reasoning_tokens: Option<u64>,
 }
 
-/// The run's budget around a call: what was set aside before it left, and what was left after it
-/// settled.
+/// The run's budget around a call: its limits, what was set aside before the call left, and
+/// what was used before and after it settled. Token figures count input + output tokens of the
+/// run's LLM calls on the proxy that served the call; cost figures are millionths of a US dollar.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budget {
-    /// Cost budget left after the call settled, millionths of a US dollar (`None`: the run has no
-    /// cost budget).
+    /// Cost the run had used before this call (`None`: the run has no cost budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_before_micro_usd: Option<u64>,
+    /// Cost budget left after the call settled (`None`: the run has no cost budget).
     #[serde(default)]
     pub cost_left_micro_usd: Option<u64>,
+    /// The run's cost limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_limit_micro_usd: Option<u64>,
+    /// Cost set aside for the call before it was forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_reserved_micro_usd: Option<u64>,
+    /// The upstream reported no usage, so the call was charged its whole reservation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+    /// The output-token limit the proxy set on the request so that the call fits what remained
+    /// (the cap obligation), when it set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cap: Option<u64>,
     /// Tokens reserved for the call before it was forwarded.
     #[serde(default)]
     pub reserved_tokens: u64,
     /// How long the call waited for its run's rate SLO, in milliseconds.
     #[serde(default)]
     pub throttled_ms: u64,
+    /// Tokens the run had used before this call (`None`: the run has no token budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_before: Option<u64>,
     /// Token budget left after the call settled (`None`: the run has no token budget).
     #[serde(default)]
     pub tokens_left: Option<u64>,
+    /// The run's token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_limit: Option<u64>,
+    /// The stream was ended by the proxy because it would have run past the budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// The capability a call was allowed under.
@@ -356,7 +381,7 @@ pub(crate) mod tests {
         full.capability =
             Some(Capability { call_token_id: Some("ab".into()), expires: 1_764_180_000, token_id: "cd".into() });
         full.budget =
-            Some(Budget { cost_left_micro_usd: Some(5), reserved_tokens: 900, throttled_ms: 12, tokens_left: None });
+            Some(Budget { cost_left_micro_usd: Some(5), reserved_tokens: 900, throttled_ms: 12, ..Budget::default() });
         full.usage = Some(Usage {
             cached_input_tokens: Some(1),
             cost_micro_usd: Some(1),
@@ -394,7 +419,17 @@ pub(crate) mod tests {
         let mut full = sample(1, "x");
         full.trace = Some(Trace { span_id: "s".into(), trace_id: "t".into() });
         full.capability = Some(Capability { call_token_id: Some("c".into()), expires: 1, token_id: "t".into() });
-        full.budget = Some(Budget::default());
+        full.budget = Some(Budget {
+            cost_before_micro_usd: Some(0),
+            cost_limit_micro_usd: Some(0),
+            cost_reserved_micro_usd: Some(0),
+            estimated: true,
+            output_cap: Some(0),
+            tokens_before: Some(0),
+            tokens_limit: Some(0),
+            truncated: true,
+            ..Budget::default()
+        });
         full.usage = Some(Usage {
             cached_input_tokens: Some(0),
             cost_micro_usd: None,

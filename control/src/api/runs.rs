@@ -29,7 +29,9 @@ pub struct CreateRun {
     /// Free-form labels.
     #[serde(default)]
     pub labels: serde_json::Map<String, Value>,
-    /// Budget SLOs: `tokens`, `cost_usd`, `calls`, `tokens_per_minute` (enforced by budgets).
+    /// Budget SLOs: `tokens`, `cost_usd`, `calls`, `wall_seconds`, `tokens_per_minute`,
+    /// `calls_per_minute`; carried in the run token and enforced by every proxy the run calls
+    /// through.
     #[serde(default)]
     pub budget: Option<Budget>,
     /// Tenant; only an all-tenant admin may name one.
@@ -52,14 +54,34 @@ pub struct CreateRun {
 /// value is refused naming the member (`422`).
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct Budget {
-    /// Token ceiling.
+    /// Token ceiling: input + output tokens of the run's LLM calls.
     pub tokens: Option<u64>,
-    /// Cost ceiling, USD.
+    /// Cost ceiling, USD (priced by the proxy's price list).
     pub cost_usd: Option<f64>,
-    /// Call ceiling.
+    /// Call ceiling: calls the proxy forwards, LLM or not.
     pub calls: Option<u64>,
-    /// Rate SLO.
+    /// Wall-time budget: seconds from the run's creation after which it makes no more calls.
+    pub wall_seconds: Option<u64>,
+    /// Rate SLO: LLM tokens per minute (a call over it waits in the run's queue).
     pub tokens_per_minute: Option<u64>,
+    /// Rate SLO: calls per minute.
+    pub calls_per_minute: Option<u64>,
+}
+
+impl Budget {
+    /// The budget as run-token grants, the wall time counted from `now` (unix seconds).
+    pub fn to_grants(&self, now: u64) -> (Option<u64>, fleetforge_trust::capability::Budget) {
+        // Rounded down: a ceiling in millionths of a dollar never exceeds the one asked for.
+        let micro = |usd: f64| (usd * 1e6).floor() as u64;
+        let budget = fleetforge_trust::capability::Budget {
+            cost_micro_usd: self.cost_usd.map(micro),
+            calls: self.calls,
+            deadline: self.wall_seconds.map(|s| now.saturating_add(s)),
+            tokens_per_minute: self.tokens_per_minute,
+            calls_per_minute: self.calls_per_minute,
+        };
+        (self.tokens, budget)
+    }
 }
 
 impl<'de> Deserialize<'de> for Budget {
@@ -80,6 +102,8 @@ impl<'de> Deserialize<'de> for Budget {
                 "tokens" => budget.tokens = Some(count()?),
                 "calls" => budget.calls = Some(count()?),
                 "tokens_per_minute" => budget.tokens_per_minute = Some(count()?),
+                "calls_per_minute" => budget.calls_per_minute = Some(count()?),
+                "wall_seconds" => budget.wall_seconds = Some(count()?),
                 "cost_usd" => {
                     let usd = value.as_f64().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
                         D::Error::custom(format!("budget.cost_usd is {value}; expected US dollars, 0 or more"))
@@ -88,7 +112,7 @@ impl<'de> Deserialize<'de> for Budget {
                 }
                 other => {
                     return Err(D::Error::custom(format!(
-                        "budget has no member {other:?}; expected tokens, cost_usd, calls or tokens_per_minute"
+                        "budget has no member {other:?}; expected tokens, cost_usd, calls, wall_seconds, tokens_per_minute or calls_per_minute"
                     )));
                 }
             }
@@ -147,10 +171,37 @@ pub struct RunView {
     token_id: Option<String>,
     /// When the token was revoked.
     revoked_at: Option<String>,
+    /// The budget the run's token carries against what its stored receipts used (calls in
+    /// flight on proxies are not counted until their receipts arrive).
+    #[schema(value_type = Object)]
+    budget_state: Value,
+}
+
+/// `budget_state` of a run: each limit its token carries, with what the stored receipts used and
+/// what remains.
+fn budget_state(r: &RunRow, grants: &Grants) -> Value {
+    let used_tokens = u64::try_from(r.input_tokens.saturating_add(r.output_tokens)).unwrap_or(0);
+    let used_micro = u64::try_from(r.cost_micro_usd).unwrap_or(0);
+    let b = &grants.budget;
+    let usd = |micro: u64| micro as f64 / 1e6;
+    json!({
+        "tokens": grants.max_tokens.map(|limit| json!({
+            "limit": limit, "used": used_tokens, "remaining": limit.saturating_sub(used_tokens),
+        })),
+        "cost_usd": b.cost_micro_usd.map(|limit| json!({
+            "limit": usd(limit), "used": usd(used_micro), "remaining": usd(limit.saturating_sub(used_micro)),
+        })),
+        "calls": b.calls,
+        "deadline": b.deadline.map(|d| rfc3339(i64::try_from(d).unwrap_or(i64::MAX).saturating_mul(1_000_000))),
+        "tokens_per_minute": b.tokens_per_minute,
+        "calls_per_minute": b.calls_per_minute,
+    })
 }
 
 fn view(r: RunRow) -> RunView {
+    let grants: Grants = serde_json::from_str(&r.grants).unwrap_or_default();
     RunView {
+        budget_state: budget_state(&r, &grants),
         labels: serde_json::from_str(&r.labels).unwrap_or(Value::Null),
         budget: serde_json::from_str(&r.budget).unwrap_or(Value::Null),
         created_at: rfc3339(r.created_at),
@@ -208,8 +259,11 @@ pub(super) async fn create_run(
         None => format!("run-{}", auth::new_id(12)),
     };
     let mut grants = body.grants.unwrap_or_default();
-    if grants.max_tokens.is_none() {
-        grants.max_tokens = body.budget.as_ref().and_then(|b| b.tokens);
+    if let Some(budget) = &body.budget {
+        // The budget rides in the run token, so every proxy enforces it without asking control.
+        let (tokens, rest) = budget.to_grants(fleetforge_trust::capability::unix_now());
+        grants.max_tokens = grants.max_tokens.or(tokens);
+        grants.budget = rest;
     }
     let minted = mint(&app, &id, &tenant, body.agent.as_deref(), &grants, ttl)?;
     let labels = Value::Object(body.labels).to_string();

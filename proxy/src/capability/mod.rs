@@ -167,13 +167,26 @@ impl Capabilities {
         if !tool {
             // Nobody receives a per-call token, so none is minted: the decision is the same (see
             // `RunToken::authorize`) without an ed25519 key generation and signature per call.
-            return Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: None, expires, header: None });
+            return Ok(Grant { call_token_id: None, header: None, ..grant(&run_token, expires) });
         }
         // The call is allowed; the per-call block only restates its facts (`RunToken::mint_call`).
         let per_call = run_token.mint_call(&facts, self.call_ttl).map_err(|e| refused(&e))?;
         let b64 = per_call.to_base64().map_err(|e| refused(&e))?;
         let header = HeaderValue::from_str(&b64).ok();
-        Ok(Grant { token_id: run_token.id().to_owned(), call_token_id: Some(per_call.id), expires, header })
+        Ok(Grant { call_token_id: Some(per_call.id), header, ..grant(&run_token, expires) })
+    }
+}
+
+/// What every grant under `token` carries: its id, the run's budget, agent and tenant.
+fn grant(token: &RunToken, expires: u64) -> Grant {
+    Grant {
+        token_id: token.id().to_owned(),
+        call_token_id: None,
+        expires,
+        header: None,
+        limits: crate::budget::Limits::from_token(token.max_tokens, &token.budget),
+        agent: token.agent.clone(),
+        tenant: token.tenant.clone(),
     }
 }
 

@@ -201,6 +201,8 @@ async fn a_sidecar_call_is_forwarded_without_credentials_and_recorded_once() {
             .header("x-fleetforge-token", "secret-token")
             .body(full(CHAT))
             .unwrap();
+        // The connection takes its next request once it has finished the previous response.
+        client.ready().await.unwrap();
         let (status, headers, body) = json(client.send_request(req).await.unwrap()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["id"], "chatcmpl-1");

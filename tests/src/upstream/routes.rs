@@ -6,7 +6,10 @@
 //! [`TOKENS_PER_PIECE`] completion tokens. Two request headers shape any streamed response:
 //! `x-test-chunks` (content pieces, default [`DEFAULT_CHUNKS`]) and `x-test-chunk-delay-ms`
 //! (pause between body frames, default 0). A bad value for either is a 400, so a typo in a test
-//! fails loudly instead of silently using the default.
+//! fails loudly instead of silently using the default. Like a real provider, a completion never
+//! has more tokens than the request's output limit (`max_tokens` / `max_completion_tokens`):
+//! the pieces stop at the limit. `x-test-no-usage: 1` leaves usage out of a JSON response (an
+//! upstream that reports none).
 
 use std::time::Duration;
 
@@ -27,6 +30,8 @@ pub const DEFAULT_CHUNKS: usize = 5;
 pub const TOKENS_PER_PIECE: u64 = 3;
 /// Header overriding the number of content pieces.
 pub const CHUNKS_HEADER: &str = "x-test-chunks";
+/// Header that leaves usage out of JSON responses.
+pub const NO_USAGE_HEADER: &str = "x-test-no-usage";
 /// Header setting the pause between streamed body frames, in milliseconds.
 pub const DELAY_HEADER: &str = "x-test-chunk-delay-ms";
 
@@ -151,6 +156,12 @@ fn model(request: &Value) -> String {
     request.get("model").and_then(Value::as_str).unwrap_or("fake-model").to_owned()
 }
 
+/// `pieces`, cut so that their tokens stay within the request's output limit.
+fn limited(pieces: usize, request: &Value) -> usize {
+    let limit = ["max_completion_tokens", "max_tokens"].iter().find_map(|k| request.get(*k).and_then(Value::as_u64));
+    limit.map_or(pieces, |l| pieces.min(usize::try_from(l / TOKENS_PER_PIECE).unwrap_or(usize::MAX)))
+}
+
 fn is_stream(request: &Value) -> bool {
     request.get("stream").and_then(Value::as_bool).unwrap_or(false)
 }
@@ -159,6 +170,7 @@ fn is_stream(request: &Value) -> bool {
 fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
     let request = parse_json(body)?;
     let Shape { pieces, delay } = shape(headers)?;
+    let pieces = limited(pieces, &request);
     let model = model(&request);
     let prompt = prompt_tokens(message_chars(&request));
     let completion = pieces as u64 * TOKENS_PER_PIECE;
@@ -169,7 +181,7 @@ fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
     });
 
     if !is_stream(&request) {
-        let response = json!({
+        let mut response = json!({
             "id": OPENAI_ID,
             "object": "chat.completion",
             "created": CREATED,
@@ -182,6 +194,9 @@ fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
             }],
             "usage": usage,
         });
+        if headers.contains_key(NO_USAGE_HEADER) {
+            response.as_object_mut().map(|o| o.remove("usage"));
+        }
         return Ok(json_response(StatusCode::OK, &response));
     }
 
@@ -222,6 +237,7 @@ fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
 fn anthropic(headers: &HeaderMap, body: &Bytes) -> Routed {
     let request = parse_json(body)?;
     let Shape { pieces, delay } = shape(headers)?;
+    let pieces = limited(pieces, &request);
     let model = model(&request);
     let chars = message_chars(&request) + request.get("system").map_or(0, text_chars);
     let input = prompt_tokens(chars);

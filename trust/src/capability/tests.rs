@@ -26,6 +26,13 @@ fn grants() -> Grants {
         paths: vec!["/v1/".into()],
         models: vec!["gpt-4o*".into()],
         max_tokens: Some(1000),
+        budget: Budget {
+            cost_micro_usd: Some(2_500_000),
+            calls: Some(40),
+            deadline: None,
+            tokens_per_minute: Some(600),
+            calls_per_minute: None,
+        },
     }
 }
 
@@ -34,6 +41,8 @@ fn a_run_token_verifies_and_carries_its_claims() {
     let (roots, token, _) = setup(grants());
     let t = RunToken::verify(&token, &roots).unwrap();
     assert_eq!((t.run.as_str(), t.tenant.as_str(), t.agent.as_deref()), ("run-a", "acme", Some("planner")));
+    // The budget rides in the authority block and comes back whole.
+    assert_eq!((t.max_tokens, t.budget), (Some(1000), grants().budget));
     let (private, _) = generate_root();
     let claims = RunClaims {
         run: "r".into(),
@@ -134,6 +143,15 @@ fn expired_tokens_are_refused() {
     let b64 = t.authorize_call("run-a", &c, Duration::from_secs(5)).unwrap().to_base64().unwrap();
     let later = CallFacts { now: SystemTime::now() + Duration::from_secs(30), ..c };
     assert!(matches!(verify_for_call(&b64, &roots, &later), Err(CapabilityError::Expired(_))));
+}
+
+#[test]
+fn an_appended_block_cannot_raise_the_budget() {
+    let (roots, token, _) = setup(grants());
+    let block = BlockBuilder::new().code("max_tokens(99999999);\nbudget_calls(99999);\nbudget_deadline(1);").unwrap();
+    let raised = UnverifiedBiscuit::from_base64(&token).unwrap().append(block).unwrap().to_base64().unwrap();
+    let t = RunToken::verify(&raised, &roots).unwrap();
+    assert_eq!((t.max_tokens, t.budget), (Some(1000), grants().budget), "facts of later blocks are not the run's");
 }
 
 #[test]

@@ -1,0 +1,46 @@
+//! Budget admission as the meter and settle phases pay it, per call.
+//!
+//! - `budget_admit_settle`: one reservation against a run's token and cost budget and its
+//!   settlement to reported usage, each under the run ledger's lock (a local ledger: no lease);
+//! - `estimate_openai_chat`: the input estimate of a three-message chat request (about 90 tokens)
+//!   with OpenAI's tokenizer, JSON parse included;
+//! - `estimate_bound`: the conservative byte bound used for other providers.
+//!
+//! Run: `cargo bench -p fleetforge-proxy --bench budget`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fleetforge_proxy::budget::{self, Ask, Limits};
+use fleetforge_proxy::estimate;
+use fleetforge_proxy::prices::Price;
+use fleetforge_proxy::runs::Runs;
+use fleetforge_trust::RunId;
+
+const CHAT: &str = r#"{"model":"gpt-4o-mini","max_completion_tokens":256,"messages":[{"role":"system","content":"You are a customer-support agent for Acme Cloud. Be polite, ask for the account ID when needed, and never promise refunds."},{"role":"user","content":"My invoice #48213 shows a charge of $129.99 I don't recognise. Can you explain it?"},{"role":"assistant","content":"I'm sorry for the confusion. That charge is the annual renewal of your Pro plan, billed on the 1st."}]}"#;
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("budget");
+    g.throughput(Throughput::Elements(1));
+    let runs = Runs::default();
+    let (ledger, _) = runs.begin(&RunId::new("run-bench").unwrap(), || 0);
+    let limits = Limits { tokens: Some(u64::MAX / 4), cost_micro_usd: Some(u64::MAX / 4), ..Limits::default() };
+    let price = Price { input: 0.15, output: 0.60, cached_input: Some(0.075), max_output: Some(16_384) };
+    let ask = Ask { llm: true, input_tokens: 90, output_tokens: Some(256), price: Some(price), cap: true };
+    g.bench_function("budget_admit_settle", |b| {
+        b.iter(|| {
+            let granted = ledger.with_state(|s| budget::reserve(s, black_box(&limits), black_box(&ask), 1)).unwrap();
+            ledger.with_state(|s| budget::settle(s, &granted.reservation, Some((120, 30))));
+        })
+    });
+    estimate::warm();
+    g.bench_function("estimate_openai_chat", |b| {
+        b.iter(|| estimate::input_tokens("openai", "gpt-4o-mini", black_box(CHAT.as_bytes())))
+    });
+    g.bench_function("estimate_bound", |b| b.iter(|| estimate::bound(black_box(CHAT.as_bytes()))));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

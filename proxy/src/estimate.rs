@@ -1,0 +1,188 @@
+//! Input-token estimates for budget reservations, read from the request body before it leaves.
+//!
+//! - **OpenAI models** (any model `tiktoken` knows, on any OpenAI-shaped API): the real
+//!   tokenizer (`o200k_base` or `cl100k_base`, by model) with the chat framing of OpenAI's
+//!   cookbook: 3 tokens per message, 1 per `name`, 3 to prime the reply; content strings and text
+//!   parts counted exactly; an image part counted as 2,125 tokens (the most a high-detail image
+//!   costs: 2048×768 after scaling, 12 tiles × 170 + 85); tool definitions and `response_format`
+//!   counted as their JSON text (more than the format the model sees). Responses API `input`
+//!   (a string or items) and `instructions`, and embeddings `input` the same way.
+//! - **Every other provider or model**: the request body's length in bytes, plus 1,024 when it
+//!   offers tools. Byte-level BPE tokens (Anthropic, Gemini's SentencePiece with byte fallback,
+//!   Llama-family servers) each cover at least one byte, and the JSON around the text takes more
+//!   bytes than the framing tokens the provider adds, so this bound is never below the real count;
+//!   the 1,024 covers the system prompt providers add for tool use (Anthropic documents up to
+//!   about 350 tokens). It over-reserves about 3–4× for English text; settlement releases the
+//!   difference.
+//!
+//! The tokenizers load on first use (about 0.3 s; [`warm`] loads them at start when budgets are
+//! possible).
+
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
+
+/// Framing tokens per chat message.
+const PER_MESSAGE: u64 = 3;
+/// Extra tokens for a message's `name`.
+const PER_NAME: u64 = 1;
+/// Tokens that prime the reply.
+const REPLY_PRIMING: u64 = 3;
+/// The most one image input costs (high detail, 2048×768 after scaling: 12 tiles).
+const IMAGE_MAX: u64 = 12 * 170 + 85;
+/// Added to the byte bound of a request that offers tools.
+const TOOLS_MARGIN: u64 = 1024;
+
+/// Loads the OpenAI tokenizers now (off the call path), so no call pays for it.
+pub fn warm() {
+    let _ = tiktoken_rs::o200k_base_singleton();
+    let _ = tiktoken_rs::cl100k_base_singleton();
+}
+
+/// The tokenizer of an OpenAI `model`, if tiktoken knows it.
+fn bpe(provider: &str, model: &str) -> Option<&'static CoreBPE> {
+    if provider != "openai" {
+        return None;
+    }
+    match get_tokenizer(model)? {
+        Tokenizer::O200kBase | Tokenizer::O200kHarmony => Some(tiktoken_rs::o200k_base_singleton()),
+        Tokenizer::Cl100kBase => Some(tiktoken_rs::cl100k_base_singleton()),
+        _ => None,
+    }
+}
+
+/// How an estimate was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// OpenAI's tokenizer.
+    Tokenizer,
+    /// The conservative byte bound.
+    Bound,
+}
+
+/// Input tokens of an LLM request `body` to `provider`'s `model`, and how they were counted.
+pub fn input_tokens(provider: &str, model: &str, body: &[u8]) -> (u64, Method) {
+    if let Some(bpe) = bpe(provider, model)
+        && let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body)
+    {
+        return (openai(bpe, &request), Method::Tokenizer);
+    }
+    (bound(body), Method::Bound)
+}
+
+/// The conservative bound: body bytes, plus a margin when tools are offered.
+pub fn bound(body: &[u8]) -> u64 {
+    let tools = memchr::memmem::find(body, b"\"tools\"").is_some()
+        || memchr::memmem::find(body, b"\"functionDeclarations\"").is_some();
+    body.len() as u64 + if tools { TOOLS_MARGIN } else { 0 }
+}
+
+fn count(bpe: &CoreBPE, text: &str) -> u64 {
+    bpe.encode_with_special_tokens(text).len() as u64
+}
+
+/// Tokens of a JSON value given as structure (tool definitions, schemas): its compact text.
+fn json_text(bpe: &CoreBPE, value: &Value) -> u64 {
+    count(bpe, &value.to_string())
+}
+
+fn openai(bpe: &CoreBPE, request: &serde_json::Map<String, Value>) -> u64 {
+    let mut total = 0;
+    if let Some(Value::Array(messages)) = request.get("messages") {
+        total += messages.iter().map(|m| message(bpe, m)).sum::<u64>() + REPLY_PRIMING;
+    }
+    match request.get("input") {
+        Some(Value::String(text)) => total += count(bpe, text) + PER_MESSAGE + REPLY_PRIMING,
+        Some(Value::Array(items)) => {
+            // Responses API items, or an embeddings batch of strings (or token arrays).
+            for item in items {
+                total += match item {
+                    Value::String(text) => count(bpe, text),
+                    Value::Array(tokens) => tokens.len() as u64,
+                    other => message(bpe, other),
+                };
+            }
+            if items.iter().any(Value::is_object) {
+                total += REPLY_PRIMING;
+            }
+        }
+        _ => {}
+    }
+    if let Some(Value::String(text)) = request.get("prompt") {
+        total += count(bpe, text);
+    }
+    if let Some(Value::String(text)) = request.get("instructions") {
+        total += count(bpe, text) + PER_MESSAGE;
+    }
+    for structured in ["tools", "functions", "response_format", "text"] {
+        if let Some(value) = request.get(structured).filter(|v| !v.is_null()) {
+            total += json_text(bpe, value);
+        }
+    }
+    total
+}
+
+/// One chat message (or Responses API item): framing, role, content, name and tool calls.
+fn message(bpe: &CoreBPE, m: &Value) -> u64 {
+    let Value::Object(m) = m else { return 0 };
+    let mut n = PER_MESSAGE;
+    if let Some(Value::String(role)) = m.get("role") {
+        n += count(bpe, role);
+    }
+    if let Some(content) = m.get("content") {
+        n += content_tokens(bpe, content);
+    }
+    if let Some(Value::String(name)) = m.get("name") {
+        n += count(bpe, name) + PER_NAME;
+    }
+    for key in ["refusal", "output", "arguments"] {
+        if let Some(Value::String(text)) = m.get(key) {
+            n += count(bpe, text);
+        }
+    }
+    if let Some(Value::Array(calls)) = m.get("tool_calls") {
+        for call in calls {
+            if let Some(Value::Object(f)) = call.get("function") {
+                for key in ["name", "arguments"] {
+                    if let Some(Value::String(text)) = f.get(key) {
+                        n += count(bpe, text);
+                    }
+                }
+                n += 1;
+            }
+        }
+    }
+    if let Some(Value::Object(f)) = m.get("function_call") {
+        for key in ["name", "arguments"] {
+            if let Some(Value::String(text)) = f.get(key) {
+                n += count(bpe, text);
+            }
+        }
+        n += 1;
+    }
+    n
+}
+
+/// A message's content: a string, or parts (text counted, images at their maximum, anything
+/// else as its JSON text).
+fn content_tokens(bpe: &CoreBPE, content: &Value) -> u64 {
+    match content {
+        Value::String(text) => count(bpe, text),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| {
+                let kind = part.get("type").and_then(Value::as_str).unwrap_or_default();
+                match (kind, part.get("text")) {
+                    (_, Some(Value::String(text))) => count(bpe, text),
+                    ("image_url" | "input_image" | "image", _) => IMAGE_MAX,
+                    _ => json_text(bpe, part),
+                }
+            })
+            .sum(),
+        Value::Null => 0,
+        other => json_text(bpe, other),
+    }
+}
+
+#[cfg(test)]
+mod tests;

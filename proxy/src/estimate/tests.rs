@@ -1,0 +1,79 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const CORPUS: &str = include_str!("chat-corpus.jsonl");
+
+/// Each corpus line: a chat request and its input tokens by OpenAI's tokenizer (scripts/chat-corpus).
+fn corpus() -> Vec<(Value, u64)> {
+    CORPUS
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            (v["request"].clone(), v["input_tokens"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn openai_estimates_are_within_one_percent_of_the_real_tokenizer_on_the_corpus() {
+    let corpus = corpus();
+    assert!(corpus.len() >= 100, "the corpus holds {} requests", corpus.len());
+    let (mut worst, mut total_err, mut total) = (0.0f64, 0u64, 0u64);
+    for (request, truth) in &corpus {
+        let body = serde_json::to_vec(request).unwrap();
+        let model = request["model"].as_str().unwrap();
+        let (estimate, method) = input_tokens("openai", model, &body);
+        assert_eq!(method, Method::Tokenizer, "{model} is an OpenAI model tiktoken knows");
+        let err = (estimate as f64 - *truth as f64).abs() / *truth as f64;
+        worst = worst.max(err);
+        total_err += estimate.abs_diff(*truth);
+        total += truth;
+    }
+    println!(
+        "corpus: {} requests, {total} tokens; worst error {:.3}%, total error {total_err} tokens",
+        corpus.len(),
+        worst * 100.0
+    );
+    assert!(worst <= 0.01, "worst relative error {:.3}% is over 1%", worst * 100.0);
+}
+
+#[test]
+fn the_bound_is_never_below_the_real_count() {
+    // Anthropic and Gemini tokenizers are not public; o200k and cl100k stand in for byte-level BPE
+    // tokenizers here, whose tokens each cover at least one byte.
+    for (request, truth) in corpus() {
+        let body = serde_json::to_vec(&request).unwrap();
+        let (bound, method) = input_tokens("anthropic", "claude-sonnet-4-5", &body);
+        assert_eq!(method, Method::Bound);
+        assert!(bound >= truth, "bound {bound} < {truth}");
+    }
+}
+
+#[test]
+fn models_tiktoken_does_not_know_get_the_bound() {
+    let body = br#"{"model":"llama-3.1-70b","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(input_tokens("openai", "llama-3.1-70b", body), (body.len() as u64, Method::Bound));
+    let tools = br#"{"model":"claude","tools":[{"name":"x"}],"messages":[]}"#;
+    assert_eq!(bound(tools), tools.len() as u64 + TOOLS_MARGIN);
+}
+
+#[test]
+fn parts_images_tools_and_responses_input_are_counted() {
+    let bpe = tiktoken_rs::o200k_base_singleton();
+    let text = |s: &str| bpe.encode_with_special_tokens(s).len() as u64;
+    let chat = br#"{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":"What is in this image?"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#;
+    let (n, _) = input_tokens("openai", "gpt-4o", chat);
+    assert_eq!(n, PER_MESSAGE + text("user") + text("What is in this image?") + IMAGE_MAX + REPLY_PRIMING);
+    let responses = br#"{"model":"gpt-4o","input":"Say hello","instructions":"Be brief"}"#;
+    let (n, _) = input_tokens("openai", "gpt-4o", responses);
+    assert_eq!(n, text("Say hello") + PER_MESSAGE + REPLY_PRIMING + text("Be brief") + PER_MESSAGE);
+    let embeddings = br#"{"model":"text-embedding-3-small","input":["alpha beta","gamma"]}"#;
+    let (n, _) = input_tokens("openai", "text-embedding-3-small", embeddings);
+    assert_eq!(n, text("alpha beta") + text("gamma"));
+    let with_tools =
+        br#"{"model":"gpt-4o","messages":[],"tools":[{"type":"function","function":{"name":"get_weather"}}]}"#;
+    let (n, _) = input_tokens("openai", "gpt-4o", with_tools);
+    let tools: Value = serde_json::from_slice::<Value>(with_tools).unwrap()["tools"].clone();
+    assert_eq!(n, REPLY_PRIMING + text(&tools.to_string()));
+}

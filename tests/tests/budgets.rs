@@ -1,0 +1,304 @@
+//! Budgets end to end: control signs a run's budget into its token, the proxy reserves every call
+//! against it before forwarding, refuses what does not fit with 429, caps output limits, settles
+//! to the upstream's usage, throttles to rate SLOs, and records it all in the receipts.
+//!
+//! Real control (SQLite), real proxy, real curl through intercepted TLS; the upstream is the
+//! in-process fake, which like a real provider never outputs more than the request's limit.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use fleetforge_e2e::harness::{ControlProcess, Database, binary};
+use fleetforge_e2e::{Clients, ProxyProcess, TestCa, Upstream};
+use serde_json::{Value, json};
+
+const CHAT: &str = "https://api.openai.com/v1/chat/completions";
+
+struct Stack {
+    dir: tempfile::TempDir,
+    upstream: Upstream,
+    control: ControlProcess,
+    proxy: ProxyProcess,
+    clients: Clients,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+async fn stack(env: &[(&str, &str)]) -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path()).unwrap();
+    let upstream = Upstream::builder().tls(&ca, &["api.openai.com"]).record(true).start().await.unwrap();
+    let db = Database::fresh(false).unwrap();
+    let control = ControlProcess::start(&db, &dir.path().join("control-home"), None).unwrap();
+    let mut b = ProxyProcess::builder()
+        .home(&dir.path().join("proxy-home"))
+        .upstream_ca(ca.pem_path())
+        .env("FLEETFORGE_CONTROL_URL", control.url())
+        .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
+        .env("FLEETFORGE_INTERCEPT", "api.openai.com")
+        .resolve("api.openai.com", upstream.addr());
+    for (k, v) in env {
+        b = b.env(k, *v);
+    }
+    let proxy = b.start().unwrap();
+    Stack { dir, upstream, control, proxy, clients: Clients::locate(), calls: Default::default() }
+}
+
+/// One call's outcome as curl saw it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    retry_after: Option<u64>,
+    body: Value,
+    took: Duration,
+}
+
+impl Stack {
+    fn create_run(&self, budget: Value) -> (String, String) {
+        let body = json!({ "budget": budget }).to_string();
+        let (status, created) = self.control.api("POST", "/v1/runs", &self.control.token, Some(&body)).unwrap();
+        assert_eq!(status, 201, "{created}");
+        (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap().to_owned())
+    }
+
+    /// POSTs `body` to the chat API through the proxy as `run`, with extra request `headers`.
+    async fn call(&self, run: &str, token: &str, body: &Value, headers: &[&str]) -> Answer {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.dir.path().join(format!("out-{n}"));
+        let head = self.dir.path().join(format!("head-{n}"));
+        let env = [
+            ("HTTPS_PROXY", self.proxy.proxy_url(run, token)),
+            ("CURL_CA_BUNDLE", self.proxy.bundle.display().to_string()),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let body = body.to_string();
+        let mut args = vec![
+            "-o",
+            out.to_str().unwrap(),
+            "-D",
+            head.to_str().unwrap(),
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &body,
+        ];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.push(CHAT);
+        let started = Instant::now();
+        let output = self.clients.curl(&args, &env).await.unwrap();
+        let took = started.elapsed();
+        let status = output.stdout.trim().parse().unwrap_or(0);
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let head = std::fs::read_to_string(&head).unwrap_or_default();
+        let retry_after = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after:").map(|v| v.trim().parse().unwrap()));
+        Answer { status, retry_after, body: serde_json::from_str(&text).unwrap_or(Value::String(text)), took }
+    }
+}
+
+fn chat(content: &str, max_tokens: Option<u64>) -> Value {
+    let mut body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]});
+    if let Some(n) = max_tokens {
+        body["max_tokens"] = n.into();
+    }
+    body
+}
+
+/// Input tokens the proxy estimates for `chat(content, _)`: OpenAI's framing around the content.
+fn estimate(content_tokens: u64) -> u64 {
+    // 3 per message + "user" (1 token) + content + 3 to prime the reply.
+    3 + 1 + content_tokens + 3
+}
+
+fn usage_tokens(receipt: &Value) -> u64 {
+    let u = &receipt["usage"];
+    u["input_tokens"].as_u64().unwrap_or(0) + u["output_tokens"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_never_spend_past_the_budget_and_the_rest_are_refused_unforwarded() {
+    let s = stack(&[]).await;
+    // "hello there" is 2 tokens: each call reserves its input estimate + 15 output tokens, and the
+    // budget fits exactly 10 such reservations.
+    let per_call = estimate(2) + 15;
+    let budget = 10 * per_call;
+    let (run, token) = s.create_run(json!({ "tokens": budget }));
+    let body = chat("hello there", Some(15));
+    // Each call streams slowly, so the calls overlap and hold their reservations together.
+    let calls = (0..64).map(|_| s.call(&run, &token, &body, &["x-test-chunk-delay-ms: 150"]));
+    let answers = futures_join_all(calls).await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    assert_eq!(ok + refused.len(), 64, "every call is either served or refused: {answers:?}");
+    assert!(ok >= 10, "10 reservations fit the budget, so at least 10 calls are served; {ok} were");
+    for a in &refused {
+        assert_eq!(a.body["error"]["type"], "budget_exceeded", "{:?}", a.body);
+        assert!(a.body["error"]["receipt_id"].is_string());
+    }
+    // Refused calls never reached the upstream.
+    assert_eq!(s.upstream.requests().len(), ok, "only admitted calls are forwarded");
+    let receipts = s.control.receipts(&run, 64).unwrap();
+    let used: u64 = receipts.iter().map(usage_tokens).sum();
+    assert!(used <= budget, "recorded usage {used} is over the budget {budget}");
+    let served: Vec<&Value> = receipts.iter().filter(|r| r["usage"].is_object()).collect();
+    assert_eq!(served.len(), ok);
+    for r in &served {
+        let b = &r["budget"];
+        assert_eq!(b["tokens_limit"], budget, "{b}");
+        // A call that came when less than a whole reservation remained was let through with its
+        // output capped to what remained.
+        let reserved = b["reserved_tokens"].as_u64().unwrap();
+        assert!(reserved == per_call || (reserved < per_call && b["output_cap"].is_u64()), "{b}");
+        assert!(b["tokens_left"].as_u64().unwrap() <= budget - usage_tokens(r), "{b}");
+    }
+    // A call refused while others were in flight is told when to retry.
+    assert!(refused.iter().any(|a| a.retry_after == Some(1)), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_output_limit_is_capped_to_what_remains_and_usage_settles_exactly() {
+    let s = stack(&[]).await;
+    let budget = 60;
+    let (run, token) = s.create_run(json!({ "tokens": budget }));
+    // No max_tokens: the proxy sets max_completion_tokens to what remains after the input.
+    let first = s.call(&run, &token, &chat("hello there", None), &["x-test-chunks: 4"]).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let sent: Value = serde_json::from_slice(&s.upstream.last_request().unwrap().body).unwrap();
+    let cap = budget - estimate(2);
+    assert_eq!(sent["max_completion_tokens"], cap, "{sent}");
+    let receipt = &s.control.receipts(&run, 1).unwrap()[0];
+    let b = &receipt["budget"];
+    assert_eq!((b["output_cap"].as_u64(), b["reserved_tokens"].as_u64()), (Some(cap), Some(budget)), "{b}");
+    // Settled to what the upstream reported, not to the reservation.
+    let used = usage_tokens(receipt);
+    assert_eq!(b["tokens_left"].as_u64(), Some(budget - used), "{b}");
+    assert_eq!(b["tokens_before"], 0);
+    // A request that asks for more than remains is capped too, and never gets more than remains.
+    let second = s.call(&run, &token, &chat("hello there", Some(1000)), &["x-test-chunks: 50"]).await;
+    assert_eq!(second.status, 200, "{:?}", second.body);
+    let receipts = s.control.receipts(&run, 2).unwrap();
+    let total: u64 = receipts.iter().map(usage_tokens).sum();
+    assert!(total <= budget, "{total} > {budget}");
+    assert_eq!(receipts[1]["budget"]["tokens_before"], used);
+
+    // Control shows the run's budget against what its receipts used, and so does the CLI.
+    let (status, shown) = s.control.api("GET", &format!("/v1/runs/{run}"), &s.control.token, None).unwrap();
+    assert_eq!(status, 200);
+    let expected = json!({"limit": budget, "used": total, "remaining": budget - total});
+    assert_eq!(shown["budget_state"]["tokens"], expected, "{shown}");
+    let out = std::process::Command::new(binary("fleetforge-ctl"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FLEETFORGE_CONTROL_URL", s.control.url())
+        .env("FLEETFORGE_CONTROL_TOKEN", &s.control.token)
+        .args(["budget", &run, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tokens"], expected, "{report}");
+    assert_eq!((report["calls"]["used"].as_u64(), report["refused_calls"].as_u64()), (Some(2), Some(0)), "{report}");
+    assert!(report["burn_tokens_per_minute"].as_f64().is_some_and(|b| b > 0.0), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_without_usage_is_charged_its_whole_reservation_and_marked_estimated() {
+    let s = stack(&[]).await;
+    let budget = 1000;
+    let (run, token) = s.create_run(json!({ "tokens": budget }));
+    let a = s.call(&run, &token, &chat("hello there", Some(30)), &["x-test-no-usage: 1"]).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let receipt = &s.control.receipts(&run, 1).unwrap()[0];
+    let b = &receipt["budget"];
+    let reserved = estimate(2) + 30;
+    assert_eq!(b["estimated"], true, "{b}");
+    assert_eq!(b["reserved_tokens"], reserved);
+    assert_eq!(b["tokens_left"], budget - reserved, "charged in full: {b}");
+    assert!(receipt["usage"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_budgets_refuse_for_good_and_rate_slos_make_calls_wait_then_refuse() {
+    let s = stack(&[("FLEETFORGE_BUDGET_MAX_WAIT", "15s")]).await;
+    // A calls budget: the third call is refused, with no Retry-After (waiting cannot help).
+    let (run, token) = s.create_run(json!({ "calls": 2 }));
+    for _ in 0..2 {
+        assert_eq!(s.call(&run, &token, &chat("hi", Some(3)), &[]).await.status, 200);
+    }
+    let third = s.call(&run, &token, &chat("hi", Some(3)), &[]).await;
+    assert_eq!((third.status, third.retry_after), (429, None), "{:?}", third.body);
+    assert!(third.body["error"]["message"].as_str().unwrap().contains("2 calls"), "{:?}", third.body);
+
+    // 10 calls per minute: the bucket starts full, so the 11th call waits for the bucket to refill
+    // (6 s a call, less the little the first 10 took).
+    let (run, token) = s.create_run(json!({ "calls_per_minute": 10 }));
+    for _ in 0..10 {
+        let a = s.call(&run, &token, &chat("hi", Some(3)), &[]).await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    let waited = s.call(&run, &token, &chat("hi", Some(3)), &[]).await;
+    assert_eq!(waited.status, 200, "{:?}", waited.body);
+    assert!(waited.took >= Duration::from_secs(3), "the 11th call waited {:?}", waited.took);
+    let receipts = s.control.receipts(&run, 11).unwrap();
+    let throttled: Vec<u64> = receipts.iter().map(|r| r["budget"]["throttled_ms"].as_u64().unwrap()).collect();
+    assert!(throttled[10] >= 3000, "{throttled:?}");
+    assert!(throttled[..10].iter().all(|t| *t < 1000), "{throttled:?}");
+
+    // One call per minute: the second would wait ~60 s, longer than max_wait (15 s), so it is refused at
+    // once with the time it would have had to wait.
+    let (run, token) = s.create_run(json!({ "calls_per_minute": 1 }));
+    assert_eq!(s.call(&run, &token, &chat("hi", Some(3)), &[]).await.status, 200);
+    let over = s.call(&run, &token, &chat("hi", Some(3)), &[]).await;
+    assert_eq!(over.status, 429, "{:?}", over.body);
+    assert!(over.retry_after.is_some_and(|r| (50..=60).contains(&r)), "{:?}", over.retry_after);
+    assert!(over.took < Duration::from_secs(4), "refused without waiting: {:?}", over.took);
+    let (_, metrics) = s.proxy.admin_get("/metrics").unwrap();
+    assert!(metrics.contains("fleetforge_budget_refused_total 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_budgets_are_refused_naming_the_member() {
+    let s = stack(&[]).await;
+    for (budget, member) in [
+        (json!({"tokens": -1}), "budget.tokens"),
+        (json!({"calls_per_minute": "many"}), "budget.calls_per_minute"),
+        (json!({"wall_seconds": 1.5}), "budget.wall_seconds"),
+        (json!({"cost_usd": -0.01}), "budget.cost_usd"),
+    ] {
+        let body = json!({ "budget": budget }).to_string();
+        let (status, answer) = s.control.api("POST", "/v1/runs", &s.control.token, Some(&body)).unwrap();
+        assert_eq!(status, 422, "{answer}");
+        assert!(answer.to_string().contains(member), "{member}: {answer}");
+    }
+}
+
+/// Awaits every future, concurrently.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.into_iter().map(|f| Box::pin(f)).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
+    // Poll all futures together on this task.
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for slot in pending.iter_mut() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        out.push(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    out
+}
