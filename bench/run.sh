@@ -12,7 +12,10 @@
 # and a third with recording off and capability tokens on (FLEETFORGE_CAPABILITIES=true; the load
 # presents a run token minted by control), the same again with the upstream configured as a tool
 # (sidecar-tool: every call also mints a per-call token), and one with recording off and the four example
-# Wasm policy packs on (sidecar-pol), so the cost of each shows against the same baseline.
+# Wasm policy packs on (sidecar-pol), so the cost of each shows against the same baseline. The
+# capability proxy also serves a second run whose token carries a budget (tokens, cost and calls,
+# each far above what the load uses): sidecar-bud is sidecar-cap with every call estimated with
+# OpenAI's tokenizer, reserved and settled, so sidecar-bud/sidecar-cap is the cost of budgets.
 # Then drives the same OpenAI-shaped load with oha (JSON and SSE) straight at the upstream,
 # through the three sidecars, and through the forward proxy (CONNECT + TLS interception, keep-alive
 # inside the tunnel). Rounds alternate the scenario order. Prints req/s, p50/p99 latency, TTFB,
@@ -127,6 +130,11 @@ run_json=$(curl -sf "http://$control/v1/runs" -H "authorization: Bearer $token" 
   -d '{"agent":"bench","grants":{"hosts":["api.llm.test"],"methods":["POST"],"paths":["/v1/"],"models":["gpt-4o*"]}}')
 cap_run=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["id"])' "$run_json")
 cap_token=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["token"])' "$run_json")
+bud_json=$(curl -sf "http://$control/v1/runs" -H "authorization: Bearer $token" -H 'content-type: application/json' \
+  -d '{"agent":"bench","grants":{"hosts":["api.llm.test"],"methods":["POST"],"paths":["/v1/"],"models":["gpt-4o*"]},
+       "budget":{"tokens":1000000000000,"cost_usd":1000000,"calls":1000000000000}}')
+bud_run=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["id"])' "$bud_json")
+bud_token=$(python3 -c 'import json,sys;print(json.loads(sys.argv[1])["token"])' "$bud_json")
 ready=$(ready_line "$work/proxy.out")
 field() { python3 -c 'import json,sys;v=json.loads(sys.argv[1])[sys.argv[2]];print(v[0] if isinstance(v,list) else v)' "$@"; }
 fwd=$(field "$ready" forward)
@@ -176,6 +184,7 @@ measure() { # scenario mode round
     sidecar) args=("http://$side/v1/chat/completions") ;;
     sidecar-norec) args=("http://$side_norec/v1/chat/completions") ;;
     sidecar-cap) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_cap/v1/chat/completions") ;;
+    sidecar-bud) args=(-H "x-fleetforge-run: $bud_run" -H "x-fleetforge-token: $bud_token" "http://$side_cap/v1/chat/completions") ;;
     sidecar-tool) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_tool/v1/chat/completions") ;;
     sidecar-pol) args=("http://$side_pol/v1/chat/completions") ;;
     forward) args=(-x "http://$fwd" --no-pre-lookup --cacert "$work/client-ca.pem" "$url_direct") ;;
@@ -187,13 +196,13 @@ measure() { # scenario mode round
   "$oha" -z "${WARMUP}s" "${common[@]}" "${args[@]}" >/dev/null 2>&1 || true
   local pid=$proxy_pid lag=- p0 u0 c0 p1 u1 c1
   [[ $s == sidecar-norec ]] && pid=$norec_pid
-  [[ $s == sidecar-cap ]] && pid=$cap_pid
+  [[ $s == sidecar-cap || $s == sidecar-bud ]] && pid=$cap_pid
   [[ $s == sidecar-tool ]] && pid=$tool_pid
   [[ $s == sidecar-pol ]] && pid=$pol_pid
   local drain_admin=$admin
   [[ $s == *-base ]] && pid=$base_pid drain_admin=$admin_base
   local records=1
-  [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap || $s == sidecar-tool || $s == sidecar-pol ]] && records=0
+  [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap || $s == sidecar-bud || $s == sidecar-tool || $s == sidecar-pol ]] && records=0
   ((records)) && drain "$drain_admin" >/dev/null # the warm-up's receipts are in before we count
   p0=$(ticks "$pid"); u0=$(ticks "$up_pid"); c0=$(ticks "$control_pid")
   "$oha" -z "${DURATION}s" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
@@ -205,8 +214,8 @@ measure() { # scenario mode round
 }
 ((LOAD)) || ROUNDS=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  order=(direct sidecar sidecar-norec sidecar-cap sidecar-tool sidecar-pol forward)
-  [[ -n $base_pid ]] && order=(direct sidecar sidecar-base sidecar-norec sidecar-cap sidecar-tool sidecar-pol forward forward-base)
+  order=(direct sidecar sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward)
+  [[ -n $base_pid ]] && order=(direct sidecar sidecar-base sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward forward-base)
   if ((r % 2 == 0)); then
     rev=()
     for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[i]}"); done

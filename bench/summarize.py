@@ -42,7 +42,7 @@ def main() -> None:
         "| control CPU µs/req | upstream CPU µs/req | proxy/upstream CPU | ingest drain s (max) | errors |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    order = ("direct", "sidecar", "sidecar-base", "sidecar-norec", "sidecar-cap", "sidecar-tool", "sidecar-pol",
+    order = ("direct", "sidecar", "sidecar-base", "sidecar-norec", "sidecar-cap", "sidecar-bud", "sidecar-tool", "sidecar-pol",
              "forward", "forward-base")
     for scenario in order:
         for mode in ("nonstream", "stream"):
@@ -55,7 +55,7 @@ def main() -> None:
             ttfb = [r["ttfb"] for r in rs if r["ttfb"] is not None]
             ttfb_s = f"{statistics.mean(ttfb) * 1000:.2f}" if ttfb else "-"
             proxy = "-" if scenario == "direct" else f"{statistics.mean(r['proxy_us'] for r in rs):.1f}"
-            recorded = scenario not in ("direct", "sidecar-norec", "sidecar-cap", "sidecar-tool", "sidecar-pol")
+            recorded = scenario not in ("direct", "sidecar-norec", "sidecar-cap", "sidecar-bud", "sidecar-tool", "sidecar-pol")
             control = f"{statistics.mean(r['control_us'] for r in rs):.1f}" if recorded else "-"
             # The upstream is the same binary under the same load in every row, so its CPU per
             # request tracks the machine's speed in that window (see bench/README.md).

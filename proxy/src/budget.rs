@@ -236,6 +236,7 @@ pub fn reserve(s: &mut RunState, limits: &Limits, ask: &Ask, now: u64) -> Result
         }
     }
     granted.reservation.metered = true;
+    (s.tokens_limit, s.cost_limit_micro_usd) = (limits.tokens, limits.cost_micro_usd);
     s.tokens_reserved = s.tokens_reserved.saturating_add(granted.reservation.tokens);
     s.cost_reserved_micro_usd = s.cost_reserved_micro_usd.saturating_add(granted.reservation.cost_micro_usd);
     s.calls_admitted += 1;

@@ -338,6 +338,72 @@ impl Metrics {
     }
 }
 
+/// Runs the budget gauges show at most (the label set stays bounded).
+const BUDGET_RUNS_MAX: usize = 1000;
+
+/// Appends the per-run budget gauges of the runs `runs` holds that have a budget: queue depth,
+/// throttled calls and their wait, tokens and cost remaining and reserved, burn rate since the
+/// run's first call on this proxy, and when the token budget runs out at that rate.
+pub fn render_budgets(runs: &crate::runs::Runs, out: &mut String) {
+    let _ = render_budgets_into(runs, out);
+}
+
+fn render_budgets_into(runs: &crate::runs::Runs, out: &mut String) -> std::fmt::Result {
+    let held = runs.budgeted(BUDGET_RUNS_MAX);
+    let now = runs.now_ms();
+    let gauges: [(&str, &str, &str); 9] = [
+        ("fleetforge_budget_queue_depth", "gauge", "Calls of the run waiting in its rate SLO queue."),
+        ("fleetforge_budget_throttled_calls_total", "counter", "Calls of the run that waited for its rate SLO."),
+        ("fleetforge_budget_wait_seconds_total", "counter", "Time calls of the run waited for its rate SLO."),
+        ("fleetforge_budget_tokens_remaining", "gauge", "Tokens left in the run's budget (settled calls)."),
+        ("fleetforge_budget_tokens_reserved", "gauge", "Tokens held by the run's calls in flight."),
+        ("fleetforge_budget_cost_remaining_usd", "gauge", "US dollars left in the run's cost budget."),
+        ("fleetforge_budget_calls_admitted_total", "counter", "Calls admitted under the run's budget."),
+        (
+            "fleetforge_budget_burn_tokens_per_second",
+            "gauge",
+            "Tokens the run used per second since its first call here.",
+        ),
+        (
+            "fleetforge_budget_exhaustion_seconds",
+            "gauge",
+            "Seconds until the run's token budget runs out at its burn rate.",
+        ),
+    ];
+    let mut rows: Vec<[Option<f64>; 9]> = Vec::with_capacity(held.len());
+    for (_, ledger) in &held {
+        let s = ledger.snapshot();
+        let seconds = now.saturating_sub(ledger.started_ms) as f64 / 1e3;
+        let burn = (seconds > 0.0).then(|| s.tokens_used as f64 / seconds);
+        let remaining = s.tokens_limit.map(|l| l.saturating_sub(s.tokens_used) as f64);
+        let exhaustion = match (remaining, burn) {
+            (Some(r), Some(b)) if b > 0.0 => Some(r / b),
+            _ => None,
+        };
+        rows.push([
+            Some(ledger.rate.waiting.load(Relaxed) as f64),
+            Some(ledger.rate.throttled.load(Relaxed) as f64),
+            Some(ledger.rate.waited_ms.load(Relaxed) as f64 / 1e3),
+            remaining,
+            Some(s.tokens_reserved as f64),
+            s.cost_limit_micro_usd.map(|l| l.saturating_sub(s.cost_micro_usd) as f64 / 1e6),
+            Some(s.calls_admitted as f64),
+            burn,
+            exhaustion,
+        ]);
+    }
+    for (i, (name, kind, help)) in gauges.iter().enumerate() {
+        writeln!(out, "# HELP {name} {help}")?;
+        writeln!(out, "# TYPE {name} {kind}")?;
+        for ((run, _), row) in held.iter().zip(&rows) {
+            if let Some(v) = row[i] {
+                writeln!(out, "{name}{{run=\"{}\"}} {v}", run.as_str())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

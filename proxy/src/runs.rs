@@ -33,6 +33,8 @@ pub struct RunLedger {
     in_flight: AtomicU64,
     /// Milliseconds since the ledger map's epoch at the last call's start.
     last_seen_ms: AtomicU64,
+    /// Milliseconds since the ledger map's epoch when the ledger was made.
+    pub started_ms: u64,
     state: Mutex<RunState>,
     /// The run's rate SLO queue.
     pub rate: crate::rate::RateGate,
@@ -57,6 +59,10 @@ pub struct RunState {
     pub cost_reserved_micro_usd: u64,
     /// Calls admitted under the run's budget (the calls budget counts them).
     pub calls_admitted: u64,
+    /// The run's token limit, as of its last admitted call.
+    pub tokens_limit: Option<u64>,
+    /// The run's cost limit, as of its last admitted call.
+    pub cost_limit_micro_usd: Option<u64>,
 }
 
 impl RunLedger {
@@ -65,6 +71,7 @@ impl RunLedger {
             steps: AtomicU64::new(resume_step),
             in_flight: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(now_ms),
+            started_ms: now_ms,
             state: Mutex::new(RunState::default()),
             rate: crate::rate::RateGate::default(),
         }
@@ -180,6 +187,17 @@ impl Runs {
     /// The ledger of `run`, if this proxy holds one.
     pub fn get(&self, run: &RunId) -> Option<Arc<RunLedger>> {
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(run).cloned()
+    }
+
+    /// The runs held that have admitted a call under a budget (at most `max`), for the budget
+    /// gauges.
+    pub fn budgeted(&self, max: usize) -> Vec<(RunId, Arc<RunLedger>)> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, l)| l.state().calls_admitted > 0)
+            .take(max)
+            .map(|(id, l)| (id.clone(), l.clone()))
+            .collect()
     }
 
     /// How many runs are held.

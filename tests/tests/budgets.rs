@@ -157,6 +157,11 @@ async fn concurrent_calls_never_spend_past_the_budget_and_the_rest_are_refused_u
         assert!(reserved == per_call || (reserved < per_call && b["output_cap"].is_u64()), "{b}");
         assert!(b["tokens_left"].as_u64().unwrap() <= budget - usage_tokens(r), "{b}");
     }
+    // The run's gauges on the proxy agree with the receipts.
+    let (_, metrics) = s.proxy.admin_get("/metrics").unwrap();
+    let remaining = format!("fleetforge_budget_tokens_remaining{{run=\"{run}\"}} {}", budget - used);
+    assert!(metrics.contains(&remaining), "{remaining}: {metrics}");
+    assert!(metrics.contains(&format!("fleetforge_budget_tokens_reserved{{run=\"{run}\"}} 0")), "{metrics}");
     // A call refused while others were in flight is told when to retry.
     assert!(refused.iter().any(|a| a.retry_after == Some(1)), "{refused:?}");
 }
@@ -237,7 +242,8 @@ async fn call_budgets_refuse_for_good_and_rate_slos_make_calls_wait_then_refuse(
 
     // 10 calls per minute: the bucket starts full, so the 11th call waits for the bucket to refill
     // (6 s a call, less the little the first 10 took).
-    let (run, token) = s.create_run(json!({ "calls_per_minute": 10 }));
+    let (slow, token) = s.create_run(json!({ "calls_per_minute": 10 }));
+    let run = slow.clone();
     for _ in 0..10 {
         let a = s.call(&run, &token, &chat("hi", Some(3)), &[]).await;
         assert_eq!(a.status, 200, "{:?}", a.body);
@@ -260,6 +266,20 @@ async fn call_budgets_refuse_for_good_and_rate_slos_make_calls_wait_then_refuse(
     assert!(over.took < Duration::from_secs(4), "refused without waiting: {:?}", over.took);
     let (_, metrics) = s.proxy.admin_get("/metrics").unwrap();
     assert!(metrics.contains("fleetforge_budget_refused_total 2"), "{metrics}");
+    // The throttled run's gauges: one call waited, for seconds; nothing waits now.
+    let gauge = |name: &str| -> f64 {
+        let prefix = format!("{name}{{run=\"{slow}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(gauge("fleetforge_budget_throttled_calls_total"), 1.0);
+    assert!(gauge("fleetforge_budget_wait_seconds_total") >= 3.0);
+    assert_eq!(gauge("fleetforge_budget_queue_depth"), 0.0);
+    assert_eq!(gauge("fleetforge_budget_calls_admitted_total"), 11.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,7 +51,11 @@ fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         // Listeners are bound before the admin port serves, so serving means ready.
         "/readyz" => text(StatusCode::OK, "text/plain", "ready\n"),
-        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", proxy.metrics.render()),
+        "/metrics" => {
+            let mut body = proxy.metrics.render();
+            crate::metrics::render_budgets(&proxy.runs, &mut body);
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
+        }
         "/ca.pem" => text(StatusCode::OK, "application/x-pem-file", proxy.ca.cert_pem().to_owned()),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz, /readyz, /metrics or /ca.pem\n"),
     }
