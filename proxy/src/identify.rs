@@ -136,9 +136,17 @@ pub fn identify(proxy: &Proxy, conn: &ConnCtx, call: &mut Call, headers: &Header
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().chars().take(MAX_STEP_LABEL).collect::<String>())
         .filter(|v| !v.is_empty());
-    // A run new to this proxy's ledger continues its steps after the receipts the spool holds.
-    let (ledger, step) =
-        proxy.runs.begin(&run, || proxy.spool.as_ref().and_then(|s| s.last_seq(run.as_str())).unwrap_or(0));
+    // A run new to this proxy's ledger continues its steps, and its budget spend, after the
+    // receipts the spool holds.
+    let (ledger, step) = proxy.runs.begin_with(&run, || {
+        let (step, spent) = proxy.spool.as_ref().and_then(|s| s.resume(run.as_str())).unwrap_or_default();
+        crate::runs::Resume {
+            step,
+            tokens_used: spent.tokens,
+            cost_micro_usd: spent.cost_micro_usd,
+            calls_admitted: spent.calls,
+        }
+    });
     call.ledger = Some(ledger);
     call.identity = Some(Identity { run, token, source, step, step_label });
     Ok(())

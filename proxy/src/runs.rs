@@ -10,9 +10,10 @@
 //!   atomic add; the map's write lock is taken once per new run);
 //! - a run is evicted only when it has no call in flight and has been idle for the idle timeout
 //!   (1 h, `Runs::default()`; checked at most once a minute, when a new run
-//!   arrives); a run that comes back later starts a fresh ledger whose steps continue after
-//!   `resume_step` (the number of receipts the spool holds for it), so step numbers stay
-//!   increasing across evictions and restarts when receipts are recorded.
+//!   arrives); a run that comes back later starts a fresh ledger whose steps and budget spend
+//!   continue after the receipts the spool holds for it ([`Resume`]), so step numbers stay
+//!   increasing, and budgets are not forgotten, across evictions and restarts when receipts are
+//!   recorded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,13 +67,19 @@ pub struct RunState {
 }
 
 impl RunLedger {
-    fn new(resume_step: u64, now_ms: u64) -> Self {
+    fn new(resume: Resume, now_ms: u64) -> Self {
+        let state = RunState {
+            tokens_used: resume.tokens_used,
+            cost_micro_usd: resume.cost_micro_usd,
+            calls_admitted: resume.calls_admitted,
+            ..RunState::default()
+        };
         Self {
-            steps: AtomicU64::new(resume_step),
+            steps: AtomicU64::new(resume.step),
             in_flight: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(now_ms),
             started_ms: now_ms,
-            state: Mutex::new(RunState::default()),
+            state: Mutex::new(state),
             rate: crate::rate::RateGate::default(),
         }
     }
@@ -138,6 +145,19 @@ impl RunLedger {
     }
 }
 
+/// Where a run new to the ledger map starts: after the receipts this proxy recorded for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Its last step.
+    pub step: u64,
+    /// Tokens its receipts charged.
+    pub tokens_used: u64,
+    /// Cost its receipts charged, millionths of a US dollar.
+    pub cost_micro_usd: u64,
+    /// Calls its receipts show admitted under a budget.
+    pub calls_admitted: u64,
+}
+
 /// The ledgers of the runs this proxy serves.
 #[derive(Debug)]
 pub struct Runs {
@@ -167,12 +187,19 @@ impl Runs {
     /// Starts a call of `run`: its ledger and its step number (from 1, or from after
     /// `resume_step()` when the run is new to this ledger). Pair with [`RunLedger::end_call`].
     pub fn begin(&self, run: &RunId, resume_step: impl FnOnce() -> u64) -> (Arc<RunLedger>, u64) {
+        self.begin_with(run, || Resume { step: resume_step(), ..Resume::default() })
+    }
+
+    /// [`Runs::begin`], a new ledger starting from `resume()`: the steps and budget spend of the
+    /// run's receipts this proxy holds (its spool), so a restart neither repeats steps nor
+    /// forgets what the run spent.
+    pub fn begin_with(&self, run: &RunId, resume: impl FnOnce() -> Resume) -> (Arc<RunLedger>, u64) {
         let now = self.now_ms();
         let found = self.map.read().unwrap_or_else(|e| e.into_inner()).get(run).cloned();
         let ledger = match found {
             Some(ledger) => ledger,
             None => {
-                let resume = resume_step();
+                let resume = resume();
                 let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
                 self.sweep(&mut map, now);
                 map.entry(run.clone()).or_insert_with(|| Arc::new(RunLedger::new(resume, now))).clone()

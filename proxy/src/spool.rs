@@ -2,7 +2,8 @@
 //! outages.
 //!
 //! Layout under `$FLEETFORGE_HOME/spool/`: append-only segment files `NNNNNNNNNNNNNNNN.seg`, a
-//! `heads.json` snapshot of chain heads, `rejected.jsonl` (receipts control refused, kept for an
+//! `heads.json` snapshot of chain heads (each with what the run's receipts charged to its budget,
+//! [`Spent`]), `rejected.jsonl` (receipts control refused, kept for an
 //! operator), and `.lock` (held while a proxy uses the spool, so two proxies never share one).
 //!
 //! Records are framed `[u32 length][u32 CRC-32 of payload][payload]` (little-endian), payload
@@ -105,6 +106,38 @@ struct Head {
     seq: u64,
     #[serde(with = "hex_hash")]
     hash: Hash,
+    /// What the run's receipts in this lane charged, so a restarted proxy's budget ledger starts
+    /// where it stopped.
+    #[serde(default)]
+    spent: Spent,
+}
+
+/// What a run's receipts charged to its budget: tokens and cost (reported usage, or the whole
+/// reservation when the receipt says it was estimated) and calls admitted under a budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    /// Tokens.
+    pub tokens: u64,
+    /// Cost, millionths of a US dollar.
+    pub cost_micro_usd: u64,
+    /// Calls admitted under a budget.
+    pub calls: u64,
+}
+
+impl Spent {
+    /// Adds what one receipt charged.
+    fn add(&mut self, body: &ReceiptBody) {
+        let usage = body.usage.as_ref();
+        let reported = usage.map_or(0, |u| u.input_tokens.unwrap_or(0).saturating_add(u.output_tokens.unwrap_or(0)));
+        let reported_cost = usage.and_then(|u| u.cost_micro_usd).unwrap_or(0);
+        let (tokens, cost) = match &body.budget {
+            Some(b) if b.estimated => (b.reserved_tokens, b.cost_reserved_micro_usd.unwrap_or(0)),
+            _ => (reported, reported_cost),
+        };
+        self.tokens = self.tokens.saturating_add(tokens);
+        self.cost_micro_usd = self.cost_micro_usd.saturating_add(cost);
+        self.calls += u64::from(body.budget.is_some());
+    }
 }
 
 mod hex_hash {
@@ -421,9 +454,15 @@ impl Spool {
                             continue;
                         };
                         if body.chain.lane == key.id() {
-                            let head = heads.entry(body.run.to_string()).or_insert(Head { seq: 0, hash });
+                            let head = heads.entry(body.run.to_string()).or_insert(Head {
+                                seq: 0,
+                                hash,
+                                spent: Spent::default(),
+                            });
                             if body.chain.seq > head.seq {
-                                *head = Head { seq: body.chain.seq, hash };
+                                let mut spent = head.spent;
+                                spent.add(&body);
+                                *head = Head { seq: body.chain.seq, hash, spent };
                             }
                         }
                         state.receipts += 1;
@@ -515,6 +554,12 @@ impl Spool {
         self.lock().heads.get(run).map(|h| h.seq)
     }
 
+    /// The seq of `run`'s last receipt in this proxy's lane and what its receipts charged (`None`:
+    /// none yet), so a run's steps and budget continue where its receipts left off.
+    pub fn resume(&self, run: &str) -> Option<(u64, Spent)> {
+        self.lock().heads.get(run).map(|h| (h.seq, h.spent))
+    }
+
     /// Whether the spool is over its limit.
     pub fn is_full(&self) -> bool {
         self.bytes() >= self.limits.max_bytes
@@ -535,6 +580,8 @@ impl Spool {
         }
         let lane = self.key.id();
         let mut body = build(Chain { lane: lane.to_owned(), prev_hash: self.placeholder.sentinel.clone(), seq: 0 });
+        let mut charged = Spent::default();
+        charged.add(&body);
         let receipt_id = body.id.to_string();
         let draft = body.canonical().map_err(|e| SpoolError::Encode(e.to_string()))?;
         let splice = self.placeholder.find(&draft);
@@ -567,12 +614,11 @@ impl Spool {
             s.unsealed += 1;
         }
         self.bytes.fetch_add(record.len() as u64, Ordering::Relaxed);
-        match inner.heads.get_mut(run) {
-            Some(head) => *head = Head { seq, hash },
-            None => {
-                inner.heads.insert(run.to_owned(), Head { seq, hash });
-            }
-        }
+        let mut spent = head.map(|h| h.spent).unwrap_or_default();
+        spent.tokens = spent.tokens.saturating_add(charged.tokens);
+        spent.cost_micro_usd = spent.cost_micro_usd.saturating_add(charged.cost_micro_usd);
+        spent.calls += charged.calls;
+        inner.heads.insert(run.to_owned(), Head { seq, hash, spent });
         let was_empty = inner.pending.is_empty();
         inner.pending.push(Pending { hash, segment });
         if inner.segments.get(&segment).is_some_and(|s| s.bytes >= self.limits.segment_bytes) {

@@ -23,6 +23,28 @@ struct Stack {
     proxy: ProxyProcess,
     clients: Clients,
     calls: std::sync::atomic::AtomicUsize,
+    ca_pem: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn start_proxy(
+    home: &std::path::Path,
+    ca_pem: &std::path::Path,
+    control: &ControlProcess,
+    upstream: &Upstream,
+    env: &[(String, String)],
+) -> ProxyProcess {
+    let mut b = ProxyProcess::builder()
+        .home(home)
+        .upstream_ca(ca_pem)
+        .env("FLEETFORGE_CONTROL_URL", control.url())
+        .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
+        .env("FLEETFORGE_INTERCEPT", "api.openai.com")
+        .resolve("api.openai.com", upstream.addr());
+    for (k, v) in env {
+        b = b.env(k, v.clone());
+    }
+    b.start().unwrap()
 }
 
 async fn stack(env: &[(&str, &str)]) -> Stack {
@@ -31,18 +53,10 @@ async fn stack(env: &[(&str, &str)]) -> Stack {
     let upstream = Upstream::builder().tls(&ca, &["api.openai.com"]).record(true).start().await.unwrap();
     let db = Database::fresh(false).unwrap();
     let control = ControlProcess::start(&db, &dir.path().join("control-home"), None).unwrap();
-    let mut b = ProxyProcess::builder()
-        .home(&dir.path().join("proxy-home"))
-        .upstream_ca(ca.pem_path())
-        .env("FLEETFORGE_CONTROL_URL", control.url())
-        .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
-        .env("FLEETFORGE_INTERCEPT", "api.openai.com")
-        .resolve("api.openai.com", upstream.addr());
-    for (k, v) in env {
-        b = b.env(k, *v);
-    }
-    let proxy = b.start().unwrap();
-    Stack { dir, upstream, control, proxy, clients: Clients::locate(), calls: Default::default() }
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let ca_pem = ca.pem_path().to_owned();
+    let proxy = start_proxy(&dir.path().join("proxy-home"), &ca_pem, &control, &upstream, &env);
+    Stack { dir, upstream, control, proxy, clients: Clients::locate(), calls: Default::default(), ca_pem, env }
 }
 
 /// One call's outcome as curl saw it.
@@ -55,6 +69,13 @@ struct Answer {
 }
 
 impl Stack {
+    /// Kills the proxy (no shutdown) and starts it again on the same home.
+    fn kill_and_restart(&mut self) {
+        self.proxy.kill();
+        self.proxy =
+            start_proxy(&self.dir.path().join("proxy-home"), &self.ca_pem, &self.control, &self.upstream, &self.env);
+    }
+
     fn create_run(&self, budget: Value) -> (String, String) {
         let body = json!({ "budget": budget }).to_string();
         let (status, created) = self.control.api("POST", "/v1/runs", &self.control.token, Some(&body)).unwrap();
@@ -280,6 +301,28 @@ async fn call_budgets_refuse_for_good_and_rate_slos_make_calls_wait_then_refuse(
     assert!(gauge("fleetforge_budget_wait_seconds_total") >= 3.0);
     assert_eq!(gauge("fleetforge_budget_queue_depth"), 0.0);
     assert_eq!(gauge("fleetforge_budget_calls_admitted_total"), 11.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_proxy_remembers_what_the_run_spent() {
+    let mut s = stack(&[]).await;
+    let per_call = estimate(2) + 15;
+    // Room for three calls' reservations, and for two calls' actual use (18 tokens each) plus one.
+    let (run, token) = s.create_run(json!({ "tokens": 2 * 18 + per_call, "calls": 3 }));
+    for _ in 0..2 {
+        let a = s.call(&run, &token, &chat("hello there", Some(15)), &[]).await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    s.kill_and_restart();
+    // The restarted proxy starts from the spend its spool recorded: one more call fits, then the
+    // calls budget is spent.
+    let third = s.call(&run, &token, &chat("hello there", Some(15)), &[]).await;
+    assert_eq!(third.status, 200, "{:?}", third.body);
+    let receipts = s.control.receipts(&run, 3).unwrap();
+    assert_eq!(receipts[2]["budget"]["tokens_before"], 36, "{}", receipts[2]["budget"]);
+    let fourth = s.call(&run, &token, &chat("hello there", Some(15)), &[]).await;
+    assert_eq!(fourth.status, 429, "{:?}", fourth.body);
+    assert!(fourth.body["error"]["message"].as_str().unwrap().contains("3 calls"), "{:?}", fourth.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,3 +317,48 @@ fn a_bad_frame_at_the_start_of_a_full_chunk_stops_the_reader_instead_of_looping(
     let read = spool.reader().next(&spool, 100).unwrap();
     assert!(read.is_empty(), "nothing past the bad frame of the active segment is shipped: {}", read.len());
 }
+
+#[test]
+fn what_a_run_spent_survives_a_crash_and_the_deletion_of_its_segments() {
+    use fleetforge_trust::receipt::{Budget, Usage};
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let small = SpoolLimits { segment_bytes: 1500, ..limits() };
+    let charged = |c: Chain, estimated: bool| {
+        let mut b = body("run-a", c);
+        b.usage = (!estimated).then_some(Usage {
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            cost_micro_usd: Some(7),
+            cached_input_tokens: None,
+            model: None,
+            provider: None,
+            reasoning_tokens: None,
+        });
+        b.budget =
+            Some(Budget { estimated, reserved_tokens: 40, cost_reserved_micro_usd: Some(20), ..Budget::default() });
+        b
+    };
+    {
+        let spool = Spool::open(&spool_dir, key(dir.path()), small.clone()).unwrap();
+        spool.append("run-a", |c| charged(c, false)).unwrap();
+        spool.append("run-a", |c| charged(c, true)).unwrap();
+        // A refused call: no budget part, no usage.
+        spool.append("run-a", |c| body("run-a", c)).unwrap();
+        let expected = super::Spent { tokens: 15 + 40, cost_micro_usd: 7 + 20, calls: 2 };
+        assert_eq!(spool.resume("run-a"), Some((3, expected)));
+        // Dropped without sealing: as after kill -9.
+    }
+    let spool = Spool::open(&spool_dir, key(dir.path()), small.clone()).unwrap();
+    let expected = super::Spent { tokens: 55, cost_micro_usd: 27, calls: 2 };
+    assert_eq!(spool.resume("run-a"), Some((3, expected)), "recovered from the segments");
+    spool.append("run-a", |c| charged(c, false)).unwrap();
+    spool.seal().unwrap();
+    let shipped = spool.reader().next(&spool, 100).unwrap();
+    spool.ack(shipped.iter().map(|s| s.segment)).unwrap();
+    drop(spool);
+    let spool = Spool::open(&spool_dir, key(dir.path()), small).unwrap();
+    let expected = super::Spent { tokens: 70, cost_micro_usd: 34, calls: 3 };
+    assert_eq!(spool.resume("run-a"), Some((4, expected)), "heads.json carried it across the deletion");
+    assert_eq!(spool.resume("run-b"), None);
+}
