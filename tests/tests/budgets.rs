@@ -326,6 +326,31 @@ async fn a_killed_and_restarted_proxy_remembers_what_the_run_spent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_control_stopped_the_proxy_still_never_spends_past_the_budget() {
+    let mut s = stack(&[]).await;
+    let budget = 100;
+    let (run, token) = s.create_run(json!({ "tokens": budget }));
+    // The first call verifies the token (root keys are fetched from control and kept).
+    let first = s.call(&run, &token, &chat("hello there", Some(15)), &[]).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    s.control.kill();
+    let mut spent = first.body["usage"]["total_tokens"].as_u64().unwrap();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let a = s.call(&run, &token, &chat("hello there", Some(15)), &[]).await;
+        match a.status {
+            200 => spent += a.body["usage"]["total_tokens"].as_u64().unwrap(),
+            429 => refused += 1,
+            other => panic!("status {other}: {:?}", a.body),
+        }
+    }
+    // The budget rides in the token, so enforcing it needs no control: what the upstream says it
+    // spent stays within the budget, and the rest is refused.
+    assert!(spent <= budget, "the upstream reported {spent} tokens against a budget of {budget}");
+    assert!(refused > 0, "the budget ran out within 11 calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_budgets_are_refused_naming_the_member() {
     let s = stack(&[]).await;
     for (budget, member) in [
