@@ -3,7 +3,9 @@
 //! - `budget_admit_settle`: one reservation against a run's token and cost budget and its
 //!   settlement to reported usage, each under the run ledger's lock (a local ledger: no lease);
 //! - `estimate_openai_chat`: the input estimate of a three-message chat request (about 90 tokens)
-//!   with OpenAI's tokenizer, JSON parse included;
+//!   with OpenAI's tokenizer, JSON parse included, as an agent's resent conversation pays it (the
+//!   counts of messages seen before are remembered);
+//! - `estimate_openai_chat_new`: the same with every message new (tokenized every time);
 //! - `estimate_bound`: the conservative byte bound used for other providers.
 //!
 //! Run: `cargo bench -p fleetforge-proxy --bench budget`.
@@ -37,6 +39,15 @@ fn bench(c: &mut Criterion) {
     estimate::warm();
     g.bench_function("estimate_openai_chat", |b| {
         b.iter(|| estimate::input_tokens("openai", "gpt-4o-mini", black_box(CHAT.as_bytes())))
+    });
+    let mut n = 0u64;
+    g.bench_function("estimate_openai_chat_new", |b| {
+        b.iter(|| {
+            n += 1;
+            // A number in every message: no count can be remembered.
+            let body = CHAT.replace("\"},", &format!(" {n}\"}},")).replace("\"}]", &format!(" {n}\"}}]"));
+            estimate::input_tokens("openai", "gpt-4o-mini", black_box(body.as_bytes()))
+        })
     });
     g.bench_function("estimate_bound", |b| b.iter(|| estimate::bound(black_box(CHAT.as_bytes()))));
     g.finish();

@@ -16,7 +16,9 @@
 //!   difference.
 //!
 //! The tokenizers load on first use (about 0.3 s; [`warm`] loads them at start when budgets are
-//! possible).
+//! possible). Counts of texts of 32 bytes or more are remembered (65,536 at most, by a 64-bit hash
+//! of the text): an agent resends its conversation on every call, so only new messages are
+//! tokenized.
 
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
@@ -77,8 +79,35 @@ pub fn bound(body: &[u8]) -> u64 {
     body.len() as u64 + if tools { TOOLS_MARGIN } else { 0 }
 }
 
+/// Texts shorter than this are tokenized every time (cheaper than a lookup).
+const CACHE_MIN_BYTES: usize = 32;
+/// Counts kept at most; the cache is cleared when it is full.
+const CACHE_MAX: usize = 1 << 16;
+
+/// Token counts of texts seen before, by tokenizer and the text's 64-bit hash: an agent sends its
+/// whole conversation on every call, so all but the newest messages were counted already.
+static COUNTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(usize, u64), u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
 fn count(bpe: &CoreBPE, text: &str) -> u64 {
-    bpe.encode_with_special_tokens(text).len() as u64
+    if text.len() < CACHE_MIN_BYTES {
+        return bpe.encode_with_special_tokens(text).len() as u64;
+    }
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    let key = (std::ptr::from_ref(bpe) as usize, hasher.finish());
+    let cache = || COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = cache().get(&key) {
+        return *n;
+    }
+    let n = bpe.encode_with_special_tokens(text).len() as u64;
+    let mut cache = cache();
+    if cache.len() >= CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(key, n);
+    n
 }
 
 /// Tokens of a JSON value given as structure (tool definitions, schemas): its compact text.
