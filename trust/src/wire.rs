@@ -4,6 +4,7 @@
 //!   per receipt, in order). The proxy writes batches straight from its spool's bytes with
 //!   [`ReceiptBatch::encode`], which produces exactly what control parses as a [`ReceiptBatch`].
 //! - `GET /v1/revocations?after=N`: a [`RevocationPage`].
+//! - `POST /v1/runs/{id}/budget/lease`: a [`LeaseRequest`] in, a [`Lease`] out.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -81,6 +82,72 @@ pub struct RevocationPage {
     pub revocations: Vec<String>,
     /// The sequence number to ask after next time.
     pub next_after: i64,
+}
+
+/// Amounts of a run's budget: tokens, cost and calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Slice {
+    /// LLM tokens (input + output).
+    #[serde(default)]
+    pub tokens: u64,
+    /// Cost, millionths of a US dollar.
+    #[serde(default)]
+    pub cost_micro_usd: u64,
+    /// Calls.
+    #[serde(default)]
+    pub calls: u64,
+}
+
+/// `POST /v1/runs/{id}/budget/lease` body: one proxy (the holder) of a fleet sharing a run's
+/// budget asks for more of it, or gives back what it does not need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// The proxy asking: its receipt signing key id (its lane in the run's chain), stable across
+    /// its restarts.
+    pub holder: String,
+    /// What the holder has committed of what it holds: used by settled calls plus reserved by
+    /// calls in flight. Never given back.
+    #[serde(default)]
+    pub committed: Slice,
+    /// How much more the holder wants (granted in full or in part: what the run has left).
+    #[serde(default)]
+    pub want: Slice,
+    /// Give back everything held beyond `committed` (and grant nothing).
+    #[serde(default)]
+    pub release: bool,
+}
+
+/// The answer to a lease request: what the holder now holds of the run's budget, in total. A
+/// member is `None` when the run's budget does not limit it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Lease {
+    /// Run id.
+    pub run: String,
+    /// The holder.
+    pub holder: String,
+    /// What the holder holds: its committed amount plus what it may still reserve.
+    pub held: Held,
+    /// The run's limits.
+    pub limits: Held,
+    /// What every holder together holds (never above the limits).
+    pub leased: Slice,
+}
+
+/// Per-member amounts where a member may be unlimited (`None`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Held {
+    /// LLM tokens.
+    pub tokens: Option<u64>,
+    /// Cost, millionths of a US dollar.
+    pub cost_micro_usd: Option<u64>,
+    /// Calls.
+    pub calls: Option<u64>,
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The HTTP API: routes, authentication, and the one place errors become responses.
 //!
-//! One module per resource: [`runs`] (create, list, show, a new token, revoke), [`receipts`]
-//! (ingest, read, verify), [`keys`], [`capabilities`] (revocations) and [`exports`]. This module
+//! One module per resource: [`runs`] (create, list, show, a new token, revoke), [`leases`]
+//! (budget slices of fleets), [`receipts`] (ingest, read, verify), [`keys`], [`capabilities`]
+//! (revocations) and [`exports`]. This module
 //! holds what they share: the state, the principal, and [`ErrorKind`], the one table from an
 //! error's kind to its status and contract `type`.
 //!
@@ -13,6 +14,7 @@
 mod capabilities;
 mod exports;
 mod keys;
+mod leases;
 mod receipts;
 mod runs;
 
@@ -25,7 +27,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use fleetforge_trust::wire::{ReceiptBatch, RevocationPage};
+use fleetforge_trust::wire::{Held, Lease, LeaseRequest, ReceiptBatch, RevocationPage, Slice};
 use serde_json::json;
 use utoipa::OpenApi;
 
@@ -245,12 +247,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 #[openapi(
     info(title = "FleetForge control API", description = "Runs, receipts, verification and keys. Bearer auth on every /v1 route."),
     paths(runs::create_run, runs::list_runs, runs::show_run, runs::issue_token, runs::revoke_run,
+        leases::lease,
         receipts::run_receipts, receipts::one_receipt, receipts::verify_run, receipts::post_receipts,
         keys::put_key, keys::list_keys, capabilities::revoke_capability, capabilities::list_revocations,
         exports::export_vc),
     components(schemas(runs::CreateRun, runs::IssueToken, runs::Budget, runs::CreatedRun, runs::RunView,
         receipts::VerifyReport, receipts::Problem, keys::PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult,
-        ingest::ItemStatus, RevocationPage)),
+        ingest::ItemStatus, RevocationPage, Lease, LeaseRequest, Slice, Held)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -300,6 +303,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/runs/{id}", get(runs::show_run))
         .route("/v1/runs/{id}/token", post(runs::issue_token))
         .route("/v1/runs/{id}/revoke", post(runs::revoke_run))
+        .route("/v1/runs/{id}/budget/lease", post(leases::lease))
         .route("/v1/runs/{id}/receipts", get(receipts::run_receipts))
         .route("/v1/runs/{id}/verify", get(receipts::verify_run))
         .route("/v1/receipts", post(receipts::post_receipts))

@@ -402,7 +402,14 @@ pub(super) async fn show_run(
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
     let p = principal(&app, &headers).await?;
-    Ok(Json(view(run_of(&app, &p, &id).await?)))
+    let run = run_of(&app, &p, &id).await?;
+    let limits = super::leases::limits(&run);
+    let leases = app.store.leases(&id).await?;
+    let mut view = view(run);
+    if !leases.is_empty() {
+        view.budget_state["leases"] = super::leases::state(&limits, &leases);
+    }
+    Ok(Json(view))
 }
 
 #[utoipa::path(post, path = "/v1/runs/{id}/revoke", params(("id" = String, Path)),

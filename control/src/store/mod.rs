@@ -7,7 +7,9 @@
 //! `migrations/sqlite` and are embedded at build time.
 //!
 //! One module per resource: [`runs`], [`receipts`] (reading), [`keys`], [`tokens`],
-//! [`capabilities`] (revocations), and [`ingest`], the transaction `POST /v1/receipts` writes in.
+//! [`capabilities`] (revocations), [`leases`] (the budget slices of fleets), and [`ingest`], the
+//! transaction `POST /v1/receipts` writes in.
+//!
 //! The ingest step itself is written once (`crate::ingest`, over [`IngestTx`]); only its six
 //! statements have a second form, on Postgres, where the native driver binds arrays (`= ANY($1)`,
 //! `UNNEST`) — which sqlx's `Any` driver cannot — for about twice the rows per second.
@@ -15,6 +17,7 @@
 mod capabilities;
 mod ingest;
 mod keys;
+mod leases;
 mod pg;
 mod receipts;
 mod runs;
@@ -32,6 +35,7 @@ pub use self::ingest::{
     set_lane_heads,
 };
 pub use self::keys::KeyRow;
+pub use self::leases::{Granted, LeaseRow};
 pub use self::receipts::StoredReceipt;
 pub use self::runs::RunRow;
 pub use self::tokens::TokenRow;
