@@ -607,6 +607,8 @@ async fn budget(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
         "cost_usd": state["cost_usd"],
         "calls": {"limit": calls_limit, "used": calls, "remaining": calls_limit.map(|l| l.saturating_sub(calls))},
         "reserved": null,
+        "leased": state["leases"]["leased"],
+        "holders": state["leases"]["holders"],
         "deadline": state["deadline"],
         "tokens_per_minute": state["tokens_per_minute"],
         "calls_per_minute": state["calls_per_minute"],
@@ -631,6 +633,20 @@ async fn budget(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("{name:<10} {:>14} {:>14} {:>14}", cell(&v["limit"]), cell(&v["used"]), cell(&v["remaining"]));
     }
     println!("reserved:  held by the proxies serving the run until their calls settle (not known to control)");
+    if let Some(holders) = state["leases"]["holders"].as_array() {
+        let leased = &state["leases"]["leased"];
+        let parts: Vec<String> =
+            [("tokens", &leased["tokens"]), ("cost_usd", &leased["cost_usd"]), ("calls", &leased["calls"])]
+                .into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(name, v)| format!("{} {name}", cell(v)))
+                .collect();
+        println!(
+            "leased:    {} held by {} proxies (slices of the budget, used or spendable)",
+            parts.join(", "),
+            holders.len()
+        );
+    }
     if let Some(d) = state["deadline"].as_str() {
         println!("wall time: no calls after {d}");
     }

@@ -3,7 +3,10 @@
 //! - `usage_openai_sse_event`: one OpenAI chat-completion chunk (`"usage": null`, as with
 //!   `include_usage`) fed to the reader — the per-event cost of every token of a stream;
 //! - `usage_openai_stream_20`: a whole 20-chunk stream ending in its usage chunk, read and parsed;
-//! - `usage_anthropic_json`: a non-streamed Anthropic message with cache figures.
+//! - `usage_anthropic_json`: a non-streamed Anthropic message with cache figures;
+//! - `guard_openai_sse_event`: the stream guard ([`fleetforge_proxy::guard`]) on one OpenAI chunk:
+//!   the event split out, parsed, and its text counted with the model's tokenizer — the per-event
+//!   cost of a metered stream.
 //!
 //! Run: `cargo bench -p fleetforge-proxy --bench usage`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +14,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fleetforge_proxy::guard::{Format, Guard};
 use fleetforge_proxy::usage::UsageReader;
 
 const EVENT: &str = "data: {\"id\":\"chatcmpl-AZ3lq9x\",\"object\":\"chat.completion.chunk\",\"created\":1764000000,\
@@ -44,6 +48,12 @@ fn bench(c: &mut Criterion) {
             reader.feed(black_box(ANTHROPIC.as_bytes()));
             assert_eq!(reader.counts().input_tokens, Some(3120));
         })
+    });
+    fleetforge_proxy::estimate::warm();
+    g.bench_function("guard_openai_sse_event", |b| {
+        let mut guard = Guard::new(Format::OpenAiChat, "gpt-4o-mini", u64::MAX);
+        let event = bytes::Bytes::from_static(EVENT.as_bytes());
+        b.iter(|| assert_eq!(guard.pass(black_box(event.clone())).len(), EVENT.len()))
     });
     g.finish();
 }

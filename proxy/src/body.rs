@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 
 use crate::context::{Outcome, Summary};
 use crate::error::ErrorBody;
+use crate::guard::Guard;
 use crate::usage::UsageReader;
 
 /// Called once when a tapped body ends, with what the tap saw and how the body ended.
@@ -125,6 +126,10 @@ pub struct Tap {
     /// SHA-256 over the body as received from the upstream (the receipt's response digest).
     digest: ring::digest::Context,
     rewrite: Option<Rewrite>,
+    /// Ends an LLM stream that would run past its reservation ([`crate::guard`]).
+    guard: Option<Guard>,
+    /// The guard ended the stream: nothing more is read from the upstream.
+    cut: bool,
     /// Reads token usage from the body as received (LLM responses only).
     usage: Option<UsageReader>,
     on_end: Option<OnEnd>,
@@ -152,6 +157,8 @@ impl Tap {
     fn new(on_end: OnEnd, rewrite: Option<Rewrite>, usage: Option<UsageReader>) -> Self {
         Tap {
             usage,
+            guard: None,
+            cut: false,
             bytes: 0,
             client_bytes: 0,
             digest: ring::digest::Context::new(&ring::digest::SHA256),
@@ -179,6 +186,22 @@ impl Tap {
             Some(rewrite) => rewrite(data),
             None => data,
         };
+        let data = self.guarded(data);
+        self.hold(data);
+    }
+
+    /// `data` through the guard, if any; notes a cut.
+    fn guarded(&mut self, data: Bytes) -> Bytes {
+        let Some(guard) = &mut self.guard else { return data };
+        if data.is_empty() {
+            return data;
+        }
+        let data = guard.pass(data);
+        self.cut = guard.is_cut();
+        data
+    }
+
+    fn hold(&mut self, data: Bytes) {
         if data.is_empty() {
             return;
         }
@@ -188,15 +211,16 @@ impl Tap {
         self.grew = true;
     }
 
-    /// The body ended: whatever the rewrite still holds goes out last.
+    /// The body ended: whatever the rewrite and the guard still hold goes out last.
     fn flush(&mut self) {
         if let Some(rewrite) = &mut self.rewrite {
             let rest = rewrite(Bytes::new());
-            if !rest.is_empty() {
-                self.client_bytes += rest.len() as u64;
-                self.held_len += rest.len();
-                self.held.push(rest);
-            }
+            let rest = self.guarded(rest);
+            self.hold(rest);
+        }
+        if let Some(guard) = &mut self.guard {
+            let rest = guard.pass(Bytes::new());
+            self.hold(rest);
         }
     }
 
@@ -211,6 +235,7 @@ impl Tap {
                 client_bytes: self.client_bytes,
                 digest: sha,
                 usage: self.usage.as_ref().map(UsageReader::counts).filter(|c| !c.is_empty()),
+                truncated: self.cut,
             };
             on_end(summary, outcome);
         }
@@ -279,6 +304,15 @@ impl ProxyBody {
         }
         ProxyBody::Tapped { inner, tap }
     }
+
+    /// This tapped body with `guard` over the stream the client receives: when it ends the
+    /// stream, nothing more is read from the upstream and the summary says `truncated`.
+    pub fn guarded(mut self, guard: Option<Guard>) -> Self {
+        if let ProxyBody::Tapped { tap, .. } = &mut self {
+            tap.guard = guard;
+        }
+        self
+    }
 }
 
 impl Body for ProxyBody {
@@ -292,11 +326,19 @@ impl Body for ProxyBody {
                 if let Some(item) = tap.after.take() {
                     return Poll::Ready(item);
                 }
+                if tap.cut {
+                    return Poll::Ready(None);
+                }
                 loop {
                     match inner.as_mut().poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                             Ok(data) => {
                                 tap.take_in(data);
+                                if tap.cut {
+                                    // The guard sent the stream's end: the rest is not read.
+                                    tap.end(Outcome::Completed);
+                                    return tap.then(None);
+                                }
                                 if inner.is_end_stream() {
                                     // With a known length the server stops polling after the last byte.
                                     tap.flush();
@@ -352,7 +394,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             // A rewritten body's length is not known ahead.
-            ProxyBody::Tapped { inner, tap } if tap.rewrite.is_none() => inner.size_hint(),
+            ProxyBody::Tapped { inner, tap } if tap.rewrite.is_none() && tap.guard.is_none() => inner.size_hint(),
             ProxyBody::Tapped { .. } => SizeHint::default(),
         }
     }

@@ -106,6 +106,8 @@ pub struct Reservation {
     pub tokens: u64,
     /// Cost reserved, millionths of a US dollar (runs with a cost budget).
     pub cost_micro_usd: u64,
+    /// The output tokens of `tokens`: what the response may generate (the stream guard's bound).
+    pub output: u64,
     /// Whether the call was admitted under a budget (settle releases and charges it).
     pub metered: bool,
 }
@@ -231,6 +233,7 @@ pub fn reserve(s: &mut RunState, limits: &Limits, ask: &Ask, now: u64) -> Result
         let tokens = input.saturating_add(output);
         let cost = ask.price.map_or(0, |p| micro(input, p.input).saturating_add(micro(output, p.output)));
         granted.reservation.tokens = tokens;
+        granted.reservation.output = output;
         if limits.cost_micro_usd.is_some() {
             granted.reservation.cost_micro_usd = cost;
         }

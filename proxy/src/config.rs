@@ -230,6 +230,19 @@ pub struct BudgetConfig {
     pub agents: HashMap<String, crate::budget::Limits>,
     /// Default budgets of runs by tenant (the run token's tenant).
     pub tenants: HashMap<String, crate::budget::Limits>,
+    /// Lease the budgets run tokens carry from control, so a fleet of proxies shares each run's
+    /// budget ([`crate::lease`]; `proxy.budget.lease`, `FLEETFORGE_BUDGET_LEASE`, default on when
+    /// `FLEETFORGE_CONTROL_TOKEN` is set).
+    pub lease: bool,
+    /// A run's budget is leased in slices of `1 / lease_slices` of it (default 16).
+    pub lease_slices: u64,
+    /// What a run holds beyond its commitment goes back to control after it has had no call in
+    /// flight for this long (`FLEETFORGE_BUDGET_LEASE_IDLE`, default 5 s).
+    pub lease_idle: Duration,
+    /// When control cannot be reached for a lease: admit against the run's whole budget on this
+    /// proxy alone, with a WARN and a receipt flag (`on_control_unreachable = "fail_open"`), or
+    /// spend only what is held and then refuse (`"fail_closed"`, the default).
+    pub lease_fail_open: bool,
 }
 
 impl BudgetConfig {
@@ -359,6 +372,14 @@ pub struct FileBudget {
     pub agent: HashMap<String, FileBudgetLimits>,
     /// `[proxy.budget.tenant.NAME]`: default budgets by tenant.
     pub tenant: HashMap<String, FileBudgetLimits>,
+    /// Lease run budgets from control (default: when a control token is set).
+    pub lease: Option<bool>,
+    /// Slices a run's budget is leased in.
+    pub lease_slices: Option<u64>,
+    /// Idle time after which unused slices go back, e.g. `"5s"`.
+    pub lease_idle: Option<String>,
+    /// `"fail_closed"` (default) or `"fail_open"` when control cannot be reached for a lease.
+    pub on_control_unreachable: Option<String>,
 }
 
 /// A default budget in the file; each member optional.
@@ -799,7 +820,52 @@ impl Builder<'_> {
             for (name, f) in &b.tenant {
                 tenants.insert(name.clone(), limits(format!("proxy.budget.tenant.{name}"), f)?);
             }
-            BudgetConfig { cap_output, max_wait, default, agents, tenants }
+            let lease_slices = match b.lease_slices {
+                Some(0) => {
+                    return Err(value_error(
+                        "proxy.budget.lease_slices",
+                        "0",
+                        self.file_origin.clone(),
+                        "expected 1 or more (the budget is leased in slices of 1/N of it)",
+                    ));
+                }
+                Some(n) => n,
+                None => 16,
+            };
+            let lease_idle = match self.env("FLEETFORGE_BUDGET_LEASE_IDLE").or_else(|| self.file(b.lease_idle.clone()))
+            {
+                Some(g) => parse_duration("proxy.budget.lease_idle", g)?,
+                None => Duration::from_secs(5),
+            };
+            let lease_fail_open = match self
+                .env("FLEETFORGE_BUDGET_ON_CONTROL_UNREACHABLE")
+                .or_else(|| self.file(b.on_control_unreachable.clone()))
+            {
+                None => false,
+                Some(g) => match g.value.as_str() {
+                    "fail_closed" => false,
+                    "fail_open" => true,
+                    _ => {
+                        return Err(value_error(
+                            "proxy.budget.on_control_unreachable",
+                            &g.value,
+                            g.origin,
+                            "expected fail_closed or fail_open",
+                        ));
+                    }
+                },
+            };
+            BudgetConfig {
+                cap_output,
+                max_wait,
+                default,
+                agents,
+                tenants,
+                lease: false,
+                lease_slices,
+                lease_idle,
+                lease_fail_open,
+            }
         };
 
         let receipts = {
@@ -865,6 +931,19 @@ impl Builder<'_> {
             }
         };
         let control_token = self.env("FLEETFORGE_CONTROL_TOKEN").map(|g| Secret::new(g.value.trim().to_owned()));
+        let mut budget = budget;
+        budget.lease = match self.env("FLEETFORGE_BUDGET_LEASE") {
+            Some(g) => parse_bool("proxy.budget.lease", g)?,
+            None => raw.budget.lease.unwrap_or(control_token.is_some()),
+        };
+        if budget.lease && control_token.is_none() {
+            return Err(value_error(
+                "proxy.budget.lease",
+                "true",
+                self.file_origin.clone(),
+                "leasing run budgets needs control: set FLEETFORGE_CONTROL_TOKEN (or turn proxy.budget.lease off)",
+            ));
+        }
         let default_token = self.env("FLEETFORGE_DEFAULT_TOKEN").map(|g| Secret::new(g.value.trim().to_owned()));
         let capabilities = {
             // Secure by default: a proxy that knows control verifies every run token.

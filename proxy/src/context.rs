@@ -57,6 +57,8 @@ pub struct Summary {
     pub digest: [u8; 32],
     /// Token counts read from the body, when it stated any.
     pub usage: Option<crate::usage::Counts>,
+    /// The stream guard ended the body because it would have run past the call's reservation.
+    pub truncated: bool,
 }
 
 /// Where a call goes: scheme, host and port of the upstream.
@@ -233,6 +235,8 @@ pub struct Call {
     /// The proxy asked the upstream for stream usage the client did not ask for, so the tap
     /// removes it from what the client receives ([`crate::usage::StripUsage`]).
     pub strip_usage: bool,
+    /// The stream guard ended the response because it would have run past the reservation.
+    pub truncated: bool,
     /// What policy decided, for the receipt.
     pub decided: Decided,
 }
@@ -277,6 +281,7 @@ impl Call {
             capability: None,
             usage: None,
             strip_usage: false,
+            truncated: false,
             decided: Decided::default(),
         }
     }
@@ -303,6 +308,7 @@ impl Call {
     pub fn absorb(&mut self, summary: Summary) {
         self.response_bytes = summary.client_bytes;
         self.response_digest = Some(summary.digest);
+        self.truncated = summary.truncated;
         self.usage = summary.usage.map(|c| Usage {
             cached_input_tokens: c.cached_input_tokens,
             cost_micro_usd: None,

@@ -53,6 +53,13 @@ fn bpe(provider: &str, model: &str) -> Option<&'static CoreBPE> {
     }
 }
 
+/// Tokens of output `text` from `model`: its tokenizer when tiktoken knows the model, else
+/// `o200k_base` (an approximation for other providers' tokenizers).
+pub fn text_tokens(model: &str, text: &str) -> u64 {
+    let bpe = bpe("openai", model).unwrap_or_else(tiktoken_rs::o200k_base_singleton);
+    count(bpe, text)
+}
+
 /// How an estimate was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {

@@ -148,9 +148,10 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
     crate::headers::strip_hop_by_hop(&mut parts.headers);
     call.status = Some(parts.status);
     stamp(&call, &mut parts.headers);
-    // An LLM response is read for its usage on its way through (and stripped of what meter asked for).
-    let (usage, rewrite) = meter::response_tap(&call, &parts.headers);
-    if rewrite.is_some() {
+    // An LLM response is read for its usage on its way through (stripped of what meter asked for,
+    // and ended if it would run past its reservation).
+    let (usage, rewrite, guard) = meter::response_tap(&call, &parts.headers);
+    if rewrite.is_some() || guard.is_some() {
         // The client's stream is shorter than the upstream's.
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
@@ -164,7 +165,8 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
             call.absorb(summary);
             finish(&proxy, call, outcome);
         }),
-    );
+    )
+    .guarded(guard);
     Response::from_parts(parts, body)
 }
 

@@ -8,7 +8,8 @@
 //!
 //! The run's limits are its token's budget, completed from `[proxy.budget]` defaults; a run with
 //! none is not metered at all (no estimate, no lock). The arithmetic is in [`crate::budget`], the
-//! input estimate in [`crate::estimate`]. When the reservation needs it the request's output limit
+//! input estimate in [`crate::estimate`]; when the proxy leases run budgets from control, the
+//! token's limits are spent only out of the slices [`crate::lease`] holds. When the reservation needs it the request's output limit
 //! is set to what remains (the cap obligation), in the field its API uses.
 //!
 //! Metering starts here too: an OpenAI stream that did not ask for its usage is asked for it
@@ -25,6 +26,8 @@ use crate::budget::{self, Ask, Limits};
 use crate::context::Call;
 use crate::error::{ErrorKind, Phase, ProxyError, Side};
 use crate::estimate;
+use crate::guard::{Format, Guard};
+use crate::lease::Admitted;
 use crate::outbound::Outbound;
 use crate::phase::Next;
 use crate::state::Proxy;
@@ -53,7 +56,17 @@ pub async fn meter(proxy: &Proxy, call: &mut Call, request: &mut Outbound) -> Re
         call.rate_tokens = tokens;
     }
     let now = fleetforge_trust::capability::unix_now();
-    let granted = ledger.with_state(|s| budget::reserve(s, &limits, &ask, now)).map_err(|r| {
+    let leased = leased(proxy, call);
+    let run = call.identity.as_ref().map(|i| &i.run);
+    let admitted = match (&proxy.leases, run, leased.is_unlimited()) {
+        (Some(leases), Some(run), false) => {
+            leases.reserve(&ledger, run, &leased, &limits, &ask, (now, proxy.runs.now_ms())).await
+        }
+        _ => ledger
+            .with_state(|s| budget::reserve(s, &limits, &ask, now))
+            .map(|granted| Admitted { granted, unleased: false }),
+    };
+    let Admitted { granted, unleased } = admitted.map_err(|r| {
         if call.rate_tokens > 0 {
             // Refused after the rate took its tokens: give them back.
             ledger.rate.adjust(call.rate_tokens, 0);
@@ -78,6 +91,7 @@ pub async fn meter(proxy: &Proxy, call: &mut Call, request: &mut Outbound) -> Re
         cost_reserved_micro_usd: limits.cost_micro_usd.map(|_| granted.reservation.cost_micro_usd),
         output_cap: granted.output_cap,
         throttled_ms,
+        unleased,
         ..BudgetPart::default()
     });
     Ok(Next::Continue)
@@ -96,6 +110,20 @@ fn limits(proxy: &Proxy, call: &Call) -> Limits {
         Some(grant) => grant.limits.or(&budget.defaults_for(grant.agent.as_deref(), Some(&grant.tenant))),
         None if budget.has_defaults() => budget.defaults_for(None, None),
         None => Limits::default(),
+    }
+}
+
+/// The limits of the call's run that its token carries and a fleet shares through leases from
+/// control (tokens, cost, calls); unlimited when the proxy does not lease.
+fn leased(proxy: &Proxy, call: &Call) -> Limits {
+    match (&proxy.leases, &call.capability) {
+        (Some(_), Some(grant)) => Limits {
+            tokens: grant.limits.tokens,
+            cost_micro_usd: grant.limits.cost_micro_usd,
+            calls: grant.limits.calls,
+            ..Limits::default()
+        },
+        _ => Limits::default(),
     }
 }
 
@@ -152,15 +180,25 @@ fn ask_for_stream_usage(call: &mut Call, request: &mut Outbound) {
     }
 }
 
-/// For a response to `call` with `headers`: the reader that counts an LLM response's usage, and
-/// the rewrite that removes the usage [`meter`] asked for from an SSE stream.
-pub fn response_tap(call: &Call, headers: &HeaderMap) -> (Option<UsageReader>, Option<Rewrite>) {
-    let Some(_) = call.provider() else { return (None, None) };
+/// For a response to `call` with `headers`: the reader that counts an LLM response's usage, the
+/// rewrite that removes the usage [`meter`] asked for from an SSE stream, and the guard that ends
+/// a stream that would run past the output the call reserved.
+pub fn response_tap(call: &Call, headers: &HeaderMap) -> (Option<UsageReader>, Option<Rewrite>, Option<Guard>) {
+    let Some(_) = call.provider() else { return (None, None, None) };
     let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let reader = UsageReader::for_content_type(content_type);
-    let rewrite = (call.strip_usage && reader.as_ref().is_some_and(UsageReader::is_sse)).then(|| {
+    let sse = reader.as_ref().is_some_and(UsageReader::is_sse);
+    let rewrite = (call.strip_usage && sse).then(|| {
         let mut strip = StripUsage::default();
         Box::new(move |chunk| strip.rewrite(chunk)) as Rewrite
     });
-    (reader, rewrite)
+    let llm = call.facts.as_ref().and_then(|f| f.llm.as_ref());
+    let guard = match llm {
+        Some(llm) if sse && call.reservation.metered && call.reservation.tokens > 0 => {
+            Format::of(llm.provider, llm.operation, &call.path)
+                .map(|f| Guard::new(f, &llm.model, call.reservation.output))
+        }
+        _ => None,
+    };
+    (reader, rewrite, guard)
 }

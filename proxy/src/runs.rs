@@ -39,6 +39,11 @@ pub struct RunLedger {
     state: Mutex<RunState>,
     /// The run's rate SLO queue.
     pub rate: crate::rate::RateGate,
+    /// Taken by a call of the run while it leases budget from control ([`crate::lease`]), so
+    /// the run's calls lease one at a time.
+    pub lease: tokio::sync::Mutex<()>,
+    /// Calls of the run waiting for, or holding, the lease lock.
+    pub lease_waiting: AtomicU64,
 }
 
 /// The part of a ledger that changes together.
@@ -64,6 +69,15 @@ pub struct RunState {
     pub tokens_limit: Option<u64>,
     /// The run's cost limit, as of its last admitted call.
     pub cost_limit_micro_usd: Option<u64>,
+    /// What this proxy holds of the run's budget, leased from control (`None`: nothing leased).
+    pub held: Option<fleetforge_trust::wire::Held>,
+    /// Whether the WARN that control is unreachable and calls are admitted unleased was logged.
+    pub lease_warned: bool,
+    /// The last lease request's failure, and until when (ledger clock, ms) calls do not ask again.
+    pub lease_failure: Option<(u64, String)>,
+    /// Until when (ledger clock, ms) the run's calls do not ask control for more: its last
+    /// answer had too little.
+    pub lease_dry_until_ms: u64,
 }
 
 impl RunLedger {
@@ -81,6 +95,8 @@ impl RunLedger {
             started_ms: now_ms,
             state: Mutex::new(state),
             rate: crate::rate::RateGate::default(),
+            lease: tokio::sync::Mutex::new(()),
+            lease_waiting: AtomicU64::new(0),
         }
     }
 
@@ -142,6 +158,11 @@ impl RunLedger {
     /// Calls of this run in flight.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// When the run's last call started, milliseconds on [`Runs::now_ms`]'s clock.
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -225,6 +246,12 @@ impl Runs {
             .take(max)
             .map(|(id, l)| (id.clone(), l.clone()))
             .collect()
+    }
+
+    /// The runs that hold a slice of their budget leased from control.
+    pub fn leased(&self) -> Vec<(RunId, Arc<RunLedger>)> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.iter().filter(|(_, l)| l.state().held.is_some()).map(|(id, l)| (id.clone(), l.clone())).collect()
     }
 
     /// How many runs are held.

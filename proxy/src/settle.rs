@@ -5,7 +5,8 @@
 //! The usage the tap read is priced here ([`crate::prices`]). A call admitted under a budget
 //! releases its reservation and is charged what the upstream reported; a successful LLM response
 //! that reported no usage is charged its whole reservation, and its receipt says the figure is
-//! estimated ([`crate::budget::settle`]). The rate SLO's buckets are trued up to the same figure.
+//! estimated ([`crate::budget::settle`]); so is a stream the guard ended ([`crate::guard`]), whose
+//! receipt also says it was truncated. The rate SLO's buckets are trued up to the same figure.
 //! Every call then ends its place in the ledger's in-flight count.
 
 use crate::budget;
@@ -25,6 +26,8 @@ pub fn settle(proxy: &Proxy, call: &mut Call, outcome: &Outcome) {
     let reservation = call.reservation;
     if reservation.metered {
         let used = match reported {
+            // What the upstream bills for a stream it was not let finish is not known.
+            _ if call.truncated => None,
             Some((tokens, cost)) => Some((tokens, cost.unwrap_or(reservation.cost_micro_usd))),
             None if reservation.tokens > 0 && answered(call, outcome) => None,
             None => Some((0, 0)),
@@ -39,6 +42,7 @@ pub fn settle(proxy: &Proxy, call: &mut Call, outcome: &Outcome) {
         }
         if let Some(part) = call.budget.as_mut() {
             part.estimated = used.is_none();
+            part.truncated = call.truncated;
             part.tokens_left = part.tokens_limit.map(|l| l.saturating_sub(tokens_used));
             part.cost_left_micro_usd = part.cost_limit_micro_usd.map(|l| l.saturating_sub(cost_used));
         }

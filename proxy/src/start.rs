@@ -127,8 +127,14 @@ impl Proxy {
         let ca = Ca::load_or_create(&config.home, provider.clone())?;
         let client_tls = tls::upstream_client_config(provider, config.upstream_ca.as_deref())?;
         let egress = Arc::new(Egress::new(&config));
-        let spool = if config.receipts.enabled {
-            let key = fleetforge_trust::sign::SigningKey::load_or_create(&config.home.join("keys/proxy-ed25519.pem"))?;
+        let key = if config.receipts.enabled || config.budget.lease {
+            Some(fleetforge_trust::sign::SigningKey::load_or_create(&config.home.join("keys/proxy-ed25519.pem"))?)
+        } else {
+            None
+        };
+        // The holder of budget leases: the receipt signing key's id, stable across restarts.
+        let holder = key.as_ref().map(|k| k.id().to_owned());
+        let spool = if let (true, Some(key)) = (config.receipts.enabled, key) {
             let r = &config.receipts;
             let limits = SpoolLimits {
                 max_bytes: r.spool_max_bytes,
@@ -191,6 +197,26 @@ impl Proxy {
         };
         let builtin = Builtin::new(config.allowed_hosts.clone(), config.allowed_models.clone());
         let prices = crate::prices::Prices::load(config.prices.as_deref())?;
+        let leases = match (&config.control_token, holder) {
+            (Some(token), Some(holder)) if config.budget.lease => {
+                let b = &config.budget;
+                let settings = crate::lease::Settings {
+                    holder,
+                    slices: b.lease_slices,
+                    idle: b.lease_idle,
+                    fail_open: b.lease_fail_open,
+                };
+                let (leases, _thread) = crate::lease::Leases::start(
+                    settings,
+                    config.control_url.clone(),
+                    token.clone(),
+                    client_tls.clone(),
+                )
+                .map_err(StartError::Worker)?;
+                Some(leases)
+            }
+            _ => None,
+        };
         if config.capabilities.required || config.budget.has_defaults() {
             // Run tokens may carry budgets: load the tokenizers now rather than on a call.
             let _ = std::thread::Builder::new().name("fleetforge-tokenizers".into()).spawn(crate::estimate::warm);
@@ -248,12 +274,17 @@ impl Proxy {
             builtin,
             prices,
             runs: Runs::default(),
+            leases,
             anonymous_run: RunId::new("anonymous").map_err(|e| StartError::Tls(TlsError::BadCa(e.to_string())))?,
             drain: Drain::new(),
             h1,
             h2,
             auto,
         });
+        if let Some(leases) = &proxy.leases {
+            let weak = Arc::downgrade(&proxy);
+            leases.sweep(move || weak.upgrade().map(|p| (p.runs.now_ms(), p.runs.leased())));
+        }
         let (stop, stop_rx) = watch::channel(false);
         let capability_sync = match (&capabilities, &proxy.config.control_token) {
             (Some(caps), Some(token)) => Some(
@@ -331,6 +362,9 @@ impl Running {
                 timeout = ?drain_timeout,
                 "calls still in flight after the drain timeout; closing them"
             );
+        }
+        if let Some(leases) = &self.proxy.leases {
+            let _ = tokio::time::timeout(crate::lease::TIMEOUT, leases.release_all(&self.proxy.runs)).await;
         }
         let _ = self.stop.send(true);
         let workers = self.workers;

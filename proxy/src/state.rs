@@ -47,6 +47,8 @@ pub struct Proxy {
     pub prices: crate::prices::Prices,
     /// Per-run ledgers (steps, policy state, budget figures).
     pub runs: Runs,
+    /// The budget lease client (`None` when run budgets are not leased from control).
+    pub leases: Option<crate::lease::Leases>,
     /// The run of calls that name none when no default run is configured.
     pub anonymous_run: RunId,
     /// Shutdown signal for every task.

@@ -67,7 +67,13 @@ def main() -> None:
             parts.append(text)
             emit({"t_ms": (time.perf_counter() - start) * 1000.0, "content": text, "type": event.type})
         final = stream.get_final_message()
-    emit({"done": True, "content": "".join(parts), "chunks": chunks, "usage": final.usage.model_dump()})
+    emit({
+        "done": True,
+        "content": "".join(parts),
+        "chunks": chunks,
+        "usage": final.usage.model_dump(),
+        "stop_reason": final.stop_reason,
+    })
 
 
 if __name__ == "__main__":

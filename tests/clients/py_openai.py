@@ -45,13 +45,16 @@ def main() -> None:
     start = time.perf_counter()
     parts: list[str] = []
     chunks = 0
+    finish_reason = None
     with client.chat.completions.create(stream=True, **kwargs) as stream:
         for chunk in stream:
             chunks += 1
             delta = (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finish_reason = chunk.choices[0].finish_reason
             parts.append(delta)
             emit({"t_ms": (time.perf_counter() - start) * 1000.0, "content": delta})
-    emit({"done": True, "content": "".join(parts), "chunks": chunks})
+    emit({"done": True, "content": "".join(parts), "chunks": chunks, "finish_reason": finish_reason})
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ use tokio_rustls::TlsAcceptor;
 pub use body::{PATTERN_FRAME, pattern_bytes};
 pub use ca::{CA_FILE_NAME, TestCa, install_crypto_provider};
 pub use routes::{
-    CHUNKS_HEADER, DEFAULT_CHUNKS, DELAY_HEADER, MAX_REQUEST_BODY, NO_USAGE_HEADER, TOKENS_PER_PIECE, completion_text,
-    content_piece, prompt_tokens,
+    CHUNKS_HEADER, DEFAULT_CHUNKS, DELAY_HEADER, IGNORE_LIMIT_HEADER, MAX_REQUEST_BODY, NO_USAGE_HEADER,
+    TOKENS_PER_PIECE, completion_text, content_piece, prompt_tokens,
 };
 
 use body::FrameBody;

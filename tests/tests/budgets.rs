@@ -11,16 +11,21 @@
 use std::time::{Duration, Instant};
 
 use fleetforge_e2e::harness::{ControlProcess, Database, binary};
+use fleetforge_e2e::upstream::{CHUNKS_HEADER, IGNORE_LIMIT_HEADER, TOKENS_PER_PIECE, completion_text, prompt_tokens};
 use fleetforge_e2e::{Clients, ProxyProcess, TestCa, Upstream};
 use serde_json::{Value, json};
 
 const CHAT: &str = "https://api.openai.com/v1/chat/completions";
+const OPENAI: &str = "api.openai.com";
+const ANTHROPIC: &str = "api.anthropic.com";
+const GEMINI: &str = "generativelanguage.googleapis.com";
 
 struct Stack {
     dir: tempfile::TempDir,
     upstream: Upstream,
     control: ControlProcess,
     proxy: ProxyProcess,
+    db: Database,
     clients: Clients,
     calls: std::sync::atomic::AtomicUsize,
     ca_pem: std::path::PathBuf,
@@ -39,8 +44,10 @@ fn start_proxy(
         .upstream_ca(ca_pem)
         .env("FLEETFORGE_CONTROL_URL", control.url())
         .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
-        .env("FLEETFORGE_INTERCEPT", "api.openai.com")
-        .resolve("api.openai.com", upstream.addr());
+        .env("FLEETFORGE_INTERCEPT", format!("{OPENAI},{ANTHROPIC},{GEMINI}"))
+        .resolve(OPENAI, upstream.addr())
+        .resolve(ANTHROPIC, upstream.addr())
+        .resolve(GEMINI, upstream.addr());
     for (k, v) in env {
         b = b.env(k, v.clone());
     }
@@ -48,15 +55,18 @@ fn start_proxy(
 }
 
 async fn stack(env: &[(&str, &str)]) -> Stack {
+    stack_on(Database::fresh(false).unwrap(), env).await
+}
+
+async fn stack_on(db: Database, env: &[(&str, &str)]) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path()).unwrap();
-    let upstream = Upstream::builder().tls(&ca, &["api.openai.com"]).record(true).start().await.unwrap();
-    let db = Database::fresh(false).unwrap();
+    let upstream = Upstream::builder().tls(&ca, &[OPENAI, ANTHROPIC, GEMINI]).record(true).start().await.unwrap();
     let control = ControlProcess::start(&db, &dir.path().join("control-home"), None).unwrap();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     let ca_pem = ca.pem_path().to_owned();
     let proxy = start_proxy(&dir.path().join("proxy-home"), &ca_pem, &control, &upstream, &env);
-    Stack { dir, upstream, control, proxy, clients: Clients::locate(), calls: Default::default(), ca_pem, env }
+    Stack { dir, upstream, control, proxy, db, clients: Clients::locate(), calls: Default::default(), ca_pem, env }
 }
 
 /// One call's outcome as curl saw it.
@@ -83,15 +93,55 @@ impl Stack {
         (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap().to_owned())
     }
 
+    /// The environment of an unmodified SDK that calls through the proxy as `run`.
+    fn sdk_env(&self, run: &str, token: &str) -> Vec<(String, String)> {
+        let url = self.proxy.proxy_url(run, token);
+        let bundle = self.proxy.bundle.display().to_string();
+        [
+            ("HTTPS_PROXY", url),
+            ("SSL_CERT_FILE", bundle),
+            ("OPENAI_BASE_URL", "https://api.openai.com/v1".into()),
+            ("OPENAI_API_KEY", "sk-test".into()),
+            ("ANTHROPIC_BASE_URL", "https://api.anthropic.com".into()),
+            ("ANTHROPIC_API_KEY", "sk-ant-test".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Runs a client script under `tests/clients` with `args` as `run`; its JSON lines.
+    async fn sdk(&self, script: &str, args: &[&str], run: &str, token: &str) -> Vec<Value> {
+        let env = self.sdk_env(run, token);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.clients.python(script, args, &env).await.unwrap().ok().unwrap().json_lines().unwrap()
+    }
+
     /// POSTs `body` to the chat API through the proxy as `run`, with extra request `headers`.
     async fn call(&self, run: &str, token: &str, body: &Value, headers: &[&str]) -> Answer {
+        self.call_via(&self.proxy, run, token, body, headers).await
+    }
+
+    /// [`Stack::call`] through `proxy`.
+    async fn call_via(&self, proxy: &ProxyProcess, run: &str, token: &str, body: &Value, headers: &[&str]) -> Answer {
+        self.post_via(proxy, CHAT, run, token, body, headers).await
+    }
+
+    /// POSTs `body` to `url` through `proxy` as `run`.
+    async fn post_via(
+        &self,
+        proxy: &ProxyProcess,
+        url: &str,
+        run: &str,
+        token: &str,
+        body: &Value,
+        headers: &[&str],
+    ) -> Answer {
         let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = self.dir.path().join(format!("out-{n}"));
         let head = self.dir.path().join(format!("head-{n}"));
-        let env = [
-            ("HTTPS_PROXY", self.proxy.proxy_url(run, token)),
-            ("CURL_CA_BUNDLE", self.proxy.bundle.display().to_string()),
-        ];
+        let env =
+            [("HTTPS_PROXY", proxy.proxy_url(run, token)), ("CURL_CA_BUNDLE", proxy.bundle.display().to_string())];
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let body = body.to_string();
         let mut args = vec![
@@ -109,7 +159,7 @@ impl Stack {
         for h in headers {
             args.extend(["-H", h]);
         }
-        args.push(CHAT);
+        args.push(url);
         let started = Instant::now();
         let output = self.clients.curl(&args, &env).await.unwrap();
         let took = started.elapsed();
@@ -344,10 +394,156 @@ async fn with_control_stopped_the_proxy_still_never_spends_past_the_budget() {
             other => panic!("status {other}: {:?}", a.body),
         }
     }
-    // The budget rides in the token, so enforcing it needs no control: what the upstream says it
-    // spent stays within the budget, and the rest is refused.
+    // The budget rides in the token and the proxy spends only the slice it holds, so enforcing it
+    // needs no control: what the upstream says it spent stays within the budget, and the rest is
+    // refused.
     assert!(spent <= budget, "the upstream reported {spent} tokens against a budget of {budget}");
     assert!(refused > 0, "the budget ran out within 11 calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_proxies_sharing_a_run_on_postgres_never_spend_past_its_budget_together() {
+    let s = stack_on(Database::fresh(true).unwrap(), &[("FLEETFORGE_BUDGET_LEASE_IDLE", "1s")]).await;
+    let second = start_proxy(&s.dir.path().join("proxy-home-2"), &s.ca_pem, &s.control, &s.upstream, &s.env);
+    let per_call = estimate(2) + 15;
+    let budget = 10 * per_call;
+    let (run, token) = s.create_run(json!({ "tokens": budget }));
+    let body = chat("hello there", Some(15));
+    // Half the calls through each proxy, all at once; alone, each proxy would admit 10.
+    let proxies = [&s.proxy, &second];
+    let calls = (0..64).map(|i| s.call_via(proxies[i % 2], &run, &token, &body, &["x-test-chunk-delay-ms: 150"]));
+    let answers = futures_join_all(calls).await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let refused = answers.iter().filter(|a| a.status == 429).count();
+    assert_eq!(ok + refused, 64, "{answers:?}");
+    for i in 0..2 {
+        let served = answers.iter().skip(i).step_by(2).filter(|a| a.status == 200).count();
+        assert!(served > 0, "proxy {i} served none of its calls");
+    }
+    // A proxy refuses only once control has nothing left to lease, so the two together hold the
+    // whole budget and at most one reservation's worth each of it goes unspent by then.
+    assert!(ok >= 10, "{ok} calls served");
+    assert_eq!(s.upstream.requests().len(), ok, "only admitted calls are forwarded");
+    let receipts = s.control.receipts(&run, 64).unwrap();
+    let used: u64 = receipts.iter().map(usage_tokens).sum();
+    assert!(used <= budget, "the fleet's recorded usage {used} is over the budget {budget}");
+    assert_eq!(receipts.iter().filter(|r| r["usage"].is_object()).count(), ok);
+
+    // Control shows both holders; once the run is idle they give back what they did not spend.
+    let path = format!("/v1/runs/{run}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leases = loop {
+        let (status, shown) = s.control.api("GET", &path, &s.control.token, None).unwrap();
+        assert_eq!(status, 200, "{shown}");
+        let leases = shown["budget_state"]["leases"].clone();
+        let holders = leases["holders"].as_array().cloned().unwrap_or_default();
+        assert!(leases["leased"]["tokens"].as_u64().unwrap() <= budget, "{leases}");
+        if holders.len() == 2 && holders.iter().all(|h| h["held"] == h["committed"]) {
+            break leases;
+        }
+        assert!(Instant::now() < deadline, "unused slices were not given back: {leases}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(leases["leased"]["tokens"].as_u64(), Some(used), "what is held once idle is what was used: {leases}");
+    let sql = format!("SELECT count(*) FROM budget_leases WHERE run_id = '{run}'");
+    assert_eq!(s.db.execute(&s.control.home, &sql).unwrap().trim(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_admits_past_what_is_held_when_control_is_unreachable_and_flags_the_receipts() {
+    let mut s = stack(&[("FLEETFORGE_BUDGET_ON_CONTROL_UNREACHABLE", "fail_open")]).await;
+    let (run, token) = s.create_run(json!({ "tokens": 1000 }));
+    let first = s.call(&run, &token, &chat("hello there", Some(15)), &[]).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    // The first lease holds 22 + 1000/16 tokens: about four calls. Control goes away.
+    let addr = s.control.addr;
+    s.control.kill();
+    for _ in 0..6 {
+        let a = s.call(&run, &token, &chat("hello there", Some(15)), &[]).await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    assert!(s.proxy.logs().contains("fail_open"), "a WARN says the fleet limit is not enforced: {}", s.proxy.logs());
+    // Control comes back: the spool ships the receipts, and those admitted past the lease say so.
+    s.control = ControlProcess::start(&s.db, &s.control.home.clone(), Some(addr)).unwrap();
+    let receipts = s.control.receipts(&run, 7).unwrap();
+    let unleased = receipts.iter().filter(|r| r["budget"]["unleased"] == true).count();
+    assert!((1..=6).contains(&unleased), "{unleased} receipts flagged: {receipts:?}");
+    assert!(receipts[0]["budget"].get("unleased").is_none(), "the first call was leased");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_its_reservation_is_cut_cleanly_and_the_sdks_see_a_finished_stream() {
+    let s = stack(&[]).await;
+    let budget = 1000;
+    let (run, token) = s.create_run(json!({ "tokens": budget }));
+    let ignore = format!("{IGNORE_LIMIT_HEADER}=1");
+    let many = format!("{CHUNKS_HEADER}=40");
+
+    // A provider that honours the output limit: the stream ends on its own, uncut.
+    let lines = s.sdk("py_openai.py", &["--stream", "--max-tokens", "15", "--header", &many], &run, &token).await;
+    let done = lines.last().unwrap();
+    assert_eq!((done["finish_reason"].as_str(), done["content"].as_str()), (Some("stop"), Some(&*completion_text(5))));
+    let receipt = &s.control.receipts(&run, 1).unwrap()[0];
+    assert!(receipt["budget"].get("truncated").is_none(), "{}", receipt["budget"]);
+
+    // One that ignores it: the proxy ends the stream in OpenAI's own format once it would pass
+    // the 15 output tokens reserved; the SDK sees a finished stream cut for length.
+    let args = ["--stream", "--max-tokens", "15", "--header", &many, "--header", &ignore];
+    let lines = s.sdk("py_openai.py", &args, &run, &token).await;
+    let done = lines.last().unwrap();
+    assert_eq!(done["finish_reason"], "length", "{lines:?}");
+    let content = done["content"].as_str().unwrap();
+    assert!(completion_text(40).starts_with(content) && content.len() < completion_text(40).len(), "{content}");
+    let receipts = s.control.receipts(&run, 2).unwrap();
+    let b = &receipts[1]["budget"];
+    assert_eq!((b["truncated"].as_bool(), b["estimated"].as_bool()), (Some(true), Some(true)), "{b}");
+    let used_before = budget - receipts[0]["budget"]["tokens_left"].as_u64().unwrap();
+    let reserved = b["reserved_tokens"].as_u64().unwrap();
+    assert_eq!(b["tokens_left"].as_u64(), Some(budget - used_before - reserved), "charged its whole reservation: {b}");
+
+    // Anthropic's SDK: the stream ends with stop_reason max_tokens and message_stop.
+    let args = ["--stream", "--max-tokens", "12", "--header", &many, "--header", &ignore];
+    let lines = s.sdk("py_anthropic.py", &args, &run, &token).await;
+    let done = lines.last().unwrap();
+    assert_eq!(done["stop_reason"], "max_tokens", "{lines:?}");
+    let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
+    assert_eq!(types.last(), Some(&"message_stop"), "{types:?}");
+    assert!(types.contains(&"content_block_stop"), "{types:?}");
+    let receipts = s.control.receipts(&run, 3).unwrap();
+    assert_eq!(receipts[2]["budget"]["truncated"], true, "{}", receipts[2]["budget"]);
+    assert!(s.upstream.requests().len() == 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_and_gemini_streams_are_counted_against_the_budget() {
+    let s = stack(&[]).await;
+    let budget = 500;
+    let (run, token) = s.create_run(json!({ "tokens": budget }));
+    // Anthropic, through its SDK: message_start's input and message_delta's final output count.
+    let lines = s.sdk("py_anthropic.py", &["--stream", "--max-tokens", "30"], &run, &token).await;
+    let usage = &lines.last().unwrap()["usage"];
+    let anthropic = usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap();
+    let receipt = &s.control.receipts(&run, 1).unwrap()[0];
+    assert_eq!(usage_tokens(receipt), anthropic, "{}", receipt["usage"]);
+    assert_eq!(receipt["budget"]["tokens_left"].as_u64(), Some(budget - anthropic), "{}", receipt["budget"]);
+
+    // Gemini, over SSE: the last chunk's cumulative usageMetadata is what is charged.
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]});
+    let url = format!("https://{GEMINI}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+    let a = s.post_via(&s.proxy, &url, &run, &token, &body, &[&format!("{CHUNKS_HEADER}: 4")]).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let text = a.body.as_str().unwrap();
+    let last: Value =
+        serde_json::from_str(text.trim().lines().last().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    let gemini = last["usageMetadata"]["totalTokenCount"].as_u64().unwrap();
+    assert_eq!(gemini, prompt_tokens(11) + 4 * TOKENS_PER_PIECE);
+    let receipt = &s.control.receipts(&run, 2).unwrap()[1];
+    assert_eq!(receipt["usage"]["provider"], "gemini");
+    assert_eq!(usage_tokens(receipt), gemini, "{}", receipt["usage"]);
+    assert_eq!(receipt["budget"]["tokens_left"].as_u64(), Some(budget - anthropic - gemini), "{}", receipt["budget"]);
+    // The proxy capped the request in Gemini's own field.
+    let sent: Value = serde_json::from_slice(&s.upstream.last_request().unwrap().body).unwrap();
+    assert!(sent["generationConfig"]["maxOutputTokens"].as_u64().is_some(), "{sent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

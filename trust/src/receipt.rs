@@ -140,6 +140,11 @@ pub struct Budget {
     /// The stream was ended by the proxy because it would have run past the budget.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// Control could not be reached to lease the run's budget, and the call was admitted
+    /// against the run's whole budget on this proxy alone (`proxy.budget.on_control_unreachable =
+    /// "fail_open"`): the fleet-wide limit was not enforced for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unleased: bool,
 }
 
 /// The capability a call was allowed under.
@@ -428,6 +433,7 @@ pub(crate) mod tests {
             tokens_before: Some(0),
             tokens_limit: Some(0),
             truncated: true,
+            unleased: true,
             ..Budget::default()
         });
         full.usage = Some(Usage {

@@ -8,8 +8,10 @@
 //! (pause between body frames, default 0). A bad value for either is a 400, so a typo in a test
 //! fails loudly instead of silently using the default. Like a real provider, a completion never
 //! has more tokens than the request's output limit (`max_tokens` / `max_completion_tokens`):
-//! the pieces stop at the limit. `x-test-no-usage: 1` leaves usage out of a JSON response (an
-//! upstream that reports none).
+//! the pieces stop at the limit — unless `x-test-ignore-limit: 1` makes it a provider that
+//! ignores it. `x-test-no-usage: 1` leaves usage out of a JSON response (an upstream that reports
+//! none). Gemini's `models/{model}:generateContent` and `:streamGenerateContent` (SSE with
+//! `alt=sse`, `usageMetadata` cumulative in every chunk) answer the same way.
 
 use std::time::Duration;
 
@@ -32,6 +34,8 @@ pub const TOKENS_PER_PIECE: u64 = 3;
 pub const CHUNKS_HEADER: &str = "x-test-chunks";
 /// Header that leaves usage out of JSON responses.
 pub const NO_USAGE_HEADER: &str = "x-test-no-usage";
+/// Header that makes the upstream ignore the request's output limit.
+pub const IGNORE_LIMIT_HEADER: &str = "x-test-ignore-limit";
 /// Header setting the pause between streamed body frames, in milliseconds.
 pub const DELAY_HEADER: &str = "x-test-chunk-delay-ms";
 
@@ -62,6 +66,7 @@ pub(crate) fn route(parts: &Parts, body: &Bytes, conn: &ConnInfo) -> Response<Fr
     let result = match parts.method {
         Method::POST if path == "/v1/chat/completions" => openai(&parts.headers, body),
         Method::POST if path == "/v1/messages" => anthropic(&parts.headers, body),
+        Method::POST if path.starts_with("/v1beta/models/") => gemini(&parts.headers, path, body),
         _ if path == "/echo" || path.starts_with("/echo/") => Ok(echo(parts, body, conn)),
         Method::GET if path.starts_with("/bytes/") => bytes(&parts.headers, &path["/bytes/".len()..]),
         Method::GET if path.starts_with("/status/") => status(&path["/status/".len()..]),
@@ -109,13 +114,15 @@ type Routed = Result<Response<FrameBody>, Reject>;
 struct Shape {
     pieces: usize,
     delay: Duration,
+    ignore_limit: bool,
 }
 
 fn shape(headers: &HeaderMap) -> Result<Shape, Reject> {
     let pieces = header_number(headers, CHUNKS_HEADER)?.unwrap_or(DEFAULT_CHUNKS as u64);
     let pieces = usize::try_from(pieces).unwrap_or(usize::MAX).min(MAX_CHUNKS);
     let delay = Duration::from_millis(header_number(headers, DELAY_HEADER)?.unwrap_or(0));
-    Ok(Shape { pieces, delay })
+    let ignore_limit = header_number(headers, IGNORE_LIMIT_HEADER)?.is_some_and(|v| v > 0);
+    Ok(Shape { pieces, delay, ignore_limit })
 }
 
 fn header_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, Reject> {
@@ -156,9 +163,17 @@ fn model(request: &Value) -> String {
     request.get("model").and_then(Value::as_str).unwrap_or("fake-model").to_owned()
 }
 
-/// `pieces`, cut so that their tokens stay within the request's output limit.
-fn limited(pieces: usize, request: &Value) -> usize {
-    let limit = ["max_completion_tokens", "max_tokens"].iter().find_map(|k| request.get(*k).and_then(Value::as_u64));
+/// `shape`'s pieces, cut so that their tokens stay within the request's output limit (unless the
+/// shape ignores it).
+fn limited(shape: &Shape, request: &Value) -> usize {
+    let pieces = shape.pieces;
+    if shape.ignore_limit {
+        return pieces;
+    }
+    let limit = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| request.get(*k).and_then(Value::as_u64))
+        .or_else(|| request.pointer("/generationConfig/maxOutputTokens").and_then(Value::as_u64));
     limit.map_or(pieces, |l| pieces.min(usize::try_from(l / TOKENS_PER_PIECE).unwrap_or(usize::MAX)))
 }
 
@@ -169,8 +184,8 @@ fn is_stream(request: &Value) -> bool {
 /// `POST /v1/chat/completions`.
 fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
     let request = parse_json(body)?;
-    let Shape { pieces, delay } = shape(headers)?;
-    let pieces = limited(pieces, &request);
+    let shape = shape(headers)?;
+    let (pieces, delay) = (limited(&shape, &request), shape.delay);
     let model = model(&request);
     let prompt = prompt_tokens(message_chars(&request));
     let completion = pieces as u64 * TOKENS_PER_PIECE;
@@ -236,8 +251,8 @@ fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
 /// `POST /v1/messages`.
 fn anthropic(headers: &HeaderMap, body: &Bytes) -> Routed {
     let request = parse_json(body)?;
-    let Shape { pieces, delay } = shape(headers)?;
-    let pieces = limited(pieces, &request);
+    let shape = shape(headers)?;
+    let (pieces, delay) = (limited(&shape, &request), shape.delay);
     let model = model(&request);
     let chars = message_chars(&request) + request.get("system").map_or(0, text_chars);
     let input = prompt_tokens(chars);
@@ -303,6 +318,54 @@ fn anthropic(headers: &HeaderMap, body: &Bytes) -> Routed {
         }),
     ));
     frames.push(sse_event("message_stop", &json!({"type": "message_stop"})));
+    Ok(sse_response(frames, delay))
+}
+
+/// `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent` (answered as SSE).
+fn gemini(headers: &HeaderMap, path: &str, body: &Bytes) -> Routed {
+    let request = parse_json(body)?;
+    let shape = shape(headers)?;
+    let (pieces, delay) = (limited(&shape, &request), shape.delay);
+    let (model, method) = path["/v1beta/models/".len()..].split_once(':').unwrap_or(("fake-model", ""));
+    let chars: usize = request
+        .get("contents")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("parts"))
+        .map(text_chars)
+        .sum();
+    let prompt = prompt_tokens(chars);
+    let usage = |pieces: usize| {
+        let out = pieces as u64 * TOKENS_PER_PIECE;
+        json!({"promptTokenCount": prompt, "candidatesTokenCount": out, "totalTokenCount": prompt + out})
+    };
+    let candidate = |text: String, finish: Option<&str>| {
+        let mut c = json!({"content": {"parts": [{"text": text}], "role": "model"}, "index": 0});
+        if let Some(f) = finish {
+            c["finishReason"] = f.into();
+        }
+        c
+    };
+    if method != "streamGenerateContent" {
+        let response = json!({
+            "candidates": [candidate(completion_text(pieces), Some("STOP"))],
+            "usageMetadata": usage(pieces),
+            "modelVersion": model,
+        });
+        return Ok(json_response(StatusCode::OK, &response));
+    }
+    // Like Gemini: every chunk carries the usage so far.
+    let frames = (0..pieces)
+        .map(|i| {
+            let finish = (i + 1 == pieces).then_some("STOP");
+            sse_data(&json!({
+                "candidates": [candidate(content_piece(i), finish)],
+                "usageMetadata": usage(i + 1),
+                "modelVersion": model,
+            }))
+        })
+        .collect();
     Ok(sse_response(frames, delay))
 }
 
