@@ -91,7 +91,8 @@ impl RateGate {
     }
 
     /// Waits in FIFO order until `tokens` and one call fit the run's rates, at most `max_wait`;
-    /// takes them and returns how long the call waited. `clock` gives ms since a fixed epoch.
+    /// takes them and returns how long the call waited (0 when it found the queue empty and the
+    /// buckets full enough). `clock` gives ms since a fixed epoch.
     pub async fn admit(
         &self,
         rates: &Rates,
@@ -104,9 +105,17 @@ impl RateGate {
         let deadline = start.saturating_add(u64::try_from(max_wait.as_millis()).unwrap_or(u64::MAX));
         self.waiting.fetch_add(1, Relaxed);
         let result = async {
-            let remaining = std::time::Duration::from_millis(deadline.saturating_sub(clock()));
-            let Ok(_turn) = tokio::time::timeout(remaining, self.queue.lock()).await else {
-                return Err(self.refusal(rates, tokens, clock()));
+            // A call that finds the queue empty and the buckets full enough did not wait, however
+            // long taking the locks took.
+            let (_turn, mut waited) = match self.queue.try_lock() {
+                Ok(turn) => (turn, false),
+                Err(_) => {
+                    let remaining = std::time::Duration::from_millis(deadline.saturating_sub(clock()));
+                    let Ok(turn) = tokio::time::timeout(remaining, self.queue.lock()).await else {
+                        return Err(self.refusal(rates, tokens, clock()));
+                    };
+                    (turn, true)
+                }
             };
             loop {
                 let now = clock();
@@ -117,13 +126,14 @@ impl RateGate {
                     if wait == 0 {
                         b.tokens -= tokens as f64;
                         b.calls -= 1.0;
-                        return Ok(now.saturating_sub(start));
+                        return Ok(if waited { now.saturating_sub(start).max(1) } else { 0 });
                     }
                     wait
                 };
                 if now.saturating_add(wait) > deadline {
                     return Err(self.refusal(rates, tokens, now));
                 }
+                waited = true;
                 tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
             }
         }
