@@ -49,6 +49,7 @@ fn body(run: &str, lane: &str, seq: u64, prev: String) -> ReceiptBody {
         response_bytes: 1830,
         response_digest: Some(hex(&[9; 32])),
         status: Some(200),
+        ..Seal::default()
     };
     b.ended_at = "2026-11-26T18:00:00.000250Z".into();
     b

@@ -5,8 +5,10 @@
 //! order the JSON was stored with. JCS fixes both: object members sorted by the UTF-16 code units
 //! of their names, no insignificant whitespace, strings escaped as ECMAScript's `JSON.stringify`
 //! does (which is what `serde_json` writes), and numbers in ECMAScript form. Receipts carry
-//! only integers, so non-integer numbers are refused rather than formatted: a float in evidence
-//! is a bug.
+//! only integers, so [`to_canonical`] refuses non-integer numbers rather than formatting them: a
+//! float in evidence is a bug. Request bodies (the replay key, [`crate::key`]) do carry floats
+//! (`"temperature": 0.7`): [`to_canonical_any`] writes them in ECMAScript's shortest form, as
+//! RFC 8785 §3.2.2.3 asks.
 
 use std::cmp::Ordering;
 
@@ -26,8 +28,55 @@ const MAX_SAFE: u64 = (1 << 53) - 1;
 /// Writes the JCS form of `value`.
 pub fn to_canonical(value: &Value) -> Result<Vec<u8>, CanonicalError> {
     let mut out = Vec::with_capacity(1024);
-    write(value, &mut out)?;
+    write(value, &mut out, Numbers::Integers)?;
     Ok(out)
+}
+
+/// Writes the JCS form of `value`, non-integer numbers included (ECMAScript form); fails only on
+/// a number JSON cannot carry (never produced by a parser).
+pub fn to_canonical_any(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+    write(value, out, Numbers::Any)
+}
+
+/// Which numbers a canonical form accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbers {
+    /// Integers in the IEEE-754 safe range only (receipts).
+    Integers,
+    /// Any finite number, in ECMAScript form (request bodies).
+    Any,
+}
+
+/// The ECMAScript `Number.prototype.toString` form of a finite `x` (RFC 8785 §3.2.2.3), from
+/// Rust's shortest round-trip digits.
+fn es_number(x: f64) -> Option<String> {
+    if !x.is_finite() {
+        return None;
+    }
+    if x == 0.0 {
+        return Some("0".into());
+    }
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e')?;
+    let exp: i32 = exp.parse().ok()?;
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let k = i32::try_from(digits.len()).ok()?;
+    let n = exp + 1;
+    let sign = if x < 0.0 { "-" } else { "" };
+    let body = if k <= n && n <= 21 {
+        format!("{digits}{}", "0".repeat(usize::try_from(n - k).ok()?))
+    } else if 0 < n && n <= 21 {
+        let (int, frac) = digits.split_at(usize::try_from(n).ok()?);
+        format!("{int}.{frac}")
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", "0".repeat(usize::try_from(-n).ok()?))
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let dot = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        let e = n - 1;
+        format!("{first}{dot}e{}{}", if e < 0 { "-" } else { "+" }, e.abs())
+    };
+    Some(format!("{sign}{body}"))
 }
 
 /// SHA-256 of the JCS form of `value`.
@@ -39,7 +88,7 @@ pub fn digest(value: &Value) -> Result<[u8; 32], CanonicalError> {
 /// hash is that of the receipt without its `signature`), without copying the object.
 pub fn digest_without(object: &serde_json::Map<String, Value>, skip: &str) -> Result<[u8; 32], CanonicalError> {
     let mut out = Vec::with_capacity(1024);
-    write_object(object.iter().filter(|(k, _)| k.as_str() != skip), &mut out)?;
+    write_object(object.iter().filter(|(k, _)| k.as_str() != skip), &mut out, Numbers::Integers)?;
     Ok(sha256(&out))
 }
 
@@ -80,7 +129,7 @@ fn utf16_cmp(a: &str, b: &str) -> Ordering {
     a.encode_utf16().cmp(b.encode_utf16())
 }
 
-fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+fn write(value: &Value, out: &mut Vec<u8>, numbers: Numbers) -> Result<(), CanonicalError> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
@@ -90,7 +139,11 @@ fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
                 .as_u64()
                 .filter(|v| *v <= MAX_SAFE)
                 .map(|v| v.to_string())
-                .or_else(|| n.as_i64().filter(|v| v.unsigned_abs() <= MAX_SAFE).map(|v| v.to_string()));
+                .or_else(|| n.as_i64().filter(|v| v.unsigned_abs() <= MAX_SAFE).map(|v| v.to_string()))
+                .or_else(|| match numbers {
+                    Numbers::Any => n.as_f64().and_then(es_number),
+                    Numbers::Integers => None,
+                });
             out.extend_from_slice(ok.ok_or_else(|| CanonicalError::Number(n.to_string()))?.as_bytes());
         }
         // serde_json escapes exactly as JSON.stringify does: \b \f \n \r \t \" \\ and \u00XX
@@ -104,11 +157,11 @@ fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
                 if i > 0 {
                     out.push(b',');
                 }
-                write(item, out)?;
+                write(item, out, numbers)?;
             }
             out.push(b']');
         }
-        Value::Object(map) => write_object(map.iter(), out)?,
+        Value::Object(map) => write_object(map.iter(), out, numbers)?,
     }
     Ok(())
 }
@@ -116,6 +169,7 @@ fn write(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
 fn write_object<'a>(
     members: impl Iterator<Item = (&'a String, &'a Value)>,
     out: &mut Vec<u8>,
+    numbers: Numbers,
 ) -> Result<(), CanonicalError> {
     let mut entries: Vec<(&String, &Value)> = members.collect();
     entries.sort_by(|a, b| utf16_cmp(a.0, b.0));
@@ -126,7 +180,7 @@ fn write_object<'a>(
         }
         let _ = serde_json::to_writer(&mut *out, k);
         out.push(b':');
-        write(v, out)?;
+        write(v, out, numbers)?;
     }
     out.push(b'}');
     Ok(())
@@ -136,7 +190,7 @@ fn write_object<'a>(
 mod tests {
     use serde_json::json;
 
-    use super::{digest_without, hex, sha256, to_canonical, unhex32};
+    use super::{digest_without, es_number, hex, sha256, to_canonical, to_canonical_any, unhex32};
 
     #[test]
     fn digest_without_equals_digest_of_the_object_minus_the_member() {
@@ -176,6 +230,30 @@ mod tests {
         assert!(to_canonical(&json!(1.5)).is_err());
         assert!(to_canonical(&json!(9007199254740992u64)).is_err());
         assert_eq!(canon(json!(9007199254740991u64)), "9007199254740991");
+    }
+
+    #[test]
+    fn any_numbers_take_the_ecmascript_form() {
+        // RFC 8785 Appendix B and ECMAScript's Number::toString.
+        for (x, es) in [
+            (0.7, "0.7"),
+            (1.0, "1"),
+            (-0.0, "0"),
+            (1e21, "1e+21"),
+            (1e20, "100000000000000000000"),
+            (123.456, "123.456"),
+            (0.000001, "0.000001"),
+            (1e-7, "1e-7"),
+            (-2.5e-9, "-2.5e-9"),
+            (4.5e300, "4.5e+300"),
+            (333333333.3333333, "333333333.3333333"),
+            (5e-324, "5e-324"),
+        ] {
+            assert_eq!(es_number(x).as_deref(), Some(es), "{x}");
+        }
+        let mut out = Vec::new();
+        to_canonical_any(&json!({"t": 0.7, "n": 3, "m": [1.5e-7]}), &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"m":[1.5e-7],"n":3,"t":0.7}"#);
     }
 
     #[test]

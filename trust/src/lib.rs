@@ -7,7 +7,7 @@
 //! It holds the identifiers every call carries ([`RunId`], [`ReceiptId`]), the receipt schema
 //! ([`receipt`]), canonical JSON and digests ([`canonical`]), Merkle batches ([`merkle`]),
 //! signing keys and batch signatures ([`sign`]), verification of receipts and chains
-//! ([`verify`]), and W3C Verifiable Credentials with `eddsa-jcs-2022` proofs and `did:key`
+//! ([`verify`]), replay keys and the sealed-call types ([`key`], [`replay`]), and W3C Verifiable Credentials with `eddsa-jcs-2022` proofs and `did:key`
 //! issuers ([`vc`]), secrets that never print ([`Secret`]), the text forms every binary writes
 //! alike ([`text`]: times, hex, redacted paths), and — with the `tls` feature — the client TLS
 //! setup the proxy and the CLI share ([`tls`]). Crypto is `ring` only: the same backend the
@@ -16,8 +16,10 @@
 
 pub mod canonical;
 pub mod capability;
+pub mod key;
 pub mod merkle;
 pub mod receipt;
+pub mod replay;
 pub mod secret;
 pub mod sign;
 pub mod text;

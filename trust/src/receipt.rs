@@ -62,19 +62,71 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
-/// What went over the wire, by size and digest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What went over the wire, by size and digest, and where the sealed bodies are. Members are
+/// declared in JCS order (see [`ReceiptBody::canonical`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seal {
+    /// Replay key of the request (SHA-256 hex, [`crate::key`]); `None` when the call was not
+    /// sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Scheme of `key` ([`crate::key::KEY_VERSION`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<String>,
+    /// JSON pointers of the request members replaced by `"[redacted]"` before sealing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<String>,
+    /// Address (SHA-256 hex) of the sealed request body: the body as the agent sent it, with the
+    /// `redacted` members replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_blob: Option<String>,
     /// Request body bytes sent upstream (tunnel: bytes from the client).
     pub request_bytes: u64,
     /// SHA-256 (hex) of the request body as sent upstream; `None` when nothing was sent.
     pub request_digest: Option<String>,
     /// Response body bytes delivered (tunnel: bytes to the client).
     pub response_bytes: u64,
-    /// SHA-256 (hex) of the response body as received from the upstream.
+    /// SHA-256 (hex) of the response body as received from the upstream (its blob's address
+    /// when sealed).
     pub response_digest: Option<String>,
+    /// Address of the sealed response envelope ([`crate::replay::ResponseMeta`]: status,
+    /// content type, body address, chunk boundaries and offsets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_meta: Option<String>,
     /// Response status sent to the client.
     pub status: Option<u16>,
+}
+
+/// A call served by a replaying proxy: which sealed call it re-served, and when that call
+/// originally happened. Members in JCS order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay {
+    /// On a miss: the receipt of the most similar sealed request of the replayed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closest: Option<ReceiptId>,
+    /// The receipt of the sealed call served; `None` when nothing matched (a miss).
+    pub of: Option<ReceiptId>,
+    /// The run being replayed.
+    pub of_run: RunId,
+    /// When the sealed call originally ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_ended_at: Option<String>,
+    /// When the sealed call originally started (virtual time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_started_at: Option<String>,
+    /// Whether the replay is strict (a miss is refused, never forwarded).
+    pub strict: bool,
+}
+
+/// A dataset a run depends on, by digest. Members in JCS order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetDigest {
+    /// Its configured name.
+    pub name: String,
+    /// SHA-256 (hex) of the file's bytes.
+    pub sha256: String,
+    /// File size in bytes.
+    pub size: u64,
 }
 
 /// Token usage of an LLM call, when the proxy could read it.
@@ -190,6 +242,10 @@ pub struct ReceiptBody {
     pub capability: Option<Capability>,
     /// Place in the chain.
     pub chain: Chain,
+    /// SHA-256 digests of the datasets the proxy was configured with (`[[dataset]]`), on the
+    /// first receipt of each run a proxy writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<DatasetDigest>,
     /// The decision.
     pub decision: Decision,
     /// When the call ended (RFC 3339, UTC, microseconds).
@@ -200,6 +256,9 @@ pub struct ReceiptBody {
     pub kind: String,
     /// `completed`, `client_gone`, `upstream_aborted` or `failed`.
     pub outcome: String,
+    /// Set on calls served by a replaying proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
     /// The run.
     pub run: RunId,
     /// [`SCHEMA`].
@@ -283,6 +342,7 @@ impl ReceiptBody {
             capability: None,
             step: chain.seq,
             chain,
+            datasets: vec![],
             decision: Decision { allow: true, error: None, policy_packs: vec![], reasons: vec![] },
             ended_at: "2026-11-26T18:00:00.000002Z".into(),
             id: ReceiptId::generate(),
@@ -296,6 +356,7 @@ impl ReceiptBody {
                 response_bytes: 2,
                 response_digest: None,
                 status: Some(200),
+                ..Seal::default()
             },
             started_at: "2026-11-26T18:00:00.000001Z".into(),
             step_label: None,
@@ -308,6 +369,7 @@ impl ReceiptBody {
                 port: 443,
                 scheme: "https".into(),
             },
+            replay: None,
             usage: None,
         }
     }
@@ -326,7 +388,8 @@ pub fn genesis_hex(run: &str, lane: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::{
-        Budget, Capability, Chain, Decision, ErrorInfo, ReceiptBody, SCHEMA, Seal, Trace, Upstream, Usage, genesis_hex,
+        Budget, Capability, Chain, Decision, ErrorInfo, ReceiptBody, Replay, SCHEMA, Seal, Trace, Upstream, Usage,
+        genesis_hex,
     };
     use crate::canonical;
     use crate::{ReceiptId, RunId};
@@ -337,6 +400,7 @@ pub(crate) mod tests {
             budget: None,
             capability: None,
             chain: Chain { lane: "ed25519:0011223344556677".into(), prev_hash: prev.into(), seq },
+            datasets: vec![],
             decision: Decision {
                 allow: false,
                 error: Some(ErrorInfo {
@@ -358,6 +422,7 @@ pub(crate) mod tests {
                 response_bytes: 0,
                 response_digest: None,
                 status: Some(403),
+                ..Seal::default()
             },
             started_at: "2026-11-26T18:00:00.000001Z".into(),
             step: seq,
@@ -371,6 +436,7 @@ pub(crate) mod tests {
                 port: 443,
                 scheme: "https".into(),
             },
+            replay: None,
             usage: None,
         }
     }
@@ -445,9 +511,28 @@ pub(crate) mod tests {
             provider: None,
             reasoning_tokens: Some(0),
         });
+        full.datasets = vec![super::DatasetDigest { name: "d".into(), sha256: "00".into(), size: 1 }];
+        full.replay = Some(Replay {
+            closest: Some(ReceiptId::generate()),
+            of: Some(ReceiptId::generate()),
+            of_run: RunId::new("r").unwrap(),
+            original_ended_at: Some("e".into()),
+            original_started_at: Some("s".into()),
+            strict: true,
+        });
+        full.seal.key = Some("k".into());
+        full.seal.key_version = Some("v".into());
+        full.seal.redacted = vec!["/user".into()];
+        full.seal.request_blob = Some("b".into());
+        full.seal.response_meta = Some("m".into());
+        let generic = canonical::to_canonical(&serde_json::to_value(&full).unwrap()).unwrap();
+        assert_eq!(full.canonical().unwrap(), generic, "seal and replay members are declared in JCS order");
         let full = serde_json::to_value(full).unwrap();
-        for member in ["budget", "capability", "trace", "usage"] {
-            body[member] = full[member].clone();
+        for member in ["budget", "capability", "trace", "usage", "replay", "seal"] {
+            if member != "seal" {
+                // The required members of seal are checked below on the plain receipt.
+                body[member] = full[member].clone();
+            }
             let mut declared: Vec<String> =
                 schema["properties"][member]["properties"].as_object().unwrap().keys().cloned().collect();
             declared.sort();

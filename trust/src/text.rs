@@ -45,14 +45,18 @@ pub fn rfc3339_from_unix_secs(secs: u64) -> String {
 const SECRET_PARAMS: &[&str] =
     &["key", "token", "secret", "password", "passwd", "auth", "sig", "credential", "session"];
 
+/// Whether a query parameter name looks like it carries a credential (`key`, `api_key`,
+/// `access_token`, `sig`, …).
+pub fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|s| name.contains(s))
+}
+
 /// The path and query with credential-like query values replaced by `[redacted]`, for receipts,
 /// logs and policy input. Borrows when nothing needs redacting (the common case).
 pub fn redact_path(path: &str) -> Cow<'_, str> {
     let Some((base, query)) = path.split_once('?') else { return path.into() };
-    let secret = |name: &str| {
-        let name = name.to_ascii_lowercase();
-        SECRET_PARAMS.iter().any(|s| name.contains(s))
-    };
+    let secret = is_secret_param;
     if !query.split('&').any(|pair| secret(pair.split_once('=').map_or(pair, |(k, _)| k))) {
         return path.into();
     }
