@@ -53,6 +53,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
             token_id: g.token_id.clone(),
         }),
         chain,
+        datasets: Vec::new(),
         decision: Decision { allow, error, policy_packs: call.decided.packs.clone(), reasons },
         ended_at: rfc3339(SystemTime::now()),
         id: call.receipt_id,
@@ -61,6 +62,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
             CallKind::Tunnel => "tunnel".into(),
         },
         outcome: outcome_str(outcome).into(),
+        replay: None,
         run,
         schema: SCHEMA.into(),
         seal: Seal {
@@ -69,6 +71,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
             response_bytes: call.response_bytes,
             response_digest: call.response_digest.map(|d| hex(&d)),
             status: call.status.map(|s| s.as_u16()),
+            ..Seal::default()
         },
         started_at: rfc3339(call.started_at),
         step: call.identity.as_ref().map_or(0, |i| i.step),
