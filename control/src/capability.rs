@@ -1,12 +1,14 @@
 //! Control's capability root keys: ed25519 key pairs under `$FLEETFORGE_HOME/keys/`, one file per
 //! key id (`capability-root-<id>.key`, hex, mode 0600). The newest id signs new run tokens; every
 //! key stays listed in `GET /v1/keys` so tokens signed before a rotation keep verifying. The same
-//! key issues Verifiable Credentials (its `did:key`).
+//! key issues Verifiable Credentials (its `did:key`) and signs replay manifests.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use biscuit_auth::KeyPair;
 use fleetforge_trust::canonical::hex;
 use fleetforge_trust::capability::{generate_root, root_from_bytes};
@@ -69,9 +71,27 @@ impl RootKey {
         hex(&self.public())
     }
 
-    /// The key as a ring key pair, for signing credentials.
+    /// The key as a ring key pair, for signing credentials and replay manifests.
     pub fn ring(&self) -> Option<ring::signature::Ed25519KeyPair> {
         ring::signature::Ed25519KeyPair::from_seed_unchecked(&self.seed).ok()
+    }
+
+    /// The key id `GET /v1/keys` lists it under (`capability-root-<id>`), which signatures made
+    /// with it name.
+    pub fn key_id(&self) -> String {
+        format!("capability-root-{}", self.id)
+    }
+
+    /// The key's entry in `GET /v1/keys`.
+    pub fn listing(&self) -> serde_json::Value {
+        serde_json::json!({
+            "key_id": self.key_id(),
+            "root_key_id": self.id,
+            "alg": "ed25519",
+            "public_key": URL_SAFE_NO_PAD.encode(self.public()),
+            "kind": "capability-root",
+            "did": fleetforge_trust::vc::did_key(&self.public_array()),
+        })
     }
 }
 

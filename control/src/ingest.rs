@@ -7,10 +7,10 @@
 //! different receipt under a stored id is rejected); the run must belong to the caller's tenant
 //! (an unknown run is created in it); and the receipt must continue its lane's chain: next seq,
 //! previous hash. A receipt that fails any check is rejected with a per-item error and the rest of
-//! the batch still lands. Accepted receipts, lane heads and run counters are written in one
-//! transaction; a concurrent ingest of the same lane (another control replica) is serialized by a
-//! row lock on Postgres and, as a last resort, by the unique `(run_id, lane, seq)` constraint — the
-//! batch is then retried once.
+//! the batch still lands. Accepted receipts, the datasets they name, lane heads and run counters
+//! are written in one transaction; a concurrent ingest of the same lane (another control replica)
+//! is serialized by a row lock on Postgres and, as a last resort, by the unique
+//! `(run_id, lane, seq)` constraint — the batch is then retried once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -18,13 +18,13 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fleetforge_trust::canonical::hex;
-use fleetforge_trust::receipt::genesis_hex;
+use fleetforge_trust::receipt::{DatasetDigest, genesis_hex};
 use fleetforge_trust::sign::verify_batch;
 use fleetforge_trust::verify::prove;
 use serde_json::Value;
 
 use crate::auth::Principal;
-use crate::store::{self, ReceiptRow, Store, StoreError};
+use crate::store::{self, DatasetRow, ReceiptRow, Store, StoreError};
 
 pub use fleetforge_trust::wire::{IngestResponse, ItemResult, ItemStatus};
 
@@ -81,9 +81,12 @@ struct Candidate {
     output_tokens: i64,
     cost: i64,
     ended_micros: i64,
+    /// The receipt's `datasets` (almost always empty: only a run's first receipt on a proxy).
+    datasets: Vec<DatasetDigest>,
 }
 
-fn micros_of(rfc3339: &str) -> i64 {
+/// Unix microseconds of an RFC 3339 time; 0 when it does not parse.
+pub(crate) fn micros_of(rfc3339: &str) -> i64 {
     time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
         .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(0))
         .unwrap_or(0)
@@ -232,6 +235,7 @@ async fn ingest_once(
             output_tokens: as_i64(usage.and_then(|u| u.output_tokens)),
             cost: as_i64(usage.and_then(|u| u.cost_micro_usd)),
             ended_micros: micros_of(&body.ended_at),
+            datasets: body.datasets.clone(),
             row: ReceiptRow {
                 id: body.id.to_string(),
                 run_id: body.run.to_string(),
@@ -329,6 +333,24 @@ async fn ingest_once(
     }
     let rows: Vec<ReceiptRow> = accepted.iter().map(|c| c.row.clone()).collect();
     tx.insert_receipts(&rows).await?;
+    // Datasets ride on few receipts (a run's first on each proxy): no statement without them.
+    let mut datasets: Vec<DatasetRow> = accepted
+        .iter()
+        .flat_map(|c| {
+            c.datasets.iter().map(|d| DatasetRow {
+                run_id: c.row.run_id.clone(),
+                tenant: c.row.tenant.clone(),
+                name: d.name.clone(),
+                sha256: d.sha256.clone(),
+                size: i64::try_from(d.size).unwrap_or(i64::MAX),
+            })
+        })
+        .collect();
+    if !datasets.is_empty() {
+        datasets.sort_by(|a, b| (&a.run_id, &a.name, &a.sha256).cmp(&(&b.run_id, &b.name, &b.sha256)));
+        datasets.dedup_by(|a, b| (&a.run_id, &a.name, &a.sha256) == (&b.run_id, &b.name, &b.sha256));
+        tx.add_datasets(&datasets).await?;
+    }
     let new_heads: Vec<(&str, &str, i64, &str)> = moved
         .iter()
         .filter_map(|key| heads.get(key).map(|(seq, hash)| (key.0.as_str(), key.1.as_str(), *seq, hash.as_str())))

@@ -1,10 +1,11 @@
 //! FleetForge control service and operator CLI.
 //!
 //! The control service keeps the evidence: runs, receipts (verified on ingest — signature,
-//! Merkle proof, chain, seq — and stored idempotently), proxy keys, and on-demand verification of a
-//! whole run. It runs on Postgres (`DATABASE_URL`) or, by default, on SQLite under
-//! `$FLEETFORGE_HOME`. Start reading at [`api::router`]; storage is [`store`], ingest is
-//! [`ingest`]. The operator CLI, `fleetforge-ctl`, is its own crate (`ctl/`): it links the proxy
+//! Merkle proof, chain, seq — and stored idempotently), proxy keys, the sealed request and
+//! response bodies proxies ship, and on-demand verification of a whole run. It runs on Postgres
+//! (`DATABASE_URL`) or, by default, on SQLite under `$FLEETFORGE_HOME`. Start reading at
+//! [`api::router`]; storage is [`store`], ingest is [`ingest`], replay manifests and reports are
+//! [`replay`]. The operator CLI, `fleetforge-ctl`, is its own crate (`ctl/`): it links the proxy
 //! for `up` and `policy`, which this crate does not.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod capability;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod replay;
 pub mod store;
 
 use std::net::SocketAddr;

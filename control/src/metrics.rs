@@ -8,6 +8,17 @@ use std::time::Duration;
 
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
+/// What became of a blob offered with `PUT /v1/seals/{sha256}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealResult {
+    /// Stored.
+    Stored,
+    /// Stored already; nothing changed.
+    Duplicate,
+    /// Its bytes do not hash to its address; not stored.
+    Mismatch,
+}
+
 /// Control metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -18,6 +29,9 @@ pub struct Metrics {
     batches: [AtomicU64; BUCKETS.len()],
     batch_count: AtomicU64,
     batch_micros: AtomicU64,
+    /// Blobs offered, by [`SealResult`] (in declaration order).
+    seals: [AtomicU64; 3],
+    seal_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -36,6 +50,12 @@ impl Metrics {
         }
         self.batch_count.fetch_add(1, Relaxed);
         self.batch_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Counts a blob offered for sealing; `bytes` of it were stored.
+    pub fn sealed(&self, result: SealResult, bytes: usize) {
+        self.seals[result as usize].fetch_add(1, Relaxed);
+        self.seal_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     /// Prometheus text.
@@ -67,6 +87,14 @@ impl Metrics {
         writeln!(out, "fleetforge_control_ingest_batch_seconds_bucket{{le=\"+Inf\"}} {count}")?;
         writeln!(out, "fleetforge_control_ingest_batch_seconds_sum {}", self.batch_micros.load(Relaxed) as f64 / 1e6)?;
         writeln!(out, "fleetforge_control_ingest_batch_seconds_count {count}")?;
+        writeln!(out, "# HELP fleetforge_control_seals_total Sealed blobs offered with PUT /v1/seals, by result.")?;
+        writeln!(out, "# TYPE fleetforge_control_seals_total counter")?;
+        for (result, n) in ["stored", "duplicate", "mismatch"].iter().zip(&self.seals) {
+            writeln!(out, "fleetforge_control_seals_total{{result=\"{result}\"}} {}", n.load(Relaxed))?;
+        }
+        writeln!(out, "# HELP fleetforge_control_seal_bytes_total Bytes of sealed blobs stored.")?;
+        writeln!(out, "# TYPE fleetforge_control_seal_bytes_total counter")?;
+        writeln!(out, "fleetforge_control_seal_bytes_total {}", self.seal_bytes.load(Relaxed))?;
         Ok(())
     }
 }

@@ -68,16 +68,7 @@ pub(super) async fn list_keys(State(app): State<Arc<App>>, headers: HeaderMap) -
         .into_iter()
         .filter(|k| p.can_read(&k.tenant))
         .map(|k| json!({ "key_id": k.key_id, "alg": k.alg, "public_key": k.public_key, "kind": "receipt-signer" }))
-        .chain(app.roots.all().iter().map(|r| {
-            json!({
-                "key_id": format!("capability-root-{}", r.id),
-                "root_key_id": r.id,
-                "alg": "ed25519",
-                "public_key": URL_SAFE_NO_PAD.encode(r.public()),
-                "kind": "capability-root",
-                "did": fleetforge_trust::vc::did_key(&r.public_array()),
-            })
-        }))
+        .chain(app.roots.all().iter().map(crate::capability::RootKey::listing))
         .collect();
     Ok(Json(json!({ "keys": keys })))
 }

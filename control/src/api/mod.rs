@@ -1,8 +1,9 @@
 //! The HTTP API: routes, authentication, and the one place errors become responses.
 //!
 //! One module per resource: [`runs`] (create, list, show, a new token, revoke), [`leases`]
-//! (budget slices of fleets), [`receipts`] (ingest, read, verify), [`keys`], [`capabilities`]
-//! (revocations) and [`exports`]. This module
+//! (budget slices of fleets), [`receipts`] (ingest, read, verify), [`seals`] (sealed blobs),
+//! [`replay`] (replay manifests and reports), [`keys`], [`capabilities`] (revocations) and
+//! [`exports`]. This module
 //! holds what they share: the state, the principal, and [`ErrorKind`], the one table from an
 //! error's kind to its status and contract `type`.
 //!
@@ -16,7 +17,11 @@ mod exports;
 mod keys;
 mod leases;
 mod receipts;
+mod replay;
 mod runs;
+mod seals;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -76,6 +81,12 @@ pub enum ErrorKind {
     NotFound,
     /// It exists already, or its state forbids the change.
     Conflict,
+    /// A sealed blob whose bytes do not hash to the address it was sent to.
+    SealMismatch,
+    /// A run with no sealed calls has no replay manifest.
+    NoSeals,
+    /// A run with no replayed calls has no replay report.
+    NotAReplay,
     /// The control service failed; the detail is logged, not sent.
     Internal,
 }
@@ -93,6 +104,9 @@ impl ErrorKind {
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict => (StatusCode::CONFLICT, "conflict"),
+            Self::SealMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "seal_mismatch"),
+            Self::NoSeals => (StatusCode::NOT_FOUND, "no_seals"),
+            Self::NotAReplay => (StatusCode::NOT_FOUND, "not_a_replay"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -245,10 +259,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 /// The OpenAPI document, generated from the handlers of each resource module.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "FleetForge control API", description = "Runs, receipts, verification and keys. Bearer auth on every /v1 route."),
+    info(title = "FleetForge control API", description = "Runs, receipts, verification, sealed blobs, replay and keys. Bearer auth on every /v1 route."),
     paths(runs::create_run, runs::list_runs, runs::show_run, runs::issue_token, runs::revoke_run,
         leases::lease,
         receipts::run_receipts, receipts::one_receipt, receipts::verify_run, receipts::post_receipts,
+        seals::put_seal, seals::get_seal, replay::replay_manifest, replay::replay_report,
         keys::put_key, keys::list_keys, capabilities::revoke_capability, capabilities::list_revocations,
         exports::export_vc),
     components(schemas(runs::CreateRun, runs::IssueToken, runs::Budget, runs::CreatedRun, runs::RunView,
@@ -308,6 +323,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/runs/{id}/verify", get(receipts::verify_run))
         .route("/v1/receipts", post(receipts::post_receipts))
         .route("/v1/receipts/{id}", get(receipts::one_receipt))
+        .route("/v1/runs/{id}/replay-manifest", get(replay::replay_manifest))
+        .route("/v1/runs/{id}/replay-report", get(replay::replay_report))
+        // The handler reads the body itself, after authentication, up to seals::MAX_SEAL_BYTES.
+        .route("/v1/seals/{sha256}", put(seals::put_seal).get(seals::get_seal))
         .route("/v1/keys", get(keys::list_keys))
         .route("/v1/keys/{key_id}", put(keys::put_key))
         .route("/v1/capabilities/revoke", post(capabilities::revoke_capability))

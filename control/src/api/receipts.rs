@@ -1,5 +1,6 @@
 //! Receipts: `POST /v1/receipts` (ingest, proxy role), `GET /v1/runs/{id}/receipts`,
-//! `GET /v1/receipts/{id}` and `GET /v1/runs/{id}/verify`.
+//! `GET /v1/receipts/{id}` and `GET /v1/runs/{id}/verify` (signatures, chain, and the sealed blobs
+//! receipts name).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,7 @@ use utoipa::ToSchema;
 use super::{ApiError, ApiResult, App, ErrorKind, bad_query, json_error, principal, require, require_json, run_of};
 use crate::auth::Role;
 use crate::ingest::{self, IngestResponse};
+use crate::replay::blob_addresses;
 
 /// Receipt page parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -63,7 +65,8 @@ pub(super) async fn one_receipt(
 /// `GET /v1/runs/{id}/verify` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VerifyReport {
-    /// Every signature, proof and chain link checked out.
+    /// Every signature, proof and chain link checked out, and every sealed blob the receipts name
+    /// is on control with bytes that hash to its address.
     pub ok: bool,
     /// Receipts checked.
     pub checked: usize,
@@ -98,6 +101,8 @@ pub(super) async fn verify_run(
     let rows = app.store.chain(&id).await?;
     let mut problems = Vec::new();
     let mut links = Vec::new();
+    // (receipt id, blob address) of every sealed blob a receipt names.
+    let mut blobs: Vec<(String, String)> = Vec::new();
     for r in &rows {
         let value: Value = match serde_json::from_str(&r.body) {
             Ok(v) => v,
@@ -122,6 +127,7 @@ pub(super) async fn verify_run(
                     hash: hex(&v.hash),
                     prev_hash: v.receipt.body.chain.prev_hash.clone(),
                 });
+                blobs.extend(blob_addresses(&v.receipt.body).into_iter().map(|a| (r.id.clone(), a.to_owned())));
             }
             Err(e) => problems.push(Problem { receipt_id: r.id.clone(), problem: e.to_string() }),
         }
@@ -129,9 +135,38 @@ pub(super) async fn verify_run(
     for ChainProblem { receipt_id, problem } in check_chain(&id, &links) {
         problems.push(Problem { receipt_id, problem });
     }
+    problems.extend(check_blobs(&app, &blobs).await?);
     let ok = problems.is_empty();
     app.store.set_verified(&id, ok, i64::try_from(rows.len()).unwrap_or(i64::MAX)).await?;
     Ok(Json(VerifyReport { ok, checked: rows.len(), problems }))
+}
+
+/// Problems with the sealed blobs receipts name (`(receipt id, address)` each): missing from
+/// control, or stored with bytes that no longer hash to their address. The blobs of a run are read
+/// together ([`crate::store::Store::seal_digests`]), not one query per receipt. A blob counts
+/// whichever tenant stored it: its address fixes its bytes.
+async fn check_blobs(app: &App, blobs: &[(String, String)]) -> ApiResult<Vec<Problem>> {
+    if blobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut addresses: Vec<&str> = blobs.iter().map(|(_, a)| a.as_str()).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    let digests = app.store.seal_digests(&addresses).await?;
+    let problems = blobs
+        .iter()
+        .filter_map(|(receipt, address)| {
+            let problem = match digests.get(address) {
+                None => format!("seal blob {address} of receipt {receipt} is not on control (not yet shipped, or deleted)"),
+                Some(digest) if digest != address => format!(
+                    "seal blob {address} of receipt {receipt} does not match its address: it was altered after it was stored"
+                ),
+                Some(_) => return None,
+            };
+            Some(Problem { receipt_id: receipt.clone(), problem })
+        })
+        .collect();
+    Ok(problems)
 }
 
 #[utoipa::path(post, path = "/v1/receipts", request_body = ReceiptBatch,

@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetforge_trust::capability::Grants;
+use fleetforge_trust::receipt::DatasetDigest;
 use fleetforge_trust::text::rfc3339_from_unix_micros as rfc3339;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -175,6 +176,11 @@ pub struct RunView {
     /// flight on proxies are not counted until their receipts arrive).
     #[schema(value_type = Object)]
     budget_state: Value,
+    /// The datasets the run's receipts name (`[[dataset]]` of the proxies it called through):
+    /// `[{name, sha256, size}]`, empty when none. Shown by `GET /v1/runs/{id}`, not in listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    datasets: Option<Vec<DatasetDigest>>,
 }
 
 /// `budget_state` of a run: each limit its token carries, with what the stored receipts used and
@@ -226,6 +232,7 @@ fn view(r: RunRow) -> RunView {
         rejected: r.rejected,
         id: r.id,
         tenant: r.tenant,
+        datasets: None,
     }
 }
 
@@ -405,10 +412,12 @@ pub(super) async fn show_run(
     let run = run_of(&app, &p, &id).await?;
     let limits = super::leases::limits(&run);
     let leases = app.store.leases(&id).await?;
+    let datasets = app.store.datasets(&id).await?;
     let mut view = view(run);
     if !leases.is_empty() {
         view.budget_state["leases"] = super::leases::state(&limits, &leases);
     }
+    view.datasets = Some(datasets);
     Ok(Json(view))
 }
 

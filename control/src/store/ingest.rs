@@ -60,6 +60,21 @@ pub struct ReceiptRow {
     pub body: String,
 }
 
+/// A dataset a stored receipt names, for `run_datasets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetRow {
+    /// Run.
+    pub run_id: String,
+    /// Tenant (the run's).
+    pub tenant: String,
+    /// The dataset's configured name.
+    pub name: String,
+    /// SHA-256 (hex) of its bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: i64,
+}
+
 /// An open ingest transaction: portable statements on SQLite, array-bound statements over the
 /// native driver on Postgres (the hot path of `POST /v1/receipts`).
 pub enum IngestTx {
@@ -111,6 +126,14 @@ impl IngestTx {
         match self {
             IngestTx::Any(tx) => insert_receipts(tx, rows).await,
             IngestTx::Pg(tx) => pg::insert_receipts(tx, rows).await,
+        }
+    }
+
+    /// Records the datasets receipts name (distinct rows; one already recorded is kept).
+    pub async fn add_datasets(&mut self, rows: &[DatasetRow]) -> Result<(), StoreError> {
+        match self {
+            IngestTx::Any(tx) => add_datasets(tx, rows).await,
+            IngestTx::Pg(tx) => pg::add_datasets(tx, rows).await,
         }
     }
 
@@ -316,6 +339,28 @@ pub async fn insert_receipts(conn: &mut AnyConnection, rows: &[ReceiptRow]) -> R
                 .bind(r.response_digest.as_deref())
                 .bind(r.body.as_str())
                 .bind(now);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Records the datasets receipts name, 500 rows per statement; a row already recorded is kept.
+pub async fn add_datasets(conn: &mut AnyConnection, rows: &[DatasetRow]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(500) {
+        let sql = format!(
+            "INSERT INTO run_datasets (run_id, tenant, name, sha256, size) VALUES {} \
+             ON CONFLICT (run_id, name, sha256) DO NOTHING",
+            tuples(conn, chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q
+                .bind(r.run_id.as_str())
+                .bind(r.tenant.as_str())
+                .bind(r.name.as_str())
+                .bind(r.sha256.as_str())
+                .bind(r.size);
         }
         q.execute(&mut *conn).await?;
     }

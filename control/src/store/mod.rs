@@ -7,10 +7,10 @@
 //! `migrations/sqlite` and are embedded at build time.
 //!
 //! One module per resource: [`runs`], [`receipts`] (reading), [`keys`], [`tokens`],
-//! [`capabilities`] (revocations), [`leases`] (the budget slices of fleets), and [`ingest`], the
-//! transaction `POST /v1/receipts` writes in.
+//! [`capabilities`] (revocations), [`leases`] (the budget slices of fleets), [`seals`] (sealed
+//! blobs and run datasets), and [`ingest`], the transaction `POST /v1/receipts` writes in.
 //!
-//! The ingest step itself is written once (`crate::ingest`, over [`IngestTx`]); only its six
+//! The ingest step itself is written once (`crate::ingest`, over [`IngestTx`]); only its seven
 //! statements have a second form, on Postgres, where the native driver binds arrays (`= ANY($1)`,
 //! `UNNEST`) — which sqlx's `Any` driver cannot — for about twice the rows per second.
 
@@ -21,8 +21,9 @@ mod leases;
 mod pg;
 mod receipts;
 mod runs;
+mod seals;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod tokens;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,13 +32,14 @@ use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
 pub use self::ingest::{
-    IngestTx, ReceiptRow, RunDelta, bump_runs, existing, insert_receipts, lane_heads, run_tenants_or_create,
-    set_lane_heads,
+    DatasetRow, IngestTx, ReceiptRow, RunDelta, add_datasets, bump_runs, existing, insert_receipts, lane_heads,
+    run_tenants_or_create, set_lane_heads,
 };
 pub use self::keys::KeyRow;
 pub use self::leases::{Granted, LeaseRow};
 pub use self::receipts::StoredReceipt;
 pub use self::runs::RunRow;
+pub use self::seals::SealRow;
 pub use self::tokens::TokenRow;
 
 /// Why a store operation failed. The text goes to logs, never to API clients.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{PgConnection, Row as _};
 
-use super::{ReceiptRow, RunDelta, StoreError, now_micros};
+use super::{DatasetRow, ReceiptRow, RunDelta, StoreError, now_micros};
 
 /// Hashes of the receipts among `ids` that are already stored.
 pub async fn existing(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, String>, StoreError> {
@@ -108,6 +108,23 @@ pub async fn insert_receipts(conn: &mut PgConnection, rows: &[ReceiptRow]) -> Re
     .bind(col(rows, |r| r.response_digest.as_deref()))
     .bind(now)
     .bind(col(rows, |r| r.body.as_str()))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the datasets receipts name, in one statement; a row already recorded is kept.
+pub async fn add_datasets(conn: &mut PgConnection, rows: &[DatasetRow]) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO run_datasets (run_id, tenant, name, sha256, size) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+         ON CONFLICT (run_id, name, sha256) DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.sha256.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.size).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -1,11 +1,12 @@
 //! Store and ingest tests, each run on a real Postgres (a fresh database per test on
-//! 127.0.0.1:5432) and on SQLite (a temp file).
+//! 127.0.0.1:5432) and on SQLite (a temp file). The database and receipt helpers here serve the
+//! API tests (`crate::api::tests`) too.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fleetforge_trust::RunId;
 use fleetforge_trust::canonical::hex;
-use fleetforge_trust::receipt::{Chain, Receipt, ReceiptBody, genesis_hex};
+use fleetforge_trust::receipt::{Chain, DatasetDigest, Receipt, ReceiptBody, genesis_hex};
 use fleetforge_trust::sign::SigningKey;
 use serde_json::Value;
 
@@ -14,15 +15,17 @@ use crate::auth::{Principal, Role};
 use crate::ingest::{KeyCache, SignatureCache, ingest};
 
 /// A fresh database: a new Postgres database, or a SQLite file in a temp dir.
-struct Db {
-    store: Store,
+pub(crate) struct Db {
+    /// The store on it.
+    pub(crate) store: Store,
     pg_name: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-async fn db(postgres: bool) -> Db {
+/// A fresh, migrated database: Postgres when `postgres`, else SQLite.
+pub(crate) async fn db(postgres: bool) -> Db {
     let dir = tempfile::tempdir().unwrap();
     if !postgres {
         let store = Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display())).await.unwrap();
@@ -40,7 +43,8 @@ async fn db(postgres: bool) -> Db {
 }
 
 impl Db {
-    async fn drop_pg(self) {
+    /// Drops the Postgres database (SQLite's goes with the temp dir).
+    pub(crate) async fn drop_pg(self) {
         self.store.pool.close().await;
         if let Some(name) = self.pg_name {
             let admin = Store::connect(PG_ADMIN).await.unwrap();
@@ -53,17 +57,18 @@ fn body(run: &str, lane: &str, seq: u64, prev: &str) -> ReceiptBody {
     ReceiptBody::example(RunId::new(run).unwrap(), Chain { lane: lane.into(), prev_hash: prev.into(), seq })
 }
 
-/// A signed chain of `n` receipts of `run` continuing after `(seq, prev)`.
-fn chain(key: &SigningKey, run: &str, after: u64, prev: &str, n: u64) -> (Vec<Value>, String) {
+/// `bodies` (of one run) as the next receipts of `key`'s lane after `(after, prev)`, in order,
+/// signed as one batch; and the new head hash.
+pub(crate) fn sign_chain(key: &SigningKey, bodies: Vec<ReceiptBody>, after: u64, prev: &str) -> (Vec<Value>, String) {
     let mut prev = prev.to_owned();
-    let mut bodies = Vec::new();
-    for seq in after + 1..=after + n {
-        let b = body(run, key.id(), seq, &prev);
+    let mut chained = Vec::new();
+    for (seq, mut b) in (after + 1..).zip(bodies) {
+        b.chain = Chain { lane: key.id().to_owned(), prev_hash: prev, seq };
         prev = hex(&b.hash().unwrap());
-        bodies.push(b);
+        chained.push(b);
     }
-    let hashes: Vec<_> = bodies.iter().map(|b| b.hash().unwrap()).collect();
-    let values = bodies
+    let hashes: Vec<_> = chained.iter().map(|b| b.hash().unwrap()).collect();
+    let values = chained
         .into_iter()
         .zip(key.sign_batch(&hashes))
         .map(|(body, signature)| serde_json::to_value(Receipt { body, signature }).unwrap())
@@ -71,7 +76,14 @@ fn chain(key: &SigningKey, run: &str, after: u64, prev: &str, n: u64) -> (Vec<Va
     (values, prev)
 }
 
-async fn register(store: &Store, key: &SigningKey, tenant: &str) {
+/// A signed chain of `n` receipts of `run` continuing after `(seq, prev)`.
+fn chain(key: &SigningKey, run: &str, after: u64, prev: &str, n: u64) -> (Vec<Value>, String) {
+    let bodies = (after + 1..=after + n).map(|seq| body(run, key.id(), seq, "")).collect();
+    sign_chain(key, bodies, after, prev)
+}
+
+/// Registers `key` as a receipt signer of `tenant`.
+pub(crate) async fn register(store: &Store, key: &SigningKey, tenant: &str) {
     store.put_key(key.id(), "ed25519", &URL_SAFE_NO_PAD.encode(key.public_key()), tenant).await.unwrap();
 }
 
@@ -195,4 +207,84 @@ async fn concurrent_ingest_of_one_lane_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_ingest_of_one_lane_postgres() {
     concurrent_ingest_of_one_lane(true).await;
+}
+
+/// Blobs are stored once under their address and read back; what the stored bytes hash to is
+/// computed from the bytes, so bytes altered in the database show.
+async fn seals_are_stored_once_and_hashed_on_read(postgres: bool) {
+    let db = db(postgres).await;
+    let s = &db.store;
+    let blob = b"{\"choices\":[]}".to_vec();
+    let address = hex(&fleetforge_trust::canonical::sha256(&blob));
+    assert!(s.put_seal(&address, &blob, "tenant-a").await.unwrap(), "new");
+    assert!(!s.put_seal(&address, b"other bytes", "tenant-b").await.unwrap(), "stored already: nothing changes");
+    let row = s.seal(&address).await.unwrap().unwrap();
+    assert_eq!((row.bytes.as_slice(), row.tenant.as_str()), (blob.as_slice(), "tenant-a"));
+    assert!(s.seal(&"0".repeat(64)).await.unwrap().is_none());
+    let empty = hex(&fleetforge_trust::canonical::sha256(b""));
+    assert!(s.put_seal(&empty, b"", "tenant-a").await.unwrap(), "an empty blob is a blob");
+    let missing = "f".repeat(64);
+    let digests = s.seal_digests(&[&address, &empty, &missing]).await.unwrap();
+    assert_eq!(digests.len(), 2, "only stored blobs: {digests:?}");
+    assert_eq!(digests[&address], address);
+    assert_eq!(digests[&empty], empty);
+    let tamper = match s.backend() {
+        super::Backend::Postgres => {
+            format!("UPDATE seals SET bytes = decode('00ff', 'hex') WHERE address = '{address}'")
+        }
+        super::Backend::Sqlite => format!("UPDATE seals SET bytes = X'00FF' WHERE address = '{address}'"),
+    };
+    s.execute_admin(&tamper).await.unwrap();
+    let digests = s.seal_digests(&[&address]).await.unwrap();
+    assert_eq!(digests[&address], hex(&fleetforge_trust::canonical::sha256(&[0x00, 0xff])));
+    db.drop_pg().await;
+}
+
+#[tokio::test]
+async fn seals_are_stored_once_and_hashed_on_read_sqlite() {
+    seals_are_stored_once_and_hashed_on_read(false).await;
+}
+
+#[tokio::test]
+async fn seals_are_stored_once_and_hashed_on_read_postgres() {
+    seals_are_stored_once_and_hashed_on_read(true).await;
+}
+
+/// The datasets receipts name land in `run_datasets` with the receipts, once each.
+async fn ingest_records_datasets(postgres: bool) {
+    let db = db(postgres).await;
+    let s = &db.store;
+    let (key, _) = SigningKey::generate().unwrap();
+    register(s, &key, "default").await;
+    let proxy = Principal { role: Role::Proxy, tenant: Some("default".into()) };
+    let (cache, keys) = (SignatureCache::default(), KeyCache::default());
+    let corpus = DatasetDigest { name: "corpus".into(), sha256: "ab".repeat(32), size: 1234 };
+    let faq = DatasetDigest { name: "faq".into(), sha256: "cd".repeat(32), size: 56 };
+    let mut bodies: Vec<ReceiptBody> = (1..=3).map(|seq| body("run-d", key.id(), seq, "")).collect();
+    bodies[0].datasets = vec![faq.clone(), corpus.clone()];
+    // The same dataset named twice in one batch is one row.
+    bodies[2].datasets = vec![corpus.clone()];
+    let (batch, head) = sign_chain(&key, bodies, 0, &genesis_hex("run-d", key.id()));
+    let r = ingest(s, &cache, &keys, &proxy, batch).await.unwrap();
+    assert_eq!(r.accepted, 3, "{r:?}");
+    assert_eq!(s.datasets("run-d").await.unwrap(), vec![corpus.clone(), faq.clone()], "by name");
+    // A later batch naming it again changes nothing; a new digest of the same name is a new row.
+    let corpus2 = DatasetDigest { sha256: "ef".repeat(32), size: 1300, ..corpus.clone() };
+    let mut later = body("run-d", key.id(), 4, "");
+    later.datasets = vec![corpus.clone(), corpus2.clone()];
+    let (batch, _) = sign_chain(&key, vec![later], 3, &head);
+    assert_eq!(ingest(s, &cache, &keys, &proxy, batch).await.unwrap().accepted, 1);
+    assert_eq!(s.datasets("run-d").await.unwrap(), vec![corpus, corpus2, faq]);
+    assert!(s.datasets("run-none").await.unwrap().is_empty());
+    db.drop_pg().await;
+}
+
+#[tokio::test]
+async fn ingest_records_datasets_sqlite() {
+    ingest_records_datasets(false).await;
+}
+
+#[tokio::test]
+async fn ingest_records_datasets_postgres() {
+    ingest_records_datasets(true).await;
 }
