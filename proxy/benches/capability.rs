@@ -108,6 +108,7 @@ fn bench(c: &mut Criterion) {
         base_path: String::new(),
         credentials: None,
         default_run: None,
+        seal: true,
     };
     let mut call = Call::new(&conn, Method::POST);
     call.path = "/v1/chat/completions".into();

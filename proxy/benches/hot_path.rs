@@ -86,6 +86,7 @@ fn conn_ctx() -> ConnCtx {
         base_path: String::new(),
         credentials: None,
         default_run: None,
+        seal: true,
     }
 }
 

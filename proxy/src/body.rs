@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -53,6 +54,9 @@ pin_project_lite::pin_project! {
         Live { #[pin] inner: Incoming },
         /// Recorded chunks served in order (`chunks`).
         Replayed { chunks: VecDeque<Bytes> },
+        /// Recorded chunks served at their recorded offsets (ms) from `start` (`sleep` waits
+        /// for the next one).
+        Timed { chunks: VecDeque<(Bytes, u64)>, start: std::time::Instant, sleep: Option<Pin<Box<tokio::time::Sleep>>> },
     }
 }
 
@@ -61,6 +65,7 @@ impl std::fmt::Debug for UpstreamBody {
         match self {
             UpstreamBody::Live { .. } => f.write_str("UpstreamBody::Live"),
             UpstreamBody::Replayed { chunks } => write!(f, "UpstreamBody::Replayed({} chunks)", chunks.len()),
+            UpstreamBody::Timed { chunks, .. } => write!(f, "UpstreamBody::Timed({} chunks)", chunks.len()),
         }
     }
 }
@@ -75,6 +80,15 @@ impl UpstreamBody {
     pub fn replayed(chunks: impl IntoIterator<Item = Bytes>) -> Self {
         UpstreamBody::Replayed { chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect() }
     }
+
+    /// A body that replays `chunks` at their offsets (ms from now), as they were recorded.
+    pub fn timed(chunks: impl IntoIterator<Item = (Bytes, u64)>) -> Self {
+        UpstreamBody::Timed {
+            chunks: chunks.into_iter().filter(|(c, _)| !c.is_empty()).collect(),
+            start: std::time::Instant::now(),
+            sleep: None,
+        }
+    }
 }
 
 impl Body for UpstreamBody {
@@ -85,6 +99,18 @@ impl Body for UpstreamBody {
         match self.project() {
             UpstreamBodyProj::Live { inner } => inner.poll_frame(cx),
             UpstreamBodyProj::Replayed { chunks } => Poll::Ready(chunks.pop_front().map(|c| Ok(Frame::data(c)))),
+            UpstreamBodyProj::Timed { chunks, start, sleep } => {
+                let Some((_, at)) = chunks.front() else { return Poll::Ready(None) };
+                let due = *start + std::time::Duration::from_millis(*at);
+                if due > std::time::Instant::now() {
+                    let timer = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due.into())));
+                    timer.as_mut().reset(due.into());
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Ready(chunks.pop_front().map(|(c, _)| Ok(Frame::data(c))))
+            }
         }
     }
 
@@ -92,6 +118,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Live { inner } => inner.is_end_stream(),
             UpstreamBody::Replayed { chunks } => chunks.is_empty(),
+            UpstreamBody::Timed { chunks, .. } => chunks.is_empty(),
         }
     }
 
@@ -99,6 +126,9 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Live { inner } => inner.size_hint(),
             UpstreamBody::Replayed { chunks } => SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum()),
+            UpstreamBody::Timed { chunks, .. } => {
+                SizeHint::with_exact(chunks.iter().map(|(c, _)| c.len() as u64).sum())
+            }
         }
     }
 }
@@ -132,6 +162,8 @@ pub struct Tap {
     cut: bool,
     /// Reads token usage from the body as received (LLM responses only).
     usage: Option<UsageReader>,
+    /// Keeps the chunks as received, for the call's seal.
+    recording: Option<Recording>,
     on_end: Option<OnEnd>,
     /// Data received and not yet passed on (see the module docs on coalescing).
     held: Vec<Bytes>,
@@ -154,9 +186,10 @@ impl std::fmt::Debug for Tap {
 }
 
 impl Tap {
-    fn new(on_end: OnEnd, rewrite: Option<Rewrite>, usage: Option<UsageReader>) -> Self {
+    fn new(on_end: OnEnd, rewrite: Option<Rewrite>, usage: Option<UsageReader>, recording: Option<Recording>) -> Self {
         Tap {
             usage,
+            recording,
             guard: None,
             cut: false,
             bytes: 0,
@@ -181,6 +214,9 @@ impl Tap {
         self.digest.update(&data);
         if let Some(usage) = &mut self.usage {
             usage.feed(&data);
+        }
+        if let Some(recording) = &mut self.recording {
+            recording.push(&data);
         }
         let data = match &mut self.rewrite {
             Some(rewrite) => rewrite(data),
@@ -236,6 +272,7 @@ impl Tap {
                 digest: sha,
                 usage: self.usage.as_ref().map(UsageReader::counts).filter(|c| !c.is_empty()),
                 truncated: self.cut,
+                recorded: self.recording.take().and_then(Recording::finish),
             };
             on_end(summary, outcome);
         }
@@ -294,10 +331,16 @@ impl ProxyBody {
         ProxyBody::Full { data: None }
     }
 
-    /// Streams `inner` to the client, each chunk through `rewrite` when given and read by `usage`
-    /// when given, and calls `on_end` when it ends.
-    pub fn tapped(inner: UpstreamBody, rewrite: Option<Rewrite>, usage: Option<UsageReader>, on_end: OnEnd) -> Self {
-        let mut tap = Tap::new(on_end, rewrite, usage);
+    /// Streams `inner` to the client, each chunk through `rewrite` when given, read by `usage`
+    /// when given and kept by `recording` when given, and calls `on_end` when it ends.
+    pub fn tapped(
+        inner: UpstreamBody,
+        rewrite: Option<Rewrite>,
+        usage: Option<UsageReader>,
+        recording: Option<Recording>,
+        on_end: OnEnd,
+    ) -> Self {
+        let mut tap = Tap::new(on_end, rewrite, usage, recording);
         if inner.is_end_stream() {
             // Nothing will be polled: the call is complete now.
             tap.end(Outcome::Completed);
@@ -403,6 +446,43 @@ impl Body for ProxyBody {
 impl From<ErrorBody> for ProxyBody {
     fn from(body: ErrorBody) -> Self {
         ProxyBody::full(body.0)
+    }
+}
+
+/// The chunks of a response body as they arrived, kept by the tap for its seal.
+#[derive(Debug)]
+pub struct Recording {
+    start: Instant,
+    chunks: Vec<(Bytes, u64)>,
+    bytes: u64,
+    max: u64,
+    overflow: bool,
+}
+
+impl Recording {
+    /// Starts recording now (the response head has arrived); at most `max` body bytes.
+    pub fn new(max: u64) -> Self {
+        Recording { start: Instant::now(), chunks: Vec::new(), bytes: 0, max, overflow: false }
+    }
+
+    /// Keeps one chunk (a reference-counted slice: no copy).
+    pub fn push(&mut self, data: &Bytes) {
+        if self.overflow {
+            return;
+        }
+        self.bytes += data.len() as u64;
+        if self.bytes > self.max {
+            self.overflow = true;
+            self.chunks = Vec::new();
+            return;
+        }
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.chunks.push((data.clone(), ms));
+    }
+
+    /// The chunks with their offsets (ms), or `None` when the body was over the limit.
+    pub fn finish(self) -> Option<Vec<(Bytes, u64)>> {
+        (!self.overflow).then_some(self.chunks)
     }
 }
 

@@ -110,6 +110,8 @@ pub struct SidecarConfig {
     pub upstream: UpstreamBase,
     /// Run to charge calls to when the request names none.
     pub default_run: Option<RunId>,
+    /// Seal the calls on this listener (`[[sidecar]] seal`, default true).
+    pub seal: bool,
 }
 
 /// The scheme, authority and optional path prefix of a sidecar's upstream.
@@ -211,6 +213,66 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Budget enforcement and default budgets.
     pub budget: BudgetConfig,
+    /// Sealing request and response bodies for replay.
+    pub seal: SealConfig,
+    /// Replay mode (`FLEETFORGE_REPLAY`): serve a recorded run's sealed responses.
+    pub replay: Option<ReplayConfig>,
+    /// Datasets whose SHA-256 digests are recorded on every run this proxy serves.
+    pub datasets: Vec<Dataset>,
+}
+
+/// Sealing (`[proxy.seal]`): request and response bodies kept content-addressed under
+/// `$FLEETFORGE_HOME/seals/` and shipped to control, so a run can be replayed ([`crate::seal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealConfig {
+    /// Seal calls at all (`FLEETFORGE_SEAL`, default true; needs receipts on).
+    pub enabled: bool,
+    /// Seal the calls on the forward listener (`proxy.seal.forward`, default true; sidecars have
+    /// their own `seal`).
+    pub forward: bool,
+    /// JSON pointers of request members replaced by `"[redacted]"` before a body is sealed.
+    pub redact: Vec<String>,
+    /// What the replay key includes: headers, and body members left out.
+    pub key: fleetforge_trust::key::KeyRules,
+    /// Bodies larger than this (request or response) are not sealed (default 32 MiB).
+    pub max_body: u64,
+}
+
+impl Default for SealConfig {
+    /// Sealing on everywhere, nothing redacted, the default key, bodies up to 32 MiB.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            forward: true,
+            redact: Vec::new(),
+            key: fleetforge_trust::key::KeyRules::default(),
+            max_body: 32 << 20,
+        }
+    }
+}
+
+/// Replay mode: which run, how strictly, at what pace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayConfig {
+    /// The recorded run.
+    pub run: RunId,
+    /// Strict: a request with no sealed response is refused with 599 `replay_miss`, and nothing
+    /// is ever sent upstream; otherwise a miss is forwarded and recorded.
+    pub strict: bool,
+    /// Re-emit stream chunks at their recorded offsets (`FLEETFORGE_REPLAY_TIMING=recorded`)
+    /// rather than as fast as the client reads (`fast`, the default).
+    pub recorded_timing: bool,
+    /// Where to look for sealed bodies before asking control (default `$FLEETFORGE_HOME/seals`).
+    pub local_seals: Option<PathBuf>,
+}
+
+/// A dataset the agent's run depends on (`[[dataset]] name, path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    /// Its name.
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
 }
 
 /// Budgets (`[proxy.budget]`): how the meter phase enforces a run's budget, and the budgets of
@@ -318,6 +380,8 @@ pub struct ConfigFile {
     pub sidecar: Vec<FileSidecar>,
     /// `[control]`: the control service's settings (validated by `fleetforge-control`).
     pub control: Option<toml::Table>,
+    /// Top-level `[[dataset]]` tables (`[[proxy.dataset]]` is the same).
+    pub dataset: Vec<FileDataset>,
 }
 
 /// `[proxy]`. Every key is optional; see [`Config`] for the meaning of each.
@@ -356,6 +420,52 @@ pub struct FileConfig {
     pub usage: FileUsage,
     /// Budgets.
     pub budget: FileBudget,
+    /// Sealing.
+    pub seal: FileSeal,
+    /// Replay mode.
+    pub replay: FileReplay,
+    /// Datasets (`[[proxy.dataset]]`).
+    pub dataset: Vec<FileDataset>,
+}
+
+/// `[proxy.seal]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSeal {
+    /// Seal calls (`FLEETFORGE_SEAL`, default true).
+    pub enabled: Option<bool>,
+    /// Seal calls on the forward listener (default true).
+    pub forward: Option<bool>,
+    /// JSON pointers redacted before sealing, e.g. `["/user", "/metadata/email"]`.
+    pub redact: Option<Vec<String>>,
+    /// JSON pointers left out of the replay key, e.g. `["/metadata/request_id"]`.
+    pub key_exclude: Option<Vec<String>>,
+    /// Request headers added to the key, beyond content-type and the API-version headers.
+    pub key_headers: Option<Vec<String>>,
+    /// Largest body sealed, e.g. `"32MiB"`.
+    pub max_body: Option<String>,
+}
+
+/// `[proxy.replay]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileReplay {
+    /// The run to replay (`FLEETFORGE_REPLAY=RUN[:strict]`).
+    pub run: Option<String>,
+    /// Refuse misses (default false; `RUN:strict` in the variable).
+    pub strict: Option<bool>,
+    /// `fast` (default) or `recorded` (`FLEETFORGE_REPLAY_TIMING`).
+    pub timing: Option<String>,
+}
+
+/// `[[dataset]]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDataset {
+    /// Name, e.g. `"eval-questions"`.
+    pub name: String,
+    /// File path (relative to the working directory).
+    pub path: PathBuf,
 }
 
 /// `[proxy.budget]`
@@ -552,6 +662,9 @@ pub struct FileSidecar {
     /// Run for calls on this listener that name none.
     #[serde(default)]
     pub default_run: Option<String>,
+    /// Seal the calls on this listener (default true).
+    #[serde(default)]
+    pub seal: Option<bool>,
 }
 
 /// Values given on the command line; they win over everything else.
@@ -914,6 +1027,33 @@ impl Builder<'_> {
                 fsync: r.fsync.unwrap_or(true),
             }
         };
+        let seal = self.seal(&raw.seal, receipts.enabled)?;
+        let replay = self.replay(&raw.replay)?;
+        let datasets = file
+            .dataset
+            .into_iter()
+            .chain(raw.dataset)
+            .enumerate()
+            .map(|(i, d)| {
+                if d.name.trim().is_empty() {
+                    return Err(value_error(
+                        &format!("dataset[{i}].name"),
+                        &d.name,
+                        self.file_origin.clone(),
+                        "give the dataset a name",
+                    ));
+                }
+                if !d.path.is_file() {
+                    return Err(value_error(
+                        &format!("dataset[{i}].path"),
+                        &d.path.display().to_string(),
+                        self.file_origin.clone(),
+                        "no such file; give the path of the dataset file (relative to the working directory)",
+                    ));
+                }
+                Ok(Dataset { name: d.name, path: d.path })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let control_url = {
             let given = self.env("FLEETFORGE_CONTROL_URL").or_else(|| self.file(raw.control.url.clone()));
             let Given { value, origin } =
@@ -1038,7 +1178,8 @@ impl Builder<'_> {
                             "expected LISTEN=UPSTREAM_URL, e.g. 127.0.0.1:15001=https://api.openai.com",
                         )
                     })?;
-                    let raw = FileSidecar { listen: listen.into(), upstream: upstream.into(), default_run: None };
+                    let raw =
+                        FileSidecar { listen: listen.into(), upstream: upstream.into(), default_run: None, seal: None };
                     self.sidecar(&format!("proxy.sidecar[{i}]"), raw, Origin::Flag("--sidecar"))
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -1075,9 +1216,89 @@ impl Builder<'_> {
             capabilities,
             policy,
             budget,
+            seal,
+            replay,
+            datasets,
         };
         check_distinct_listeners(&config)?;
         Ok(config)
+    }
+
+    /// `[proxy.seal]`, with `FLEETFORGE_SEAL`.
+    fn seal(&self, raw: &FileSeal, receipts: bool) -> Result<SealConfig, ConfigError> {
+        let enabled = match self.env("FLEETFORGE_SEAL") {
+            Some(g) => parse_bool("proxy.seal.enabled", g)?,
+            None => raw.enabled.unwrap_or(true),
+        };
+        let pointers = |key: &str, list: &Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+            let list = list.clone().unwrap_or_default();
+            for p in &list {
+                fleetforge_trust::key::parse_pointer(p)
+                    .map_err(|e| value_error(key, p, self.file_origin.clone(), &e.to_string()))?;
+            }
+            Ok(list)
+        };
+        let mut key = fleetforge_trust::key::KeyRules {
+            exclude: pointers("proxy.seal.key_exclude", &raw.key_exclude)?,
+            ..fleetforge_trust::key::KeyRules::default()
+        };
+        for h in raw.key_headers.clone().unwrap_or_default() {
+            let name = h.trim().to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(value_error("proxy.seal.key_headers", &h, self.file_origin.clone(), "not a header name"));
+            }
+            if crate::headers::is_secret_header(&name) {
+                return Err(value_error(
+                    "proxy.seal.key_headers",
+                    &h,
+                    self.file_origin.clone(),
+                    "credentials, cookies and SDK retry headers never go into a replay key",
+                ));
+            }
+            if !key.headers.contains(&name) {
+                key.headers.push(name);
+            }
+        }
+        let max_body = match self.file(raw.max_body.clone()) {
+            Some(g) => parse_size("proxy.seal.max_body", g)?,
+            None => 32 << 20,
+        };
+        Ok(SealConfig {
+            enabled: enabled && receipts,
+            forward: raw.forward.unwrap_or(true),
+            redact: pointers("proxy.seal.redact", &raw.redact)?,
+            key,
+            max_body,
+        })
+    }
+
+    /// `[proxy.replay]`, with `FLEETFORGE_REPLAY` and `FLEETFORGE_REPLAY_TIMING`.
+    fn replay(&self, raw: &FileReplay) -> Result<Option<ReplayConfig>, ConfigError> {
+        let given = self.env("FLEETFORGE_REPLAY").or_else(|| self.file(raw.run.clone()));
+        let Some(Given { value, origin }) = given else { return Ok(None) };
+        let (run, strict) = match value.trim().rsplit_once(':') {
+            Some((run, "strict")) => (run.to_owned(), true),
+            Some(_) => {
+                return Err(value_error(
+                    "proxy.replay.run",
+                    &value,
+                    origin,
+                    "expected RUN_ID or RUN_ID:strict (FLEETFORGE_REPLAY)",
+                ));
+            }
+            None => (value.trim().to_owned(), raw.strict.unwrap_or(false)),
+        };
+        let run = parse_run("proxy.replay.run", Given { value: run, origin })?;
+        let timing = self.env("FLEETFORGE_REPLAY_TIMING").or_else(|| self.file(raw.timing.clone()));
+        let recorded_timing = match timing {
+            None => false,
+            Some(g) => match g.value.trim() {
+                "fast" => false,
+                "recorded" => true,
+                _ => return Err(value_error("proxy.replay.timing", &g.value, g.origin, "expected fast or recorded")),
+            },
+        };
+        Ok(Some(ReplayConfig { run, strict, recorded_timing, local_seals: None }))
     }
 
     /// One sidecar entry; `key` is its table path, e.g. `sidecar[0]` or `proxy.sidecar[1]`.
@@ -1090,7 +1311,7 @@ impl Builder<'_> {
             .default_run
             .map(|value| parse_run(&format!("{key}.default_run"), Given { value, origin }))
             .transpose()?;
-        Ok(SidecarConfig { listen, upstream, default_run })
+        Ok(SidecarConfig { listen, upstream, default_run, seal: raw.seal.unwrap_or(true) })
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use fleetforge_trust::receipt::Usage;
 use fleetforge_trust::{ReceiptId, RunId};
 use http::uri::{Authority, Scheme};
@@ -46,6 +47,44 @@ pub struct Grant {
 
 pub use crate::budget::Reservation;
 
+/// What the forward phase sealed of a request, carried by the call until it is written down.
+#[derive(Debug, Clone)]
+pub struct SealedRequest {
+    /// The replay key.
+    pub key: [u8; 32],
+    /// The request body as sealed (redactions applied), and its address; `None` without a body.
+    pub blob: Option<([u8; 32], Bytes)>,
+    /// JSON pointers that were redacted.
+    pub redacted: Vec<String>,
+    /// `content-type` and `content-encoding` of the upstream's response, set when it arrives.
+    pub response_headers: Vec<(String, String)>,
+    /// Keep the response too (false: only the key goes into the receipt).
+    pub keep: bool,
+    /// On a replayed call: the address of the envelope it was served from (nothing new to keep).
+    pub replayed_meta: Option<String>,
+    /// Credential values the request carried, which no sealed body may hold.
+    pub secrets: SecretValues,
+}
+
+/// Credential values a request carried; `Debug` shows only how many.
+#[derive(Clone, Default)]
+pub struct SecretValues(pub Vec<Bytes>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} credential values redacted]", self.0.len())
+    }
+}
+
+/// What the seal store was given of a finished call ([`crate::seal::keep`]), for the receipt.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// Address (hex) of the request body, when there was one.
+    pub request_blob: Option<String>,
+    /// Address (hex) of the response envelope.
+    pub response_meta: String,
+}
+
 /// What the tap saw of a response body by the time it ended.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -59,6 +98,9 @@ pub struct Summary {
     pub usage: Option<crate::usage::Counts>,
     /// The stream guard ended the body because it would have run past the call's reservation.
     pub truncated: bool,
+    /// The body's chunks as received with their offsets (ms), when the call is sealed and the
+    /// body was within the seal limit.
+    pub recorded: Option<Vec<(bytes::Bytes, u64)>>,
 }
 
 /// Where a call goes: scheme, host and port of the upstream.
@@ -151,6 +193,8 @@ pub struct ConnCtx {
     pub credentials: Option<Credentials>,
     /// The listener's default run.
     pub default_run: Option<RunId>,
+    /// Seal the calls on this connection (`[proxy.seal] forward`, `[[sidecar]] seal`).
+    pub seal: bool,
 }
 
 /// Where the run identity of a call came from.
@@ -239,6 +283,14 @@ pub struct Call {
     pub truncated: bool,
     /// What policy decided, for the receipt.
     pub decided: Decided,
+    /// The listener seals its calls.
+    pub sealing: bool,
+    /// The request's key and sealed body, when the call is sealed or replayed.
+    pub seal: Option<SealedRequest>,
+    /// What the seal store was given of the finished call.
+    pub kept: Option<Kept>,
+    /// The receipt's `replay` part, on a replaying proxy.
+    pub replay: Option<fleetforge_trust::receipt::Replay>,
 }
 
 /// What the policy packs decided about a call.
@@ -283,6 +335,10 @@ impl Call {
             strip_usage: false,
             truncated: false,
             decided: Decided::default(),
+            sealing: conn.seal,
+            seal: None,
+            kept: None,
+            replay: None,
         }
     }
 
@@ -304,8 +360,8 @@ impl Call {
         self.target.as_ref().and_then(|t| crate::facts::provider(&t.host, &self.path))
     }
 
-    /// Takes in what the tap saw of the response body.
-    pub fn absorb(&mut self, summary: Summary) {
+    /// Takes in what the tap saw of the response body; returns the recorded chunks, if any.
+    pub fn absorb(&mut self, summary: Summary) -> Option<Vec<(bytes::Bytes, u64)>> {
         self.response_bytes = summary.client_bytes;
         self.response_digest = Some(summary.digest);
         self.truncated = summary.truncated;
@@ -318,6 +374,7 @@ impl Call {
             provider: self.provider().map(str::to_owned),
             reasoning_tokens: c.reasoning_tokens,
         });
+        summary.recorded
     }
 }
 

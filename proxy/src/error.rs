@@ -74,6 +74,17 @@ pub enum ErrorKind {
     Internal,
     /// The receipt spool is full and the proxy fails closed (503 `spool_full`).
     SpoolFull,
+    /// Strict replay found no sealed response for the request (599 `replay_miss`).
+    ReplayMiss(Box<ReplayMissed>),
+}
+
+/// What a strict replay miss tells the agent: the closest sealed request, and how it differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayMissed {
+    /// Receipt id of the most similar sealed request of the recorded run.
+    pub closest: Option<String>,
+    /// JSON paths where the request differs from that one, both values shortened.
+    pub diff: Vec<fleetforge_trust::key::Difference>,
 }
 
 impl ErrorKind {
@@ -90,6 +101,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             ErrorKind::SpoolFull => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
+            ErrorKind::ReplayMiss(_) => (replay_miss_status(), "replay_miss"),
         }
     }
 
@@ -134,6 +146,13 @@ struct Fields<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     receipt_id: Option<&'a str>,
     reasons: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    miss: Option<&'a ReplayMissed>,
+}
+
+/// The contract's status for a strict replay miss.
+fn replay_miss_status() -> StatusCode {
+    StatusCode::from_u16(599).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl ProxyError {
@@ -154,8 +173,13 @@ impl ProxyError {
     /// rejected `CONNECT` has none of its own).
     pub fn to_response(&self, receipt_id: Option<&str>) -> Response<ErrorBody> {
         let (status, kind) = self.kind.status_and_type();
-        let body =
-            Envelope { error: Fields { kind, code: kind, message: &self.message, receipt_id, reasons: &self.reasons } };
+        let miss = match &self.kind {
+            ErrorKind::ReplayMiss(m) => Some(&**m),
+            _ => None,
+        };
+        let body = Envelope {
+            error: Fields { kind, code: kind, message: &self.message, receipt_id, reasons: &self.reasons, miss },
+        };
         // Serializing a struct of strings cannot fail; fall back to a fixed body rather than panic.
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"type":"internal_error"}}"#.to_vec());
         let mut response = Response::new(ErrorBody(Bytes::from(bytes)));

@@ -143,6 +143,14 @@ fn target(conn: &ConnCtx, call: &mut Call, req: &Request<Incoming>) -> Result<Ta
 /// added, the body under a tap that finishes the call when it ends.
 fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) -> Response<ProxyBody> {
     let (mut parts, body) = upstream.into_parts();
+    // A sealed call keeps the response as the upstream sent it (a replayed one was kept already).
+    let recording = match call.seal.as_mut() {
+        Some(seal) if seal.keep && seal.replayed_meta.is_none() && proxy.seals.is_some() => {
+            seal.response_headers = crate::seal::response_headers(&parts.headers);
+            Some(crate::body::Recording::new(proxy.config.seal.max_body))
+        }
+        _ => None,
+    };
     // The upstream's HTTP version is its hop's; the client gets its own connection's version.
     parts.version = call.version;
     crate::headers::strip_hop_by_hop(&mut parts.headers);
@@ -160,10 +168,11 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
         body,
         rewrite,
         usage,
+        recording,
         Box::new(move |summary, outcome| {
             let mut call = call;
-            call.absorb(summary);
-            finish(&proxy, call, outcome);
+            let recorded = call.absorb(summary);
+            finish(&proxy, call, outcome, recorded);
         }),
     )
     .guarded(guard);
@@ -180,7 +189,7 @@ fn fail(proxy: &Proxy, mut call: Call, err: ProxyError) -> Response<ProxyBody> {
     if has_receipt {
         stamp(&call, response.headers_mut());
     }
-    finish(proxy, call, Outcome::Failed(err));
+    finish(proxy, call, Outcome::Failed(err), None);
     response
 }
 
@@ -196,9 +205,13 @@ fn stamp(call: &Call, headers: &mut HeaderMap) {
     }
 }
 
-/// Phases 5 and 6, run exactly once per call whichever way it ended.
-fn finish(proxy: &Proxy, mut call: Call, outcome: Outcome) {
+/// Phases 5 and 6, run exactly once per call whichever way it ended. A completed call's sealed
+/// bodies go to the seal store before its receipt is written, so the receipt can name them.
+fn finish(proxy: &Proxy, mut call: Call, outcome: Outcome, recorded: Option<Vec<(bytes::Bytes, u64)>>) {
     settle::settle(proxy, &mut call, &outcome);
+    if matches!(outcome, Outcome::Completed) {
+        crate::seal::keep(proxy.seals.as_deref(), &mut call, recorded);
+    }
     record::record(proxy, &call, &outcome);
 }
 
@@ -273,6 +286,7 @@ async fn tunnel(
         base_path: String::new(),
         credentials,
         default_run: None,
+        seal: conn.seal,
     };
     call.target = Some(target.clone());
     let admitted = if ctx.credentials.is_none() && proxy.config.require_credentials {
@@ -293,6 +307,18 @@ async fn tunnel(
     // Not intercepted: this tunnel is one call. Identify it and connect before answering, so
     // DNS failures and private destinations are answered on the CONNECT itself.
     identify::identify(proxy, &ctx, call, req.headers())?;
+    // A strict replay opens no connection: a tunnel has no sealed responses to serve.
+    if let Some(replayer) = proxy.replayer.as_ref().filter(|r| r.strict) {
+        return Err(ProxyError::new(
+            ErrorKind::ReplayMiss(Box::new(crate::error::ReplayMissed { closest: None, diff: Vec::new() })),
+            Phase::Forward,
+            Side::Agent,
+            format!(
+                "strict replay of run {}: {}:{} is not intercepted (FLEETFORGE_INTERCEPT), so it has no sealed calls; nothing was sent upstream",
+                replayer.run, target.host, target.port
+            ),
+        ));
+    }
     authorize::authorize(proxy, call, Subject::Tunnel).await?;
     let upstream =
         proxy.egress.connect(&target.host, target.port).await.map_err(|e| upstream::classify(&e, &target))?;
@@ -331,10 +357,10 @@ pub async fn relay(proxy: &Proxy, tunnel: Box<Tunnel>, mut client: ClientIo) {
         Ok(_) => Outcome::Completed,
         Err(e) => Outcome::UpstreamAborted(e.to_string()),
     };
-    finish(proxy, call, outcome);
+    finish(proxy, call, outcome, None);
 }
 
 /// Ends a tunnel [`connect`] allowed whose client left before it opened: recorded as gone.
 pub fn abandon(proxy: &Proxy, tunnel: Box<Tunnel>) {
-    finish(proxy, tunnel.call, Outcome::ClientGone);
+    finish(proxy, tunnel.call, Outcome::ClientGone, None);
 }

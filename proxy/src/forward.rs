@@ -10,21 +10,38 @@
 //! when the destination resolves to a private address (checked at connect time, see
 //! [`crate::upstream`]).
 //!
-//! Sealing (request digest, content-addressed body) runs here, before the request leaves.
+//! Sealing runs here, before the request leaves: the digest of the body as sent, and — when the
+//! listener seals or the proxy replays — the request's replay key and sealed body, from the
+//! request as the agent sent it ([`crate::seal::seal_request`]). In replay mode
+//! ([`crate::replay`]) a request whose key has a recorded response is answered with it and never
+//! leaves; a miss is refused with 599 `replay_miss` in strict mode (nothing ever leaves a strict
+//! replay) and forwarded otherwise.
 
+use fleetforge_trust::receipt::Replay;
 use http::{Request, Response, Uri, Version};
 use http_body_util::Full;
 
 use crate::body::UpstreamBody;
 use crate::context::Call;
-use crate::error::{ErrorKind, Phase, ProxyError, Side};
+use crate::error::{ErrorKind, Phase, ProxyError, ReplayMissed, Side};
 use crate::headers;
 use crate::outbound::Outbound;
+use crate::replay::Replayer;
 use crate::state::Proxy;
 use crate::upstream;
 
 /// Sends the call upstream; see the module docs for what the result means.
 pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Result<Response<UpstreamBody>, ProxyError> {
+    let keep = call.sealing && proxy.seals.is_some();
+    if keep || proxy.replayer.is_some() {
+        call.seal =
+            crate::seal::seal_request(&proxy.config.seal, call, &request.parts.headers, request.original(), keep);
+    }
+    if let Some(replayer) = &proxy.replayer
+        && let Some(response) = replay(replayer, call, request.original())?
+    {
+        return Ok(response);
+    }
     let body = request.bytes().clone();
     let mut parts = request.parts;
     // Seal: the digest of exactly the bytes the upstream will receive.
@@ -70,4 +87,51 @@ pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Resul
             ),
         )),
     }
+}
+
+/// Serves the call from the recorded run when its key has a response left; refuses a miss in
+/// strict mode; `None` sends it upstream.
+fn replay(replayer: &Replayer, call: &mut Call, body: &[u8]) -> Result<Option<Response<UpstreamBody>>, ProxyError> {
+    let mut part = Replay {
+        closest: None,
+        of: None,
+        of_run: replayer.run.clone(),
+        original_ended_at: None,
+        original_started_at: None,
+        strict: replayer.strict,
+    };
+    if let Some(sealed) = call.seal.as_ref().and_then(|s| replayer.take(&s.key)) {
+        part.of = Some(sealed.receipt);
+        part.original_started_at = Some(sealed.started_at.clone());
+        part.original_ended_at = Some(sealed.ended_at.clone());
+        call.replay = Some(part);
+        if let Some(seal) = &mut call.seal {
+            seal.replayed_meta = Some(sealed.meta_address.clone());
+        }
+        return Ok(Some(replayer.serve(&sealed)));
+    }
+    let host = call.target.as_ref().map_or("", |t| t.host.as_str());
+    let (closest, diff) = replayer.closest(call.method.as_str(), host, &call.path, body);
+    part.closest = closest;
+    call.replay = Some(part);
+    if !replayer.strict {
+        return Ok(None);
+    }
+    let closest = closest.map(|c| c.to_string());
+    let message = match &closest {
+        Some(c) => format!(
+            "strict replay of run {}: no sealed response left for this request; the closest sealed request is receipt {c} (see diff); nothing was sent upstream",
+            replayer.run
+        ),
+        None => format!(
+            "strict replay of run {}: no sealed response for this request; nothing was sent upstream",
+            replayer.run
+        ),
+    };
+    Err(ProxyError::new(
+        ErrorKind::ReplayMiss(Box::new(ReplayMissed { closest, diff })),
+        Phase::Forward,
+        Side::Agent,
+        message,
+    ))
 }

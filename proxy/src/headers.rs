@@ -23,6 +23,30 @@ pub const X_STEP: HeaderName = HeaderName::from_static("x-fleetforge-step");
 pub const X_CAPABILITY: HeaderName = HeaderName::from_static("x-fleetforge-capability");
 /// `x-fleetforge-receipt`: receipt id (response only).
 pub const X_RECEIPT: HeaderName = HeaderName::from_static("x-fleetforge-receipt");
+/// `x-fleetforge-virtual-time`: on a replayed response, when the original call started (RFC 3339).
+pub const X_VIRTUAL_TIME: HeaderName = HeaderName::from_static("x-fleetforge-virtual-time");
+
+/// Whether a request header is one that never goes into a seal or a key: credentials, cookies,
+/// SDK retry and runtime headers, idempotency keys, user agent, date, and FleetForge's own.
+pub fn is_secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "set-cookie"
+            | "x-api-key"
+            | "api-key"
+            | "x-goog-api-key"
+            | "idempotency-key"
+            | "user-agent"
+            | "date"
+    ) || name.starts_with("x-stainless-")
+        || name.starts_with("x-fleetforge-")
+        || name.contains("token")
+        || name.contains("secret")
+}
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");

@@ -23,6 +23,8 @@ pub struct Outbound {
     pub parts: Parts,
     /// The body.
     pub body: OutboundBody,
+    /// The body as the agent sent it (obligations do not change it): what a seal keeps.
+    original: Bytes,
 }
 
 /// A request body, before and after it is read.
@@ -37,12 +39,12 @@ pub enum OutboundBody {
 impl Outbound {
     /// A request whose body has not been read.
     pub fn new(parts: Parts, body: Incoming) -> Self {
-        Self { parts, body: OutboundBody::Unread(body) }
+        Self { parts, body: OutboundBody::Unread(body), original: Bytes::new() }
     }
 
     /// A request with its body in hand.
     pub fn read(parts: Parts, body: Bytes) -> Self {
-        Self { parts, body: OutboundBody::Read(body) }
+        Self { parts, original: body.clone(), body: OutboundBody::Read(body) }
     }
 
     /// The body, once read (empty before).
@@ -60,10 +62,19 @@ impl Outbound {
     pub async fn read_body(&mut self, max: u64, timeout: Duration) -> Result<(), ProxyError> {
         let taken = std::mem::replace(&mut self.body, OutboundBody::Read(Bytes::new()));
         self.body = match taken {
-            OutboundBody::Unread(body) => OutboundBody::Read(read(&self.parts.headers, body, max, timeout).await?),
+            OutboundBody::Unread(body) => {
+                let body = read(&self.parts.headers, body, max, timeout).await?;
+                self.original = body.clone();
+                OutboundBody::Read(body)
+            }
             read => read,
         };
         Ok(())
+    }
+
+    /// The body as the agent sent it, before any obligation changed it (empty before it is read).
+    pub fn original(&self) -> &Bytes {
+        &self.original
     }
 
     /// Replaces the body (an obligation changed it), keeping `Content-Length` right.

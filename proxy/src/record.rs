@@ -10,6 +10,7 @@
 
 use std::time::SystemTime;
 
+use fleetforge_trust::key::KEY_VERSION;
 use fleetforge_trust::receipt::{Capability, Chain, Decision, ErrorInfo, ReceiptBody, SCHEMA, Seal, Upstream};
 use fleetforge_trust::text::{hex, redact_path, rfc3339_micros as rfc3339};
 
@@ -62,7 +63,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
             CallKind::Tunnel => "tunnel".into(),
         },
         outcome: outcome_str(outcome).into(),
-        replay: None,
+        replay: call.replay.clone(),
         run,
         schema: SCHEMA.into(),
         seal: Seal {
@@ -71,7 +72,14 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
             response_bytes: call.response_bytes,
             response_digest: call.response_digest.map(|d| hex(&d)),
             status: call.status.map(|s| s.as_u16()),
-            ..Seal::default()
+            key: call.seal.as_ref().map(|s| hex(&s.key)),
+            key_version: call.seal.as_ref().map(|_| KEY_VERSION.to_owned()),
+            redacted: match (&call.seal, &call.kept) {
+                (Some(s), Some(_)) => s.redacted.clone(),
+                _ => Vec::new(),
+            },
+            request_blob: call.kept.as_ref().and_then(|k| k.request_blob.clone()),
+            response_meta: call.kept.as_ref().map(|k| k.response_meta.clone()),
         },
         started_at: rfc3339(call.started_at),
         step: call.identity.as_ref().map_or(0, |i| i.step),
@@ -100,7 +108,16 @@ pub fn record(proxy: &Proxy, call: &Call, outcome: &Outcome) {
     let refused_unrecordable = matches!(outcome, Outcome::Failed(e) if e.kind == ErrorKind::SpoolFull);
     if let Some(spool) = proxy.spool.as_ref().filter(|_| !refused_unrecordable) {
         let run = call.run().cloned().unwrap_or_else(|| proxy.anonymous_run.clone());
-        let written = spool.append(run.as_str(), |chain| receipt_body(call, outcome, chain, run.clone()));
+        // A run's first receipt on this proxy names the datasets it was served with.
+        let datasets = match &call.ledger {
+            Some(ledger) if !proxy.datasets.is_empty() && ledger.first_receipt() => proxy.datasets.clone(),
+            _ => Vec::new(),
+        };
+        let written = spool.append(run.as_str(), |chain| {
+            let mut body = receipt_body(call, outcome, chain, run.clone());
+            body.datasets = datasets;
+            body
+        });
         match written {
             Ok(()) => proxy.metrics.receipt_recorded(),
             Err(e) => {

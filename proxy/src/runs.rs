@@ -44,6 +44,8 @@ pub struct RunLedger {
     pub lease: tokio::sync::Mutex<()>,
     /// Calls of the run waiting for, or holding, the lease lock.
     pub lease_waiting: AtomicU64,
+    /// A receipt of the run has been written on this proxy (the first names the datasets).
+    receipted: std::sync::atomic::AtomicBool,
 }
 
 /// The part of a ledger that changes together.
@@ -97,6 +99,7 @@ impl RunLedger {
             rate: crate::rate::RateGate::default(),
             lease: tokio::sync::Mutex::new(()),
             lease_waiting: AtomicU64::new(0),
+            receipted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -153,6 +156,11 @@ impl RunLedger {
     /// Ends a call of this run (it started with [`Runs::begin`]).
     pub fn end_call(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether this is the first time it is asked: true once per run on this proxy.
+    pub fn first_receipt(&self) -> bool {
+        !self.receipted.swap(true, Ordering::Relaxed)
     }
 
     /// Calls of this run in flight.

@@ -10,6 +10,10 @@
 //!   backoff (100 ms doubling to 30 s); nothing is acknowledged until control has answered, so
 //!   delivery is at least once and control's idempotent ingest makes it exactly once.
 //!
+//! Sealed bodies ([`crate::seal`]) travel the same way: before each batch of receipts the shipper
+//! waits for the seal store's writer and puts every pending blob on control
+//! (`PUT /v1/seals/{sha256}`), so a receipt never reaches control before the blobs it names.
+//!
 //! Without `FLEETFORGE_CONTROL_TOKEN` the shipper does not start: receipts stay in the spool
 //! (bounded by its size limit) until a proxy with a token ships them.
 
@@ -30,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, ShipResult};
+use crate::seal::SealStore;
 use crate::spool::{Shippable, Spool};
 use fleetforge_trust::Secret;
 use fleetforge_trust::wire::{IngestResponse, ItemResult, ItemStatus, ReceiptBatch};
@@ -57,6 +62,7 @@ pub fn start(
     control_url: Uri,
     token: Option<Secret>,
     tls: rustls::ClientConfig,
+    seals: Option<Arc<SealStore>>,
 ) -> std::io::Result<Background> {
     let (stop, stop_rx) = watch::channel(false);
     let sealer = {
@@ -91,7 +97,7 @@ pub fn start(
                         .enable_http1()
                         .build(),
                 );
-            let shipper = Shipper { spool, metrics, base: control_url, token, client };
+            let shipper = Shipper { spool, metrics, base: control_url, token, client, seals };
             Some(std::thread::Builder::new().name("fleetforge-shipper".into()).spawn(move || {
                 runtime.block_on(shipper.run(stop_rx));
             })?)
@@ -124,6 +130,7 @@ struct Shipper {
     base: Uri,
     token: Secret,
     client: ControlClient,
+    seals: Option<Arc<SealStore>>,
 }
 
 /// What one attempt to reach control came to.
@@ -144,11 +151,15 @@ impl Shipper {
     }
 
     async fn send(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Bytes, Failure> {
+        self.send_as(method, path, "application/json", body).await
+    }
+
+    async fn send_as(&self, method: Method, path: &str, content_type: &str, body: Vec<u8>) -> Result<Bytes, Failure> {
         let request = Request::builder()
             .method(method)
             .uri(self.url(path)?)
             .header(AUTHORIZATION, format!("Bearer {}", self.token.expose()))
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Failure::Operator(e.to_string()))?;
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
@@ -221,6 +232,34 @@ impl Shipper {
         self.spool.ack(acked).map_err(|e| Failure::Operator(e.to_string()))
     }
 
+    /// Puts every blob the seal store has written and control does not hold yet on control.
+    async fn ship_seals(&self) -> Result<(), Failure> {
+        let Some(seals) = &self.seals else { return Ok(()) };
+        seals.flush().await;
+        let pending = seals.pending();
+        let mut shipped = Vec::with_capacity(pending.len());
+        let mut result = Ok(());
+        for address in pending {
+            let Some(bytes) = seals.read(&address) else {
+                tracing::error!(address = %address, "a sealed body is missing or damaged in seals/ and cannot be shipped; the call it belongs to cannot be replayed");
+                shipped.push(address);
+                continue;
+            };
+            let path = format!("/v1/seals/{address}");
+            match self.send_as(Method::PUT, &path, "application/octet-stream", bytes).await {
+                Ok(_) => shipped.push(address),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = seals.shipped(&shipped) {
+            tracing::warn!(error = %e, "cannot note shipped seals in seals/pending.log; they are shipped again on the next start");
+        }
+        result
+    }
+
     /// Retries `attempt` with backoff until it succeeds or the stop signal comes.
     async fn persist<F, Fut>(&self, what: &str, stop: &mut watch::Receiver<bool>, attempt: F) -> bool
     where
@@ -279,6 +318,9 @@ impl Shipper {
             }
             let n = queue.len().min(CHUNK);
             let chunk: Vec<Shippable> = queue.drain(..n).collect();
+            if !self.persist("put seals", &mut stop, || self.ship_seals()).await {
+                return;
+            }
             if !self.persist("post receipts", &mut stop, || self.post(&chunk)).await {
                 return;
             }

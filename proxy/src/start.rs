@@ -66,6 +66,27 @@ pub enum StartError {
     /// The price list did not load.
     #[error("{0}")]
     Prices(#[from] crate::prices::PricesError),
+    /// The seal store could not be opened.
+    #[error("seal store {path}: {source}; check that $FLEETFORGE_HOME is writable")]
+    Seals {
+        /// Its directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A configured dataset could not be read.
+    #[error("dataset {name} ({path}): {source}")]
+    Dataset {
+        /// Its name.
+        name: String,
+        /// Its path.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Replay mode could not load the recorded run.
+    #[error("{0}")]
+    Replay(#[from] crate::replay::ReplayError),
     /// Settings that cannot work together.
     #[error("{0}")]
     Unusable(String),
@@ -150,6 +171,14 @@ impl Proxy {
         let clients =
             (0..workers).map(|_| upstream::client(egress.clone(), client_tls.clone(), config.upstream_http2)).collect();
         let metrics = Arc::new(Metrics::default());
+        // Sealed bodies are shipped by the receipt shipper, ahead of the receipts that name them.
+        let seals = if config.seal.enabled {
+            let dir = config.home.join("seals");
+            Some(crate::seal::SealStore::open(&dir).map_err(|source| StartError::Seals { path: dir, source })?)
+        } else {
+            None
+        };
+        let seals_for_shipper = seals.clone();
         let background = match &spool {
             Some(spool) => Some(
                 ship::start(
@@ -158,6 +187,7 @@ impl Proxy {
                     config.control_url.clone(),
                     config.control_token.clone(),
                     client_tls.clone(),
+                    seals_for_shipper,
                 )
                 .map_err(StartError::Worker)?,
             ),
@@ -195,6 +225,36 @@ impl Proxy {
             }
             Some(policy)
         };
+        let replayer = match &config.replay {
+            Some(replay) => {
+                let loaded = crate::replay::Replayer::load(
+                    replay,
+                    &config.control_url,
+                    config.control_token.as_ref(),
+                    client_tls.clone(),
+                    &replay.local_seals.clone().unwrap_or_else(|| config.home.join("seals")),
+                )?;
+                tracing::info!(run = %replay.run, calls = loaded.len(), strict = replay.strict, "replaying a recorded run");
+                Some(Arc::new(loaded))
+            }
+            None => None,
+        };
+        let datasets = config
+            .datasets
+            .iter()
+            .map(|d| {
+                let bytes = std::fs::read(&d.path).map_err(|source| StartError::Dataset {
+                    name: d.name.clone(),
+                    path: d.path.clone(),
+                    source,
+                })?;
+                Ok(fleetforge_trust::receipt::DatasetDigest {
+                    name: d.name.clone(),
+                    sha256: fleetforge_trust::text::hex(&fleetforge_trust::canonical::sha256(&bytes)),
+                    size: bytes.len() as u64,
+                })
+            })
+            .collect::<Result<Vec<_>, StartError>>()?;
         let builtin = Builtin::new(config.allowed_hosts.clone(), config.allowed_models.clone());
         let prices = crate::prices::Prices::load(config.prices.as_deref())?;
         let leases = match (&config.control_token, holder) {
@@ -275,6 +335,9 @@ impl Proxy {
             prices,
             runs: Runs::default(),
             leases,
+            seals: seals.clone(),
+            replayer,
+            datasets,
             anonymous_run: RunId::new("anonymous").map_err(|e| StartError::Tls(TlsError::BadCa(e.to_string())))?,
             drain: Drain::new(),
             h1,

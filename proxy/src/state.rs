@@ -49,6 +49,12 @@ pub struct Proxy {
     pub runs: Runs,
     /// The budget lease client (`None` when run budgets are not leased from control).
     pub leases: Option<crate::lease::Leases>,
+    /// The seal store (`None` when sealing is off).
+    pub seals: Option<Arc<crate::seal::SealStore>>,
+    /// The recorded run being served (replay mode only).
+    pub replayer: Option<Arc<crate::replay::Replayer>>,
+    /// Digests of the configured datasets, recorded on each run's first receipt.
+    pub datasets: Vec<fleetforge_trust::receipt::DatasetDigest>,
     /// The run of calls that name none when no default run is configured.
     pub anonymous_run: RunId,
     /// Shutdown signal for every task.

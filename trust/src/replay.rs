@@ -92,7 +92,7 @@ pub struct ManifestCall {
 pub struct ManifestSignature {
     /// `ed25519`.
     pub alg: String,
-    /// Key id of the root key (as `GET /v1/capabilities/keys` names it).
+    /// Key id of the root key (as `GET /v1/keys` names it, `capability-root-N`).
     pub key_id: String,
     /// Signature, base64url without padding.
     pub value: String,
@@ -116,6 +116,23 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Checks control's signature with `public_key` (the raw ed25519 key `GET /v1/keys` lists
+    /// under the signature's key id); says what is wrong otherwise.
+    pub fn verify(&self, public_key: &[u8]) -> Result<(), String> {
+        use base64::Engine as _;
+        let signature = self.signature.as_ref().ok_or("it is not signed")?;
+        if signature.alg != "ed25519" {
+            return Err(format!("its signature algorithm {:?} is not ed25519", signature.alg));
+        }
+        let value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature.value.trim_end_matches('='))
+            .map_err(|_| "its signature is not base64url".to_owned())?;
+        let digest = self.signing_digest().map_err(|e| e.to_string())?;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+            .verify(&digest, &value)
+            .map_err(|_| format!("its signature does not verify with key {}", signature.key_id))
+    }
+
     /// SHA-256 of the JCS form of the manifest without its `signature`: what control signs.
     pub fn signing_digest(&self) -> Result<[u8; 32], CanonicalError> {
         let value = serde_json::to_value(self).map_err(|e| CanonicalError::Number(e.to_string()))?;

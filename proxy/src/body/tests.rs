@@ -36,7 +36,7 @@ async fn a_replayed_body_streams_through_the_tap_and_ends_once_with_its_digest()
     let (ended, on_end) = recorder();
     let chunks =
         ["data: a\n\n", "data: b\n\n", "data: [DONE]\n\n"].map(|c: &'static str| Bytes::from_static(c.as_bytes()));
-    let body = ProxyBody::tapped(UpstreamBody::replayed(chunks), None, None, on_end);
+    let body = ProxyBody::tapped(UpstreamBody::replayed(chunks), None, None, None, on_end);
     let got = body.collect().await.unwrap().to_bytes();
     assert_eq!(got, "data: a\n\ndata: b\n\ndata: [DONE]\n\n");
     let ended = ended.lock().unwrap();
@@ -52,7 +52,7 @@ async fn a_rewrite_changes_what_the_client_gets_but_not_the_digest_of_what_arriv
     let (ended, on_end) = recorder();
     let chunks = ["keep 1|", "drop me|", "keep 2|"].map(|c: &'static str| Bytes::from_static(c.as_bytes()));
     let rewrite = Box::new(|chunk: Bytes| if chunk.starts_with(b"drop") { Bytes::new() } else { chunk });
-    let body = ProxyBody::tapped(UpstreamBody::replayed(chunks), Some(rewrite), None, on_end);
+    let body = ProxyBody::tapped(UpstreamBody::replayed(chunks), Some(rewrite), None, None, on_end);
     assert_eq!(http_body::Body::size_hint(&body).exact(), None, "a rewritten body has no known length");
     let got = body.collect().await.unwrap().to_bytes();
     assert_eq!(got, "keep 1|keep 2|");
@@ -67,7 +67,7 @@ async fn a_rewrite_changes_what_the_client_gets_but_not_the_digest_of_what_arriv
 async fn chunks_already_there_go_out_as_one_frame() {
     let (_ended, on_end) = recorder();
     let chunks = ["one", "two"].map(|c: &'static str| Bytes::from_static(c.as_bytes()));
-    let mut body = ProxyBody::tapped(UpstreamBody::replayed(chunks), None, None, on_end);
+    let mut body = ProxyBody::tapped(UpstreamBody::replayed(chunks), None, None, None, on_end);
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "onetwo", "coalesced: both chunks were ready");
     assert!(body.frame().await.is_none());
@@ -76,7 +76,7 @@ async fn chunks_already_there_go_out_as_one_frame() {
 #[test]
 fn a_body_dropped_before_its_end_ends_as_client_gone() {
     let (ended, on_end) = recorder();
-    let body = ProxyBody::tapped(UpstreamBody::replayed([Bytes::from_static(b"one")]), None, None, on_end);
+    let body = ProxyBody::tapped(UpstreamBody::replayed([Bytes::from_static(b"one")]), None, None, None, on_end);
     assert!(ended.lock().unwrap().is_empty());
     drop(body);
     let ended = ended.lock().unwrap();
@@ -88,7 +88,7 @@ fn a_body_dropped_before_its_end_ends_as_client_gone() {
 #[tokio::test]
 async fn an_empty_body_ends_at_once() {
     let (ended, on_end) = recorder();
-    let body = ProxyBody::tapped(UpstreamBody::replayed(Vec::new()), None, None, on_end);
+    let body = ProxyBody::tapped(UpstreamBody::replayed(Vec::new()), None, None, None, on_end);
     assert_eq!(ended.lock().unwrap().len(), 1, "nothing will be polled, so the call is complete now");
     assert!(http_body::Body::is_end_stream(&body));
     assert_eq!(ended.lock().unwrap()[0].0.digest, sha256(b""));

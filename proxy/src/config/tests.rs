@@ -234,3 +234,35 @@ fn run_tokens_are_verified_whenever_control_is_known() {
     .capabilities;
     assert!(!c.required && c.explicit, "the file can opt out too");
 }
+
+#[test]
+fn seal_replay_and_datasets_are_read_and_checked() {
+    let c = load_text("", &[], &Flags::default()).unwrap();
+    assert!(c.seal.enabled && c.seal.forward && c.replay.is_none() && c.datasets.is_empty());
+    assert!(!load_text("", &[("FLEETFORGE_SEAL", "false")], &Flags::default()).unwrap().seal.enabled);
+    // Sealing needs receipts.
+    assert!(!load_text("", &[("FLEETFORGE_RECEIPTS", "false")], &Flags::default()).unwrap().seal.enabled);
+    let c = load_text(
+        "[proxy.seal]\nredact = [\"/user\"]\nkey_exclude = [\"/metadata/id\"]\nkey_headers = [\"X-Tenant\"]\nmax_body = \"1MiB\"\n",
+        &[("FLEETFORGE_REPLAY", "rec-1:strict"), ("FLEETFORGE_REPLAY_TIMING", "recorded")],
+        &Flags::default(),
+    )
+    .unwrap();
+    assert_eq!(c.seal.redact, ["/user"]);
+    assert_eq!(c.seal.key.exclude, ["/metadata/id"]);
+    assert!(c.seal.key.headers.contains(&"x-tenant".to_owned()));
+    assert_eq!(c.seal.max_body, 1 << 20);
+    let replay = c.replay.unwrap();
+    assert_eq!((replay.run.as_str(), replay.strict, replay.recorded_timing), ("rec-1", true, true));
+    for (file, env, key) in [
+        ("[proxy.seal]\nredact = [\"user\"]\n", vec![], "proxy.seal.redact"),
+        ("[proxy.seal]\nkey_exclude = [\"/a~2\"]\n", vec![], "proxy.seal.key_exclude"),
+        ("[proxy.seal]\nkey_headers = [\"Authorization\"]\n", vec![], "proxy.seal.key_headers"),
+        ("", vec![("FLEETFORGE_REPLAY", "rec-1:loose")], "proxy.replay.run"),
+        ("", vec![("FLEETFORGE_REPLAY", "rec-1"), ("FLEETFORGE_REPLAY_TIMING", "slow")], "proxy.replay.timing"),
+        ("[[dataset]]\nname = \"d\"\npath = \"/no/such/file.jsonl\"\n", vec![], "dataset[0].path"),
+    ] {
+        let err = load_text(file, &env, &Flags::default()).unwrap_err().to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}

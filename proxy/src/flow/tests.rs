@@ -130,6 +130,7 @@ impl Harness {
             base_path: String::new(),
             credentials: None,
             default_run: None,
+            seal: true,
         })
     }
 

@@ -39,6 +39,7 @@ async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, work
         base_path: String::new(),
         credentials: None,
         default_run: None,
+        seal: proxy.config.seal.forward,
     });
     let service = {
         let proxy = proxy.clone();
