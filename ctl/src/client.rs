@@ -117,6 +117,16 @@ impl ControlClient {
         }
     }
 
+    /// The control URL (no trailing slash).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The bearer token, when one is configured.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// GET.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::GET, path, None).await

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 mod client;
 mod policy;
+mod replay;
 mod up;
 
 use crate::client::{ClientError, ControlClient};
@@ -86,6 +87,31 @@ enum Command {
         /// Print the figures as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Replay a recorded run: start a proxy (on free ports of 127.0.0.1) that serves the run's
+    /// sealed responses, run CMD with the proxy and CA variables of a new replay run, then print
+    /// the replay report (matched, missed, unused seals, token drift, verdict). Exit: CMD's status
+    /// when it failed, 1 on any miss (and, with --strict, any unused seal), else 0.
+    Replay {
+        /// The recorded run.
+        run: String,
+        /// Strict: a request with no sealed response gets 599 `replay_miss` (naming the closest
+        /// sealed request and the differing JSON paths); nothing ever goes upstream.
+        #[arg(long)]
+        strict: bool,
+        /// `fast` (as fast as the agent reads) or `recorded` (stream chunks at their recorded
+        /// offsets).
+        #[arg(long, default_value = "fast", value_name = "fast|recorded")]
+        timing: String,
+        /// Run id of the replay [default: RUN-replay-<unix ms>].
+        #[arg(long = "as", value_name = "RUN")]
+        as_run: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The agent command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Capability tokens: verify one offline for a call, narrow one offline, revoke one.
     Capability {
@@ -257,6 +283,10 @@ fn main() -> ExitCode {
             Command::Receipts { run, json } => receipts(&run, json).await,
             Command::Verify { run } => verify(&run).await,
             Command::Budget { run, json } => budget(&run, json).await,
+            Command::Replay { run, strict, timing, as_run, json, command } => {
+                let args = replay::Args { run, strict, timing, as_run, json, command };
+                replay::replay(args, cli.config.as_deref(), &client()?).await
+            }
             Command::Capability { command } => capability(command).await,
             Command::Policy { command } => policy::run(command, || {
                 let env = |k: &str| std::env::var(k).ok();

@@ -55,6 +55,28 @@ pub async fn run_token(control: std::net::SocketAddr, admin: &Secret, run: &str)
 }
 
 /// The shell lines an agent needs to use the proxy at `running`, for run `run` with `token`.
+/// The variables an agent needs to call through `running` as `run`: proxy URLs (both spellings
+/// curl and the SDKs read) and the CA files.
+pub fn variables(running: &Running, run: &str, token: &str) -> Vec<(String, String)> {
+    let bundle = absolute(running.proxy.ca.bundle_path());
+    let ca = absolute(running.proxy.ca.ca_path());
+    let url = format!("http://{run}:{token}@{}", running.forward);
+    [
+        ("HTTPS_PROXY", url.clone()),
+        ("HTTP_PROXY", url.clone()),
+        ("https_proxy", url.clone()),
+        ("http_proxy", url),
+        ("SSL_CERT_FILE", bundle.clone()),
+        ("REQUESTS_CA_BUNDLE", bundle.clone()),
+        ("CURL_CA_BUNDLE", bundle),
+        ("NODE_EXTRA_CA_CERTS", ca),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// The `export` lines for an agent's shell.
 pub fn exports(running: &Running, run: &str, token: &str) -> String {
     let bundle = absolute(running.proxy.ca.bundle_path());
     let ca = absolute(running.proxy.ca.ca_path());

@@ -599,6 +599,13 @@ impl Clients {
     }
 }
 
+/// Runs `program` with `args` in a clean environment plus `env` (at most 120 s).
+pub async fn run_program(program: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<ClientOutput> {
+    let mut cmd = base_command(program);
+    cmd.args(args);
+    run(cmd, env).await
+}
+
 async fn run(cmd: Command, env: &[(&str, &str)]) -> anyhow::Result<ClientOutput> {
     let mut cmd = tokio::process::Command::from(cmd);
     for (k, v) in env {

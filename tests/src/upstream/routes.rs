@@ -10,7 +10,8 @@
 //! has more tokens than the request's output limit (`max_tokens` / `max_completion_tokens`):
 //! the pieces stop at the limit — unless `x-test-ignore-limit: 1` makes it a provider that
 //! ignores it. `x-test-no-usage: 1` leaves usage out of a JSON response (an upstream that reports
-//! none). Gemini's `models/{model}:generateContent` and `:streamGenerateContent` (SSE with
+//! none). `x-test-sample: 1` makes a JSON chat completion end with ` sample{N}`, N counting up
+//! per process: identical prompts answered differently, as a sampling model does. Gemini's `models/{model}:generateContent` and `:streamGenerateContent` (SSE with
 //! `alt=sse`, `usageMetadata` cumulative in every chunk) answer the same way.
 
 use std::time::Duration;
@@ -36,6 +37,10 @@ pub const CHUNKS_HEADER: &str = "x-test-chunks";
 pub const NO_USAGE_HEADER: &str = "x-test-no-usage";
 /// Header that makes the upstream ignore the request's output limit.
 pub const IGNORE_LIMIT_HEADER: &str = "x-test-ignore-limit";
+/// Header that makes identical chat prompts get different JSON answers.
+pub const SAMPLE_HEADER: &str = "x-test-sample";
+/// Answers given under [`SAMPLE_HEADER`].
+static SAMPLES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Header setting the pause between streamed body frames, in milliseconds.
 pub const DELAY_HEADER: &str = "x-test-chunk-delay-ms";
 
@@ -196,6 +201,11 @@ fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
     });
 
     if !is_stream(&request) {
+        let mut content = completion_text(pieces);
+        if headers.contains_key(SAMPLE_HEADER) {
+            let n = SAMPLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            content.push_str(&format!("sample{n}"));
+        }
         let mut response = json!({
             "id": OPENAI_ID,
             "object": "chat.completion",
@@ -203,7 +213,7 @@ fn openai(headers: &HeaderMap, body: &Bytes) -> Routed {
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": completion_text(pieces)},
+                "message": {"role": "assistant", "content": content},
                 "logprobs": null,
                 "finish_reason": "stop",
             }],
