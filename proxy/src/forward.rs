@@ -32,10 +32,17 @@ use crate::upstream;
 
 /// Sends the call upstream; see the module docs for what the result means.
 pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Result<Response<UpstreamBody>, ProxyError> {
+    // Seal: the digest of exactly the bytes the upstream will receive.
+    let sent_digest = fleetforge_trust::canonical::sha256(request.bytes());
+    call.request_digest = Some(sent_digest);
     let keep = call.sealing && proxy.seals.is_some();
     if keep || proxy.replayer.is_some() {
-        call.seal =
-            crate::seal::seal_request(&proxy.config.seal, call, &request.parts.headers, request.original(), keep);
+        // The body as the agent sent it; its digest is the one above unless an obligation or usage
+        // injection changed the body.
+        let original = request.original();
+        let unchanged = original.as_ptr() == request.bytes().as_ptr() && original.len() == request.bytes().len();
+        let digest = unchanged.then_some(sent_digest);
+        call.seal = crate::seal::seal_request(&proxy.config.seal, call, &request.parts.headers, original, digest, keep);
     }
     if let Some(replayer) = &proxy.replayer
         && let Some(response) = replay(replayer, call, request.original())?
@@ -44,8 +51,6 @@ pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Resul
     }
     let body = request.bytes().clone();
     let mut parts = request.parts;
-    // Seal: the digest of exactly the bytes the upstream will receive.
-    call.request_digest = Some(fleetforge_trust::canonical::sha256(&body));
     let Some(target) = call.target.as_ref() else {
         return Err(ProxyError::new(
             ErrorKind::Internal,

@@ -48,15 +48,20 @@ use crate::context::{Call, Kept, SealedRequest, SecretValues};
 #[cfg(test)]
 mod tests;
 
+/// Addresses the writer remembers having written before it forgets them (32 MiB of memory).
+const MAX_KNOWN: usize = 1 << 20;
+
 /// zstd level of blobs at rest: level 1 is the fastest, and LLM JSON still shrinks 3–5×.
 const ZSTD_LEVEL: i32 = 1;
 
-/// Computes a request's key and its sealed body. `body` is the body as the agent sent it.
+/// Computes a request's key and its sealed body. `body` is the body as the agent sent it;
+/// `digest`, when given, is its SHA-256 (the forward phase has it when nothing changed the body).
 pub fn seal_request(
     rules: &SealConfig,
     call: &Call,
     headers: &HeaderMap,
     body: &Bytes,
+    digest: Option<[u8; 32]>,
     keep: bool,
 ) -> Option<SealedRequest> {
     let target = call.target.as_ref()?;
@@ -83,7 +88,11 @@ pub fn seal_request(
         (None, Vec::new())
     } else {
         let (sealed, redacted) = redact(&rules.redact, &decoded, body);
-        (Some((sha256(&sealed), sealed)), redacted)
+        let address = match digest {
+            Some(d) if redacted.is_empty() && sealed.len() == body.len() => d,
+            _ => sha256(&sealed),
+        };
+        (Some((address, sealed)), redacted)
     };
     let secrets = SecretValues(if keep { secrets_of(headers, &call.path) } else { Vec::new() });
     let blob = blob.map(|(address, sealed)| match scrub(&secrets.0, std::slice::from_ref(&sealed)) {
@@ -217,12 +226,14 @@ pub fn keep(store: Option<&SealStore>, call: &mut Call, chunks: Option<Vec<(Byte
     if !sealed.keep || call.truncated {
         return;
     }
+    let mut blobs = Vec::with_capacity(3);
     let request_blob = sealed.blob.as_ref().map(|(address, body)| {
-        store.put(*address, vec![body.clone()]);
+        blobs.push((*address, vec![body.clone()]));
         hex(address)
     });
     if let Some(meta) = &sealed.replayed_meta {
         // Served from a seal: its blobs are the recorded ones.
+        store.put(blobs);
         call.kept = Some(Kept { request_blob, response_meta: meta.clone() });
         return;
     }
@@ -232,19 +243,21 @@ pub fn keep(store: Option<&SealStore>, call: &mut Call, chunks: Option<Vec<(Byte
         tracing::debug!(receipt = %call.receipt_id, "response not sealed: it holds a credential of its request");
         return;
     }
-    if let Some(response_meta) = keep_response(store, &sealed.response_headers, status.as_u16(), digest, chunks) {
+    if let Some(response_meta) = response_blobs(&sealed.response_headers, status.as_u16(), digest, chunks, &mut blobs) {
         call.kept = Some(Kept { request_blob, response_meta });
     }
+    // One job per call: one wake-up of the writer.
+    store.put(blobs);
 }
 
-/// Hands a response body (`digest` is its SHA-256) and its envelope to the store; the
-/// envelope's address (hex).
-pub fn keep_response(
-    store: &SealStore,
+/// Adds a response body (`digest` is its SHA-256) and its envelope to `blobs`; the envelope's
+/// address (hex).
+pub fn response_blobs(
     headers: &[(String, String)],
     status: u16,
     digest: [u8; 32],
     chunks: Vec<(Bytes, u64)>,
+    blobs: &mut Vec<([u8; 32], Vec<Bytes>)>,
 ) -> Option<String> {
     let meta = ResponseMeta {
         v: RESPONSE_META.into(),
@@ -256,14 +269,14 @@ pub fn keep_response(
     };
     let meta_bytes = meta.to_bytes().ok()?;
     let meta_address = sha256(&meta_bytes);
-    store.put(digest, chunks.into_iter().map(|(c, _)| c).collect());
-    store.put(meta_address, vec![Bytes::from(meta_bytes)]);
+    blobs.push((digest, chunks.into_iter().map(|(c, _)| c).collect()));
+    blobs.push((meta_address, vec![Bytes::from(meta_bytes)]));
     Some(hex(&meta_address))
 }
 
 /// A job for the writer thread.
 enum Job {
-    Put([u8; 32], Vec<Bytes>),
+    Put(Vec<([u8; 32], Vec<Bytes>)>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -285,7 +298,7 @@ pub struct SealStore {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Job::Put(a, c) => write!(f, "Put({}, {} chunks)", hex(a), c.len()),
+            Job::Put(blobs) => write!(f, "Put({} blobs)", blobs.len()),
             Job::Flush(_) => f.write_str("Flush"),
         }
     }
@@ -312,9 +325,11 @@ impl SealStore {
         Ok(Arc::new(SealStore { dir: dir.to_owned(), jobs, pending }))
     }
 
-    /// Queues a blob (its chunks, in order) under its address; never blocks.
-    pub fn put(&self, address: [u8; 32], chunks: Vec<Bytes>) {
-        let _ = self.jobs.send(Job::Put(address, chunks));
+    /// Queues blobs (each its chunks, in order, under its address); never blocks.
+    pub fn put(&self, blobs: Vec<([u8; 32], Vec<Bytes>)>) {
+        if !blobs.is_empty() {
+            let _ = self.jobs.send(Job::Put(blobs));
+        }
     }
 
     /// Waits until every blob queued so far is on disk.
@@ -330,14 +345,28 @@ impl SealStore {
         self.pending.lock().map(|p| p.addresses.clone()).unwrap_or_default()
     }
 
-    /// Notes that control holds `shipped`; once nothing is pending the log starts afresh.
+    /// Notes that control holds `shipped`: `pending.log` is rewritten to what is still pending
+    /// (under the lock the writer appends under, so nothing written meanwhile is lost).
     pub fn shipped(&self, shipped: &[String]) -> io::Result<()> {
+        if shipped.is_empty() {
+            return Ok(());
+        }
         let Ok(mut p) = self.pending.lock() else { return Ok(()) };
         let done: HashSet<&String> = shipped.iter().collect();
         p.addresses.retain(|a| !done.contains(a));
         if p.addresses.is_empty() {
-            p.log.set_len(0)?;
+            return p.log.set_len(0);
         }
+        let mut text = String::with_capacity(p.addresses.len() * 65);
+        for a in &p.addresses {
+            text.push_str(a);
+            text.push('\n');
+        }
+        let path = self.dir.join("pending.log");
+        let tmp = self.dir.join("pending.log.tmp");
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, &path)?;
+        p.log = fs::OpenOptions::new().append(true).open(&path)?;
         Ok(())
     }
 
@@ -384,22 +413,28 @@ impl Writer {
                 Job::Flush(done) => {
                     let _ = done.send(());
                 }
-                Job::Put(address, chunks) => {
-                    if !self.known.insert(address) {
-                        continue;
-                    }
-                    let hexed = hex(&address);
-                    let path = blob_path(&self.dir, &hexed);
-                    if path.exists() {
-                        continue;
-                    }
-                    joined.clear();
-                    for c in &chunks {
-                        joined.extend_from_slice(c);
-                    }
-                    if let Err(e) = self.write(&path, &mut compressor, &joined, &hexed) {
-                        self.known.remove(&address);
-                        tracing::error!(address = %hexed, error = %e, "cannot write a sealed body; the call cannot be replayed; check the disk under seals/");
+                Job::Put(blobs) => {
+                    for (address, chunks) in blobs {
+                        if self.known.len() >= MAX_KNOWN {
+                            // Only a shortcut: the file check below still finds what was written.
+                            self.known.clear();
+                        }
+                        if !self.known.insert(address) {
+                            continue;
+                        }
+                        let hexed = hex(&address);
+                        let path = blob_path(&self.dir, &hexed);
+                        if path.exists() {
+                            continue;
+                        }
+                        joined.clear();
+                        for c in &chunks {
+                            joined.extend_from_slice(c);
+                        }
+                        if let Err(e) = self.write(&path, &mut compressor, &joined, &hexed) {
+                            self.known.remove(&address);
+                            tracing::error!(address = %hexed, error = %e, "cannot write a sealed body; the call cannot be replayed; check the disk under seals/");
+                        }
                     }
                 }
             }

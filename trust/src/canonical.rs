@@ -134,23 +134,10 @@ fn write(value: &Value, out: &mut Vec<u8>, numbers: Numbers) -> Result<(), Canon
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => {
-            let ok = n
-                .as_u64()
-                .filter(|v| *v <= MAX_SAFE)
-                .map(|v| v.to_string())
-                .or_else(|| n.as_i64().filter(|v| v.unsigned_abs() <= MAX_SAFE).map(|v| v.to_string()))
-                .or_else(|| match numbers {
-                    Numbers::Any => n.as_f64().and_then(es_number),
-                    Numbers::Integers => None,
-                });
-            out.extend_from_slice(ok.ok_or_else(|| CanonicalError::Number(n.to_string()))?.as_bytes());
-        }
+        Value::Number(n) => write_number(n, out, numbers)?,
         // serde_json escapes exactly as JSON.stringify does: \b \f \n \r \t \" \\ and \u00XX
         // (lowercase) for other control characters, everything else literal.
-        Value::String(s) => {
-            let _ = serde_json::to_writer(&mut *out, s);
-        }
+        Value::String(s) => write_str(s, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -166,6 +153,186 @@ fn write(value: &Value, out: &mut Vec<u8>, numbers: Numbers) -> Result<(), Canon
     Ok(())
 }
 
+fn write_number(n: &serde_json::Number, out: &mut Vec<u8>, numbers: Numbers) -> Result<(), CanonicalError> {
+    let ok = n
+        .as_u64()
+        .filter(|v| *v <= MAX_SAFE)
+        .map(|v| v.to_string())
+        .or_else(|| n.as_i64().filter(|v| v.unsigned_abs() <= MAX_SAFE).map(|v| v.to_string()))
+        .or_else(|| match numbers {
+            Numbers::Any => n.as_f64().and_then(es_number),
+            Numbers::Integers => None,
+        });
+    out.extend_from_slice(ok.ok_or_else(|| CanonicalError::Number(n.to_string()))?.as_bytes());
+    Ok(())
+}
+
+/// Writes the JCS form of the JSON text `json` (any numbers, as [`to_canonical_any`] does) without
+/// building a [`Value`]: strings without escapes are borrowed from the input and objects are
+/// lists sorted once, so a request body costs no allocation per member. `None` when `json` is
+/// not JSON. Output is byte for byte that of [`to_canonical_any`] on the parsed value (a name
+/// repeated in one object keeps its last value, as `serde_json` does).
+pub fn json_to_canonical(json: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let node: Node<'_> = serde_json::from_slice(json).ok()?;
+    write_node(&node, out).ok()
+}
+
+/// A parsed JSON value borrowing its strings from the input where it can.
+enum Node<'a> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(std::borrow::Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(std::borrow::Cow<'a, str>, Node<'a>)>),
+}
+
+/// A string, borrowed when the input holds it without escapes.
+struct Text<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Node<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Node<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Node::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Node::Bool(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Node::Number(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Node::Number(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                serde_json::Number::from_f64(v).map(Node::Number).ok_or_else(|| E::custom("not a finite number"))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Node::String(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Node::String(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Node::String(std::borrow::Cow::Owned(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Array(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((Text(name), value)) = map.next_entry::<Text<'de>, Node<'de>>()? {
+                    members.push((name, value));
+                }
+                Ok(Node::Object(members))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn write_node(node: &Node<'_>, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+    match node {
+        Node::Null => out.extend_from_slice(b"null"),
+        Node::Bool(true) => out.extend_from_slice(b"true"),
+        Node::Bool(false) => out.extend_from_slice(b"false"),
+        Node::Number(n) => write_number(n, out, Numbers::Any)?,
+        Node::String(s) => write_text(s, out),
+        Node::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_node(item, out)?;
+            }
+            out.push(b']');
+        }
+        Node::Object(members) => {
+            let mut order: Vec<&(std::borrow::Cow<'_, str>, Node<'_>)> = members.iter().collect();
+            // Stable: of a repeated name, the last one written below is the last one parsed.
+            order.sort_by(|a, b| utf16_cmp(&a.0, &b.0));
+            out.push(b'{');
+            let mut first = true;
+            for (i, (name, value)) in order.iter().map(|m| (&m.0, &m.1)).enumerate() {
+                if order.get(i + 1).is_some_and(|next| next.0 == *name) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_text(name, out);
+                out.push(b':');
+                write_node(value, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// A string parsed from JSON text: one borrowed from the input had no escape sequence there, so
+/// it holds no quote, backslash or control character and is written as is.
+// The `Cow` itself is the point: which variant it is says whether the input had escapes.
+#[allow(clippy::ptr_arg)]
+fn write_text(s: &std::borrow::Cow<'_, str>, out: &mut Vec<u8>) {
+    match s {
+        std::borrow::Cow::Borrowed(s) => {
+            out.reserve(s.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        }
+        std::borrow::Cow::Owned(s) => write_str(s, out),
+    }
+}
+
+/// A JSON string: as is when nothing in it needs escaping (the common case), else as serde_json
+/// escapes it (as `JSON.stringify` does).
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
 fn write_object<'a>(
     members: impl Iterator<Item = (&'a String, &'a Value)>,
     out: &mut Vec<u8>,
@@ -178,7 +345,7 @@ fn write_object<'a>(
         if i > 0 {
             out.push(b',');
         }
-        let _ = serde_json::to_writer(&mut *out, k);
+        write_str(k, out);
         out.push(b':');
         write(v, out, numbers)?;
     }
@@ -190,7 +357,28 @@ fn write_object<'a>(
 mod tests {
     use serde_json::json;
 
-    use super::{digest_without, es_number, hex, sha256, to_canonical, to_canonical_any, unhex32};
+    use super::{digest_without, es_number, hex, json_to_canonical, sha256, to_canonical, to_canonical_any, unhex32};
+
+    #[test]
+    fn json_text_is_canonicalized_exactly_as_its_parsed_value() {
+        let bodies = [
+            r#"{"model":"gpt-4o","temperature":0.7,"messages":[{"role":"user","content":"hi \"there\"\n\u00e9\ud83d\ude00"}]}"#,
+            r#"{ "b" : [1, -2, 3.5e10, 1e-7, 0.1, 100, 12345678901234567890], "a" : {"\u20ac": 1, "\ud83d\ude00": 2, "\ufb33": 3}, "z": null, "y": true }"#,
+            r#"{"dup": 1, "x": [], "dup": {"k": "last"}}"#,
+            r#"[{"é": "\t\u0001"}, "plain", false]"#,
+            r#""just a string""#,
+            "42",
+        ];
+        for body in bodies {
+            let value: serde_json::Value = serde_json::from_str(body).unwrap();
+            let mut expected = Vec::new();
+            to_canonical_any(&value, &mut expected).unwrap();
+            let mut fast = Vec::new();
+            json_to_canonical(body.as_bytes(), &mut fast).unwrap();
+            assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(expected).unwrap(), "{body}");
+        }
+        assert!(json_to_canonical(b"{not json", &mut Vec::new()).is_none());
+    }
 
     #[test]
     fn digest_without_equals_digest_of_the_object_minus_the_member() {

@@ -24,7 +24,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::canonical::{CanonicalError, hex, sha256, to_canonical_any};
+use crate::canonical::{CanonicalError, hex, json_to_canonical, sha256, to_canonical_any};
 use crate::text::is_secret_param;
 
 /// The key scheme this module implements; recorded beside every key.
@@ -176,7 +176,6 @@ pub fn request_key(input: &KeyInput<'_>, rules: &KeyRules) -> Result<RequestKey,
         .map(|(name, value)| (name.to_ascii_lowercase(), String::from_utf8_lossy(value).trim().to_owned()))
         .collect();
     headers.sort();
-    let body = body_value(input.body, &rules.exclude);
     let mut key = Map::new();
     key.insert("v".into(), KEY_VERSION.into());
     key.insert("method".into(), input.method.to_ascii_uppercase().into());
@@ -202,9 +201,20 @@ pub fn request_key(input: &KeyInput<'_>, rules: &KeyRules) -> Result<RequestKey,
         }
     }
     key.insert("headers".into(), Value::Object(header_map));
-    key.insert("body".into(), body);
     let mut canonical = Vec::with_capacity(input.body.len() + 256);
-    to_canonical_any(&Value::Object(key), &mut canonical)?;
+    // `body` sorts first of the key's members: its canonical form is written straight from the
+    // request (no `Value` built on the common path), then the rest of the key.
+    canonical.extend_from_slice(b"{\"body\":");
+    let fast =
+        rules.exclude.is_empty() && !input.body.is_empty() && json_to_canonical(input.body, &mut canonical).is_some();
+    if !fast {
+        canonical.truncate(8);
+        to_canonical_any(&body_value(input.body, &rules.exclude), &mut canonical)?;
+    }
+    canonical.push(b',');
+    let mut rest = Vec::with_capacity(256);
+    to_canonical_any(&Value::Object(key), &mut rest)?;
+    canonical.extend_from_slice(&rest[1..]);
     Ok(RequestKey { digest: sha256(&canonical), canonical })
 }
 

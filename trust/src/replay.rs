@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::canonical::{CanonicalError, digest_without, to_canonical};
+use crate::canonical::{CanonicalError, digest_without, to_canonical, write_str};
 
 /// [`ResponseMeta::v`].
 pub const RESPONSE_META: &str = "fleetforge.response/v1";
@@ -46,10 +46,42 @@ pub struct ResponseMeta {
 }
 
 impl ResponseMeta {
-    /// The bytes the blob holds (JCS), whose SHA-256 is its address.
+    /// The bytes the blob holds (JCS), whose SHA-256 is its address. Written member by member
+    /// in JCS order (one per call on the proxy's request path); the same bytes as
+    /// [`to_canonical`] of its JSON value (unit test).
     pub fn to_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
-        let value = serde_json::to_value(self).map_err(|e| CanonicalError::Number(e.to_string()))?;
-        to_canonical(&value)
+        use std::io::Write as _;
+        const MAX_SAFE: u64 = (1 << 53) - 1;
+        let mut out = Vec::with_capacity(160 + self.chunks.len() * 12);
+        let numbers = std::iter::once(self.bytes).chain(self.chunks.iter().flatten().copied());
+        if let Some(n) = numbers.into_iter().find(|n| *n > MAX_SAFE) {
+            return Err(CanonicalError::Number(n.to_string()));
+        }
+        out.extend_from_slice(b"{\"body\":");
+        write_str(&self.body, &mut out);
+        let _ = write!(out, ",\"bytes\":{},\"chunks\":[", self.bytes);
+        for (i, [len, ms]) in self.chunks.iter().enumerate() {
+            let _ = write!(out, "{}[{len},{ms}]", if i > 0 { "," } else { "" });
+        }
+        out.extend_from_slice(b"],\"headers\":{");
+        // Header names are lowercase ASCII (or at least sorted by the map), where UTF-8 order is
+        // UTF-16 order.
+        if self.headers.keys().any(|k| !k.is_ascii()) {
+            let value = serde_json::to_value(self).map_err(|e| CanonicalError::Number(e.to_string()))?;
+            return to_canonical(&value);
+        }
+        for (i, (name, value)) in self.headers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(name, &mut out);
+            out.push(b':');
+            write_str(value, &mut out);
+        }
+        let _ = write!(out, "}},\"status\":{},\"v\":", self.status);
+        write_str(&self.v, &mut out);
+        out.push(b'}');
+        Ok(out)
     }
 }
 
@@ -181,4 +213,31 @@ pub struct Report {
     pub token_drift: i64,
     /// `identical` (nothing missed, nothing unused, no drift), else `drifted`.
     pub verdict: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RESPONSE_META, ResponseMeta};
+
+    #[test]
+    fn a_response_envelope_is_written_in_its_canonical_form() {
+        let meta = ResponseMeta {
+            v: RESPONSE_META.into(),
+            status: 200,
+            headers: [
+                ("content-type".to_owned(), "text/event-stream; charset=\"utf-8\"".to_owned()),
+                ("content-encoding".to_owned(), "gzip".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            body: "ab".repeat(32),
+            bytes: 1234,
+            chunks: vec![[10, 0], [200, 15], [1024, 31]],
+        };
+        let generic = crate::canonical::to_canonical(&serde_json::to_value(&meta).unwrap()).unwrap();
+        assert_eq!(String::from_utf8(meta.to_bytes().unwrap()).unwrap(), String::from_utf8(generic).unwrap());
+        let empty = ResponseMeta { headers: Default::default(), chunks: vec![], ..meta };
+        let generic = crate::canonical::to_canonical(&serde_json::to_value(&empty).unwrap()).unwrap();
+        assert_eq!(empty.to_bytes().unwrap(), generic);
+    }
 }

@@ -47,8 +47,8 @@ async fn blobs_are_stored_compressed_under_their_address_and_pending_until_shipp
     let store = SealStore::open(dir.path()).unwrap();
     let body = Bytes::from(r#"{"choices":[{"message":{"content":"hello"}}]}"#.repeat(50));
     let address = sha256(&body);
-    store.put(address, vec![body.slice(..100), body.slice(100..)]);
-    store.put(address, vec![body.clone()]);
+    store.put(vec![(address, vec![body.slice(..100), body.slice(100..)])]);
+    store.put(vec![(address, vec![body.clone()])]);
     store.flush().await;
     let hexed = hex(&address);
     assert_eq!(store.pending(), vec![hexed.clone()], "content addressing: once");
@@ -60,7 +60,17 @@ async fn blobs_are_stored_compressed_under_their_address_and_pending_until_shipp
     std::thread::sleep(Duration::from_millis(50));
     let store = SealStore::open(dir.path()).unwrap();
     assert_eq!(store.pending(), vec![hexed.clone()]);
+    // Shipping part of what is pending keeps the rest in the log.
+    let other = Bytes::from_static(b"another body");
+    store.put(vec![(sha256(&other), vec![other.clone()])]);
+    store.flush().await;
     store.shipped(std::slice::from_ref(&hexed)).unwrap();
+    assert_eq!(store.pending(), vec![hex(&sha256(&other))]);
+    drop(store);
+    std::thread::sleep(Duration::from_millis(50));
+    let store = SealStore::open(dir.path()).unwrap();
+    assert_eq!(store.pending(), vec![hex(&sha256(&other))]);
+    store.shipped(&[hex(&sha256(&other))]).unwrap();
     assert!(store.pending().is_empty());
     drop(store);
     assert!(SealStore::open(dir.path()).unwrap().pending().is_empty());
