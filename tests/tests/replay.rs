@@ -269,3 +269,89 @@ fn fake_control(body: &str) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// One chat completion through `proxy` as `run` with curl: (status, response headers, body).
+async fn curl_chat(proxy: &ProxyProcess, run: &str, token: &str, prompt: &str) -> (u16, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let head = dir.path().join("head");
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 32, "messages": [{"role": "user", "content": prompt}]})
+        .to_string();
+    let url = proxy.proxy_url(run, token);
+    let bundle = proxy.bundle.display().to_string();
+    let out = Clients::locate()
+        .curl(
+            &[
+                "-D",
+                &head.display().to_string(),
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &format!("authorization: Bearer {API_KEY}"),
+                "--data",
+                &body,
+                &format!("https://{OPENAI}/v1/chat/completions"),
+            ],
+            &[("https_proxy", url.as_str()), ("CURL_CA_BUNDLE", bundle.as_str())],
+        )
+        .await
+        .unwrap();
+    let head = std::fs::read_to_string(&head).unwrap_or_default();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loose_replay_forwards_misses_and_runs_carry_dataset_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path()).unwrap();
+    let upstream = Upstream::builder().tls(&ca, &[OPENAI]).start().await.unwrap();
+    let db = Database::fresh(false).unwrap();
+    let control = ControlProcess::start(&db, &dir.path().join("control-home"), None).unwrap();
+    let data = dir.path().join("questions.jsonl");
+    std::fs::write(&data, "{\"q\": \"capital of France\"}\n").unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, format!("[[dataset]]\nname = \"questions\"\npath = \"{}\"\n", data.display())).unwrap();
+    let start = |replay: Option<&str>| {
+        let mut b = ProxyProcess::builder()
+            .upstream_ca(ca.pem_path())
+            .env("FLEETFORGE_CONTROL_URL", control.url())
+            .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
+            .env("FLEETFORGE_INTERCEPT", OPENAI)
+            .resolve(OPENAI, upstream.addr())
+            .arg("--config")
+            .arg(config.display().to_string());
+        if let Some(run) = replay {
+            b = b.env("FLEETFORGE_REPLAY", run);
+        }
+        b.start().unwrap()
+    };
+    let mut proxy = start(None);
+    let token = create_run(&control, "loose");
+    let (status, _, recorded) = curl_chat(&proxy, "loose", &token, "What is the capital of France?").await;
+    assert_eq!(status, 200, "{recorded}");
+    let receipt = control.receipts("loose", 1).unwrap().remove(0);
+    let run = control.api("GET", "/v1/runs/loose", &control.token, None).unwrap().1;
+    let digest = fleetforge_trust::text::hex(&fleetforge_trust::canonical::sha256(&std::fs::read(&data).unwrap()));
+    assert_eq!(run["datasets"], json!([{"name": "questions", "sha256": digest, "size": 27}]), "{run}");
+    proxy.terminate(std::time::Duration::from_secs(10)).unwrap();
+
+    // Not strict: the sealed call is served from its seal, with its original time; a new one goes
+    // upstream and is recorded in the replay run.
+    let replaying = start(Some("loose"));
+    let token = create_run(&control, "loose-r");
+    let before = upstream.connections();
+    let (status, head, body) = curl_chat(&replaying, "loose-r", &token, "What is the capital of France?").await;
+    assert_eq!((status, body.as_str()), (200, recorded.as_str()));
+    let started = receipt["started_at"].as_str().unwrap();
+    assert!(head.contains(&format!("x-fleetforge-virtual-time: {}", started.to_ascii_lowercase())), "{head}");
+    assert_eq!(upstream.connections(), before, "served from the seal");
+    let (status, _, _) = curl_chat(&replaying, "loose-r", &token, "Something new").await;
+    assert_eq!(status, 200);
+    assert!(upstream.connections() > before, "a miss outside strict mode goes upstream");
+    let receipts = control.receipts("loose-r", 2).unwrap();
+    assert_eq!(receipts[0]["replay"]["of"], receipt["id"]);
+    assert_eq!(receipts[1]["replay"]["of"], Value::Null);
+    assert_eq!(receipts[1]["replay"]["strict"], false);
+    let report = control.api("GET", "/v1/runs/loose-r/replay-report", &control.token, None).unwrap().1;
+    assert_eq!((report["matched"].as_u64(), report["missed"].as_u64()), (Some(1), Some(1)), "{report}");
+}
