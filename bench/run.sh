@@ -16,6 +16,13 @@
 # capability proxy also serves a second run whose token carries a budget (tokens, cost and calls,
 # each far above what the load uses): sidecar-bud is sidecar-cap with every call estimated with
 # OpenAI's tokenizer, reserved and settled, so sidecar-bud/sidecar-cap is the cost of budgets.
+# Sealing: the recording proxy seals every call (the default); sidecar-noseal is a second
+# recording, shipping proxy with FLEETFORGE_SEAL=false, so sidecar/sidecar-noseal is what sealing
+# keeps of the throughput. Replay: before the rounds, the recording sidecar records a run
+# (bench-replay) of exactly as many calls per mode as the replay rows will make; then a proxy in
+# strict replay mode (FLEETFORGE_REPLAY=bench-replay:strict, recording its own receipts) serves
+# them as sidecar-replay, each window a fixed number of calls (--replay-calls) instead of a
+# duration, so sidecar-replay/sidecar is strict replay against live forwarding.
 # Then drives the same OpenAI-shaped load with oha (JSON and SSE) straight at the upstream,
 # through the three sidecars, and through the forward proxy (CONNECT + TLS interception, keep-alive
 # inside the tunnel). Rounds alternate the scenario order. Prints req/s, p50/p99 latency, TTFB,
@@ -38,7 +45,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-DURATION=5 ROUNDS=2 CONC=16 CHUNKS=20 DELAY=0 WARMUP=1 RSS=0 LOAD=1
+DURATION=5 ROUNDS=2 CONC=16 CHUNKS=20 DELAY=0 WARMUP=1 RSS=0 LOAD=1 REPLAY_N=20000 REPLAY_WARM=2000
 while (($#)); do
   case $1 in
     --duration) DURATION=$2; shift 2 ;;
@@ -47,8 +54,9 @@ while (($#)); do
     --chunks) CHUNKS=$2; shift 2 ;;
     --chunk-delay-ms) DELAY=$2; shift 2 ;;
     --rss) RSS=$2; shift 2 ;;
+    --replay-calls) REPLAY_N=$2; shift 2 ;;
     --no-load) LOAD=0; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -104,6 +112,11 @@ if [[ -n ${BENCH_BASELINE:-} ]]; then
     >"$work/proxy-base.out" 2>"$work/proxy-base.err" &
   pids+=($!); base_pid=$!
 fi
+# Recording and shipping as the first, with sealing off.
+FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB \
+  FLEETFORGE_CAPABILITIES=false FLEETFORGE_SEAL=false "$target/fleetforge-proxy" --home "$work/home-noseal" \
+  "${proxy_args[@]}" >"$work/proxy-noseal.out" 2>"$work/proxy-noseal.err" &
+pids+=($!); noseal_pid=$!
 FLEETFORGE_RECEIPTS=false "$target/fleetforge-proxy" --home "$work/home-norec" "${proxy_args[@]}" \
   >"$work/proxy-norec.out" 2>"$work/proxy-norec.err" &
 pids+=($!); norec_pid=$!
@@ -142,6 +155,9 @@ side=$(field "$ready" sidecars)
 admin=$(field "$ready" admin)
 cat "$work/test-ca.pem" "$work/home/ca/ca.pem" >"$work/client-ca.pem"
 side_norec=$(field "$(ready_line "$work/proxy-norec.out")" sidecars)
+noseal_ready=$(ready_line "$work/proxy-noseal.out")
+side_noseal=$(field "$noseal_ready" sidecars)
+admin_noseal=$(field "$noseal_ready" admin)
 side_cap=$(field "$(ready_line "$work/proxy-cap.out")" sidecars)
 side_tool=$(field "$(ready_line "$work/proxy-tool.out")" sidecars)
 side_pol=$(field "$(ready_line "$work/proxy-pol.out")" sidecars)
@@ -175,6 +191,28 @@ print(f"{time.monotonic() - start:.3f}")
 PY
 }
 url_direct="https://api.llm.test:$up_port/v1/chat/completions"
+replay_pid= side_replay= admin_replay=
+if ((LOAD)); then
+  # Record the run the replay rows re-serve: as many calls per mode as they will make.
+  rec_n=$(((REPLAY_N + REPLAY_WARM) * ROUNDS))
+  for mode in nonstream stream; do
+    log "recording $rec_n $mode calls as run bench-replay"
+    "$oha" -n "$rec_n" -c "$CONC" --no-tui --output-format json -m POST -T application/json -H "x-test-chunks: $CHUNKS" \
+      -H "x-test-chunk-delay-ms: $DELAY" -H "x-fleetforge-run: bench-replay" -D "$here/bodies/body-$mode.json" -t 30s \
+      "http://$side/v1/chat/completions" >"$work/record-$mode.json" 2>&1
+  done
+  drain "$admin" >/dev/null
+  FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB \
+    FLEETFORGE_CAPABILITIES=false FLEETFORGE_REPLAY=bench-replay:strict \
+    "$target/fleetforge-proxy" --home "$work/home-replay" "${proxy_args[@]}" >"$work/proxy-replay.out" 2>"$work/proxy-replay.err" &
+  pids+=($!); replay_pid=$!
+  for _ in $(seq 1200); do [[ -s $work/proxy-replay.out ]] && break; kill -0 "$replay_pid" 2>/dev/null || break; sleep 0.25; done
+  [[ -s $work/proxy-replay.out ]] || { echo "replaying proxy did not start:" >&2; tail -5 "$work/proxy-replay.err" >&2; exit 1; }
+  replay_ready=$(head -1 "$work/proxy-replay.out")
+  side_replay=$(field "$replay_ready" sidecars)
+  admin_replay=$(field "$replay_ready" admin)
+  log "replaying proxy ready (sidecar $side_replay)"
+fi
 rows=$work/rows.tsv
 : >"$rows"
 measure() { # scenario mode round
@@ -183,6 +221,8 @@ measure() { # scenario mode round
     direct) args=(--connect-to "api.llm.test:$up_port:127.0.0.1:$up_port" --cacert "$work/test-ca.pem" "$url_direct") ;;
     sidecar) args=("http://$side/v1/chat/completions") ;;
     sidecar-norec) args=("http://$side_norec/v1/chat/completions") ;;
+    sidecar-noseal) args=("http://$side_noseal/v1/chat/completions") ;;
+    sidecar-replay) args=(-H "x-fleetforge-run: bench-replay-r$r" "http://$side_replay/v1/chat/completions") ;;
     sidecar-cap) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_cap/v1/chat/completions") ;;
     sidecar-bud) args=(-H "x-fleetforge-run: $bud_run" -H "x-fleetforge-token: $bud_token" "http://$side_cap/v1/chat/completions") ;;
     sidecar-tool) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_tool/v1/chat/completions") ;;
@@ -193,19 +233,22 @@ measure() { # scenario mode round
   esac
   local common=(-c "$CONC" --no-tui --output-format json -m POST -T application/json
     -H "x-test-chunks: $CHUNKS" -H "x-test-chunk-delay-ms: $DELAY" -D "$here/bodies/body-$mode.json" -t 30s)
-  "$oha" -z "${WARMUP}s" "${common[@]}" "${args[@]}" >/dev/null 2>&1 || true
-  local pid=$proxy_pid lag=- p0 u0 c0 p1 u1 c1
+  local warm=(-z "${WARMUP}s") window=(-z "${DURATION}s")
+  [[ $s == sidecar-replay ]] && warm=(-n "$REPLAY_WARM") window=(-n "$REPLAY_N")
+  "$oha" "${warm[@]}" "${common[@]}" "${args[@]}" >/dev/null 2>&1 || true
+  local pid=$proxy_pid lag=- p0 u0 c0 p1 u1 c1 drain_admin=$admin
   [[ $s == sidecar-norec ]] && pid=$norec_pid
+  [[ $s == sidecar-noseal ]] && pid=$noseal_pid drain_admin=$admin_noseal
+  [[ $s == sidecar-replay ]] && pid=$replay_pid drain_admin=$admin_replay
   [[ $s == sidecar-cap || $s == sidecar-bud ]] && pid=$cap_pid
   [[ $s == sidecar-tool ]] && pid=$tool_pid
   [[ $s == sidecar-pol ]] && pid=$pol_pid
-  local drain_admin=$admin
   [[ $s == *-base ]] && pid=$base_pid drain_admin=$admin_base
   local records=1
   [[ $s == direct || $s == sidecar-norec || $s == sidecar-cap || $s == sidecar-bud || $s == sidecar-tool || $s == sidecar-pol ]] && records=0
   ((records)) && drain "$drain_admin" >/dev/null # the warm-up's receipts are in before we count
   p0=$(ticks "$pid"); u0=$(ticks "$up_pid"); c0=$(ticks "$control_pid")
-  "$oha" -z "${DURATION}s" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
+  "$oha" "${window[@]}" "${common[@]}" "${args[@]}" >"$work/$s-$mode-$r.json" 2>"$work/$s-$mode-$r.err"
   ((records)) && lag=$(drain "$drain_admin")
   p1=$(ticks "$pid"); u1=$(ticks "$up_pid"); c1=$(ticks "$control_pid")
   [[ $s == direct ]] && p1=$p0
@@ -214,8 +257,8 @@ measure() { # scenario mode round
 }
 ((LOAD)) || ROUNDS=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  order=(direct sidecar sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward)
-  [[ -n $base_pid ]] && order=(direct sidecar sidecar-base sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward forward-base)
+  order=(direct sidecar sidecar-noseal sidecar-replay sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward)
+  [[ -n $base_pid ]] && order=(direct sidecar sidecar-base sidecar-noseal sidecar-replay sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward forward-base)
   if ((r % 2 == 0)); then
     rev=()
     for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[i]}"); done
