@@ -100,6 +100,11 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long a one-time login code is good for.
+pub const LOGIN_CODE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long a web-view session lasts.
+pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
 #[cfg(test)]
 mod tests {
     use super::{Principal, Role, new_id, new_token, same_secret, token_hash};

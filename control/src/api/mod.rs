@@ -7,8 +7,8 @@
 //! holds what they share: the state, the principal, and [`ErrorKind`], the one table from an
 //! error's kind to its status and contract `type`.
 //!
-//! Every `/v1` route needs `Authorization: Bearer`; `/healthz`, `/readyz`, `/metrics` and
-//! `/openapi.json` do not. Errors are `{"error":{"type","message"}}`; database and internal error
+//! Every `/v1` route needs `Authorization: Bearer` or, for reading, a web-view session cookie
+//! ([`ui`]); `/healthz`, `/readyz`, `/metrics` and `/openapi.json` do not. Errors are `{"error":{"type","message"}}`; database and internal error
 //! text is logged, never sent. Another tenant's run or receipt is `404 not_found`, exactly as a
 //! missing one.
 
@@ -22,6 +22,7 @@ mod runs;
 mod seals;
 #[cfg(test)]
 mod tests;
+mod ui;
 
 use std::sync::Arc;
 
@@ -207,12 +208,14 @@ async fn principal(app: &App, headers: &HeaderMap) -> ApiResult<Principal> {
             "missing or unknown bearer token: send Authorization: Bearer TOKEN (FLEETFORGE_CONTROL_TOKEN or a token from `fleetforge-control token create`)",
         )
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(unauthorized)?;
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = bearer.map(str::trim) else {
+        // A browser of the web view: its session cookie reads as a reader.
+        let session = ui::session(headers).ok_or_else(unauthorized)?;
+        let tenant = app.store.ui_session(&auth::token_hash(session)).await?.ok_or_else(unauthorized)?;
+        return Ok(Principal { role: Role::Reader, tenant });
+    };
     let hash = auth::token_hash(token);
     if let Some(bootstrap) = &app.bootstrap
         && auth::same_secret(&hash, bootstrap)
@@ -332,6 +335,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/capabilities/revoke", post(capabilities::revoke_capability))
         .route("/v1/revocations", get(capabilities::list_revocations))
         .route("/v1/runs/{id}/export/vc", get(exports::export_vc))
+        .route("/v1/ui/login-links", post(ui::login_link))
+        .route("/", get(ui::runs_page))
+        .route("/runs/{id}", get(ui::run_page))
+        .route("/demo", get(ui::demo))
+        .route("/login", get(ui::login))
+        .route("/ui.js", get(ui::script))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(64 << 20))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), count))

@@ -91,6 +91,12 @@ pub(super) async fn verify_run(
 ) -> ApiResult<Json<VerifyReport>> {
     let p = principal(&app, &headers).await?;
     run_of(&app, &p, &id).await?;
+    Ok(Json(verify_report(&app, &id).await?))
+}
+
+/// Checks every receipt of run `id` (the caller has checked the run is visible) and records
+/// the verdict on the run.
+pub(super) async fn verify_report(app: &App, id: &str) -> ApiResult<VerifyReport> {
     let keys: std::collections::HashMap<String, Vec<u8>> = app
         .store
         .keys()
@@ -98,7 +104,7 @@ pub(super) async fn verify_run(
         .into_iter()
         .filter_map(|k| Some((k.key_id, URL_SAFE_NO_PAD.decode(k.public_key).ok()?)))
         .collect();
-    let rows = app.store.chain(&id).await?;
+    let rows = app.store.chain(id).await?;
     let mut problems = Vec::new();
     let mut links = Vec::new();
     // (receipt id, blob address) of every sealed blob a receipt names.
@@ -132,13 +138,13 @@ pub(super) async fn verify_run(
             Err(e) => problems.push(Problem { receipt_id: r.id.clone(), problem: e.to_string() }),
         }
     }
-    for ChainProblem { receipt_id, problem } in check_chain(&id, &links) {
+    for ChainProblem { receipt_id, problem } in check_chain(id, &links) {
         problems.push(Problem { receipt_id, problem });
     }
-    problems.extend(check_blobs(&app, &blobs).await?);
+    problems.extend(check_blobs(app, &blobs).await?);
     let ok = problems.is_empty();
-    app.store.set_verified(&id, ok, i64::try_from(rows.len()).unwrap_or(i64::MAX)).await?;
-    Ok(Json(VerifyReport { ok, checked: rows.len(), problems }))
+    app.store.set_verified(id, ok, i64::try_from(rows.len()).unwrap_or(i64::MAX)).await?;
+    Ok(VerifyReport { ok, checked: rows.len(), problems })
 }
 
 /// Problems with the sealed blobs receipts name (`(receipt id, address)` each): missing from

@@ -204,7 +204,7 @@ fn budget_state(r: &RunRow, grants: &Grants) -> Value {
     })
 }
 
-fn view(r: RunRow) -> RunView {
+pub(super) fn view(r: RunRow) -> RunView {
     let grants: Grants = serde_json::from_str(&r.grants).unwrap_or_default();
     RunView {
         budget_state: budget_state(&r, &grants),

@@ -22,6 +22,7 @@ mod pg;
 mod receipts;
 mod runs;
 mod seals;
+mod sessions;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tokens;
