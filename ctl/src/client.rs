@@ -136,4 +136,43 @@ impl ControlClient {
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.call(Method::POST, path, Some(body)).await
     }
+
+    /// Control's capability root keys (`GET /v1/keys`), for verifying capabilities offline.
+    pub async fn capability_roots(&self) -> anyhow::Result<fleetforge_trust::capability::RootKeys> {
+        use anyhow::Context as _;
+        use base64::Engine as _;
+        let keys = self.get("/v1/keys").await?;
+        let mut roots = fleetforge_trust::capability::RootKeys::default();
+        for k in keys["keys"].as_array().into_iter().flatten().filter(|k| k["kind"] == "capability-root") {
+            let (Some(id), Some(pk)) = (k["root_key_id"].as_u64(), k["public_key"].as_str()) else { continue };
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(pk)
+                .context("control listed a root key that is not base64url")?;
+            roots.insert(u32::try_from(id).unwrap_or(u32::MAX), &raw)?;
+        }
+        Ok(roots)
+    }
+
+    /// A one-time login URL for control's web view, opening `next` (a local path).
+    pub async fn login_url(&self, next: &str) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        anyhow::ensure!(
+            next.starts_with('/') && !next.starts_with("//"),
+            "--next {next:?}: give a path such as / or /demo"
+        );
+        let link =
+            self.post("/v1/ui/login-links", &serde_json::json!({})).await.context("asking control for a login link")?;
+        let path = link["path"].as_str().context("control answered without a login path")?;
+        let next: String = next
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        Ok(format!("{}{path}&next={next}", self.base))
+    }
 }

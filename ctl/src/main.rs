@@ -13,11 +13,14 @@ use fleetforge_proxy::{Config, Proxy};
 use serde_json::{Value, json};
 
 mod client;
+mod demo;
 mod policy;
 mod replay;
+mod show;
 mod up;
 
-use crate::client::{ClientError, ControlClient};
+use crate::client::ControlClient;
+use crate::show::{millis_between, not_found};
 
 const EXIT_BAD_CONFIG: u8 = 64;
 
@@ -59,6 +62,23 @@ enum Command {
         /// created, or given a new token when it exists).
         #[arg(long, default_value = "hello-fleet")]
         run: String,
+    },
+    /// Hello Fleet: start control (SQLite in FLEETFORGE_HOME), a proxy and a fake LLM + tool +
+    /// MCP upstream on free ports, run an agent's calls through the proxy (LLM, stream, tool with
+    /// a capability, MCP, a policy denial, a rate-SLO wait, a budget refusal), print the receipts,
+    /// verify the run, replay it strictly and export it. Exit 0 only if every check passed.
+    Demo {
+        /// Keep control running afterwards and print a one-time login URL for its web view
+        /// (Ctrl-C stops it).
+        #[arg(long)]
+        serve: bool,
+    },
+    /// Print a one-time login URL for the web view of control at FLEETFORGE_CONTROL_URL (good for
+    /// 10 minutes, once; the session it opens reads as a reader of this token's tenant).
+    Login {
+        /// Page to open after signing in, e.g. /demo or /runs/RUN.
+        #[arg(long, default_value = "/")]
+        next: String,
     },
     /// Runs: create, list, show.
     Runs {
@@ -230,7 +250,9 @@ enum RunsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("FLEETFORGE_LOG").unwrap_or_else(|_| "info".into());
+    // The demo prints its own progress; its default log level keeps the proxy's per-call lines out.
+    let default_level = if matches!(cli.command, Some(Command::Demo { .. })) { "warn" } else { "info" };
+    let filter = std::env::var("FLEETFORGE_LOG").unwrap_or_else(|_| default_level.into());
     let targets: tracing_subscriber::filter::Targets = filter.parse().unwrap_or_default();
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -279,9 +301,14 @@ fn main() -> ExitCode {
                 run_up(proxy, control, &run).await?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Demo { serve } => demo::demo(cli.config.as_deref(), serve).await,
+            Command::Login { next } => {
+                println!("{}", client()?.login_url(&next).await?);
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Runs { command } => runs(command).await,
-            Command::Receipts { run, json } => receipts(&run, json).await,
-            Command::Verify { run } => verify(&run).await,
+            Command::Receipts { run, json } => show::receipts(&client()?, &run, json).await,
+            Command::Verify { run } => show::verify(&client()?, &run).await,
             Command::Budget { run, json } => budget(&run, json).await,
             Command::Replay { run, strict, timing, as_run, json, command } => {
                 let args = replay::Args { run, strict, timing, as_run, json, command };
@@ -345,7 +372,9 @@ async fn run_up(mut proxy: Config, mut control: ControlConfig, run: &str) -> any
         // Checks are off (FLEETFORGE_CAPABILITIES=false): any password is taken.
         "unverified".to_owned()
     };
-    up::print_banner(&mut std::io::stdout().lock(), &running, &control_running, &control.home, run, &run_token)
+    let admin = ControlClient::new(&format!("http://{}", control_running.addr), Some(token.expose().to_owned()))?;
+    let login = admin.login_url("/").await?;
+    up::print_banner(&mut std::io::stdout().lock(), &running, &control_running, &control.home, run, &run_token, &login)
         .context("cannot write to stdout")?;
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -389,12 +418,7 @@ async fn capability(command: CapabilityCommand) -> anyhow::Result<ExitCode> {
             let token = read_token(&token)?;
             let mut roots = RootKeys::default();
             if root_keys.is_empty() {
-                let keys = client()?.get("/v1/keys").await?;
-                for k in keys["keys"].as_array().into_iter().flatten().filter(|k| k["kind"] == "capability-root") {
-                    let (Some(id), Some(pk)) = (k["root_key_id"].as_u64(), k["public_key"].as_str()) else { continue };
-                    let raw = URL_SAFE_NO_PAD.decode(pk).context("control listed a root key that is not base64url")?;
-                    roots.insert(u32::try_from(id).unwrap_or(u32::MAX), &raw)?;
-                }
+                roots = client()?.capability_roots().await?;
             } else {
                 for entry in &root_keys {
                     let (id, pk) = entry
@@ -517,74 +541,6 @@ async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn not_found(run: &str) -> impl FnOnce(ClientError) -> anyhow::Error + '_ {
-    move |e| match e {
-        ClientError::NotFound(_) => anyhow::anyhow!("run {run} not found (or not visible to this token's tenant)"),
-        e => e.into(),
-    }
-}
-
-async fn receipts(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let c = client()?;
-    let mut after = 0i64;
-    if !as_json {
-        println!(
-            "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}",
-            "STEP", "SEQ", "TIME", "HOST", "METHOD PATH", "DECISION", "STATUS", "TOKENS", "MS"
-        );
-    }
-    loop {
-        let page = c.get(&format!("/v1/runs/{run}/receipts?after={after}&limit=1000")).await.map_err(not_found(run))?;
-        let items = page["receipts"].as_array().cloned().unwrap_or_default();
-        for r in &items {
-            if as_json {
-                println!("{r}");
-                continue;
-            }
-            let ms = match (r["started_at"].as_str(), r["ended_at"].as_str()) {
-                (Some(a), Some(b)) => millis_between(a, b).map_or_else(|| "-".into(), |m| format!("{m:.1}")),
-                _ => "-".into(),
-            };
-            let mut target = format!(
-                "{} {}",
-                r["upstream"]["method"].as_str().unwrap_or_default(),
-                r["upstream"]["path"].as_str().unwrap_or_default()
-            );
-            if target.len() > 40 {
-                target.truncate(37);
-                target.push_str("...");
-            }
-            let decision = if r["decision"]["allow"] == true {
-                "allow".to_owned()
-            } else {
-                r["decision"]["error"]["type"].as_str().unwrap_or("deny").to_owned()
-            };
-            // Tokens are counted once the usage of known LLM APIs is parsed; "-" until then.
-            let tokens = match (r["usage"]["input_tokens"].as_u64(), r["usage"]["output_tokens"].as_u64()) {
-                (None, None) => "-".to_owned(),
-                (i, o) => (i.unwrap_or(0) + o.unwrap_or(0)).to_string(),
-            };
-            println!(
-                "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}",
-                r["step"].to_string(),
-                r["chain"]["seq"].to_string(),
-                r["started_at"].as_str().unwrap_or_default(),
-                r["upstream"]["host"].as_str().unwrap_or_default(),
-                target,
-                decision,
-                r["seal"]["status"].as_u64().map_or_else(|| "-".into(), |s| s.to_string()),
-                tokens,
-                ms
-            );
-        }
-        match page["next_after"].as_i64() {
-            Some(next) if !items.is_empty() => after = next,
-            _ => break,
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// `fleetforge-ctl budget RUN`.
 async fn budget(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let c = client()?;
@@ -697,24 +653,4 @@ async fn budget(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
         _ => println!("burn rate: - (not enough receipts)"),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn millis_between(a: &str, b: &str) -> Option<f64> {
-    let parse = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok();
-    Some((parse(b)? - parse(a)?).as_seconds_f64() * 1e3)
-}
-
-async fn verify(run: &str) -> anyhow::Result<ExitCode> {
-    let c = client()?;
-    let report = c.get(&format!("/v1/runs/{run}/verify")).await.map_err(not_found(run))?;
-    let checked = report["checked"].as_u64().unwrap_or(0);
-    if report["ok"] == true {
-        println!("run {run}: {checked} receipts verified (signatures, proofs, chain, seq)");
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("run {run}: verification FAILED ({checked} receipts checked)");
-    for p in report["problems"].as_array().into_iter().flatten() {
-        println!("  receipt {}: {}", p["receipt_id"].as_str().unwrap_or("?"), p["problem"].as_str().unwrap_or("?"));
-    }
-    Ok(ExitCode::from(1))
 }

@@ -109,6 +109,7 @@ pub fn print_banner(
     home: &Path,
     run: &str,
     token: &str,
+    login: &str,
 ) -> std::io::Result<()> {
     writeln!(out, "FleetForge is up.")?;
     writeln!(out, "  forward proxy  {}", running.forward)?;
@@ -120,6 +121,7 @@ pub fn print_banner(
         control.backend.name(),
         absolute(&home.join("control.token"))
     )?;
+    writeln!(out, "  web view       {login}  (one-time login URL; fleetforge-ctl login prints another)")?;
     writeln!(out)?;
     writeln!(out, "Paste into the agent's shell (run id {run:?}):")?;
     write!(out, "{}", exports(running, run, token))?;
