@@ -399,3 +399,20 @@ async fn run_identity_can_come_from_headers_inside_the_tunnel() {
     w.assert_upstream_saw_no_credentials();
     let _ = &w.ca;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmodified_langgraph_graph_through_https_proxy() {
+    let w = world().await;
+    let env = w.proxy_env("run-langgraph");
+    let out = w.clients.python("py_langgraph.py", &[], &env_refs(&env)).await.unwrap().ok().unwrap();
+    let state = out.json().unwrap();
+    assert_eq!(state["plan"], completion_text(5), "{state}");
+    assert_eq!(state["review"], completion_text(5), "{state}");
+    let receipts: Vec<&str> = state["receipts"].as_array().unwrap().iter().filter_map(|r| r.as_str()).collect();
+    assert_eq!(receipts.len(), 2, "{state}");
+    assert!(receipts.iter().all(|r| r.len() == 36) && receipts[0] != receipts[1], "one receipt per node: {receipts:?}");
+    let seen = w.upstream.requests();
+    assert_eq!(seen.len(), 2, "both nodes' calls reached the upstream through the proxy");
+    assert_eq!(seen[0].sni.as_deref(), Some("api.openai.com"));
+    w.assert_upstream_saw_no_credentials();
+}
