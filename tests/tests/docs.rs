@@ -1,8 +1,9 @@
-//! The docs against the binaries: `docs/reference/cli.md` is exactly what `--help` prints, and
+//! The docs against the binaries: `docs/reference/cli.md` is exactly what `--help` prints,
+//! `docs/reference/openapi.json` exactly what control serves at `/openapi.json`, and
 //! every `fleetforge-ctl`, `fleetforge-proxy` or `fleetforge-control` command the README and the
 //! docs show exists. (`fleetforge-ctl demo`, the README's first command, runs in `demo.rs`.)
 //!
-//! `FLEETFORGE_WRITE_DOCS=1 cargo test -p fleetforge-e2e --test docs` rewrites `cli.md`.
+//! `FLEETFORGE_WRITE_DOCS=1 cargo test -p fleetforge-e2e --test docs` rewrites both.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -129,4 +130,26 @@ fn every_command_the_docs_show_exists() {
         }
     }
     assert!(checked > 20, "only {checked} commands found in the docs");
+}
+
+#[test]
+fn the_openapi_reference_is_what_control_serves() {
+    let home = tempfile::tempdir().unwrap();
+    let control =
+        fleetforge_e2e::harness::ControlProcess::start(&fleetforge_e2e::harness::Database::Sqlite, home.path(), None)
+            .unwrap();
+    let (status, served) = control.api("GET", "/openapi.json", "none", None).unwrap();
+    assert_eq!(status, 200);
+    assert!(served["paths"]["/v1/runs"].is_object() && served["paths"]["/v1/ui/login-links"].is_object(), "{served}");
+    let want = serde_json::to_string_pretty(&served).unwrap() + "\n";
+    let path = workspace().join("docs/reference/openapi.json");
+    if std::env::var_os("FLEETFORGE_WRITE_DOCS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "{} is out of date: FLEETFORGE_WRITE_DOCS=1 cargo test -p fleetforge-e2e --test docs rewrites it",
+        path.display()
+    );
 }

@@ -268,7 +268,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         receipts::run_receipts, receipts::one_receipt, receipts::verify_run, receipts::post_receipts,
         seals::put_seal, seals::get_seal, replay::replay_manifest, replay::replay_report,
         keys::put_key, keys::list_keys, capabilities::revoke_capability, capabilities::list_revocations,
-        exports::export_vc),
+        exports::export_vc, ui::login_link),
     components(schemas(runs::CreateRun, runs::IssueToken, runs::Budget, runs::CreatedRun, runs::RunView,
         receipts::VerifyReport, receipts::Problem, keys::PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult,
         ingest::ItemStatus, RevocationPage, Lease, LeaseRequest, Slice, Held)),

@@ -43,6 +43,9 @@ pub(super) fn session(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `POST /v1/ui/login-links`: a one-time login URL path for the caller's tenant.
+#[utoipa::path(post, path = "/v1/ui/login-links",
+    responses((status = 200, description = "`{\"path\": \"/login?code=…\", \"expires_in_seconds\": 600}`"), (status = 403)),
+    security(("bearer" = [])))]
 pub(super) async fn login_link(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let p = principal(&app, &headers).await?;
     require(&p, &[Role::Admin, Role::Reader])?;
