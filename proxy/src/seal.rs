@@ -12,10 +12,11 @@
 //! The forward phase computes the key and the request blob ([`seal_request`]) from the request as
 //! the agent sent it — before obligations and usage injection change it — so a replay computes
 //! the same key whatever its budget. The tap keeps the response chunks ([`Recording`]); when the
-//! call has ended [`keep`] hands the blobs to the [`SealStore`], whose writer thread compresses
-//! them (zstd) into `$FLEETFORGE_HOME/seals/ab/<sha256>.zst` and notes them in
-//! `seals/pending.log` until the receipt shipper has put them on control (`PUT /v1/seals/{sha}`,
-//! always before the receipts that name them). Nothing on the request path waits for a disk.
+//! call has ended [`keep`] hands the blobs to the [`SealStore`], whose writer thread takes them in
+//! batches (woken by the first, it lets more gather for a few milliseconds), compresses them
+//! (zstd) into `$FLEETFORGE_HOME/seals/ab/<sha256>.zst` and notes them in `seals/pending.log`
+//! until the receipt shipper has put them on control (`PUT /v1/seals/{sha}`, always before the
+//! receipts that name them). Nothing on the request path waits for a disk.
 //!
 //! Credentials the request carried (the values of its `Authorization`, API-key and cookie
 //! headers and of credential-like query parameters) are never sealed even when a body holds them:
@@ -50,6 +51,9 @@ mod tests;
 
 /// Addresses the writer remembers having written before it forgets them (32 MiB of memory).
 const MAX_KNOWN: usize = 1 << 20;
+
+/// How long the writer lets blobs gather after a wake-up before writing them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// zstd level of blobs at rest: level 1 is the fastest, and LLM JSON still shrinks 3–5×.
 const ZSTD_LEVEL: i32 = 1;
@@ -246,7 +250,7 @@ pub fn keep(store: Option<&SealStore>, call: &mut Call, chunks: Option<Vec<(Byte
     if let Some(response_meta) = response_blobs(&sealed.response_headers, status.as_u16(), digest, chunks, &mut blobs) {
         call.kept = Some(Kept { request_blob, response_meta });
     }
-    // One job per call: one wake-up of the writer.
+    // One job per call; the writer takes them in batches.
     store.put(blobs);
 }
 
@@ -408,35 +412,44 @@ impl Writer {
             }
         };
         let mut joined = Vec::new();
-        while let Ok(job) = rx.recv() {
-            match job {
-                Job::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Job::Put(blobs) => {
-                    for (address, chunks) in blobs {
-                        if self.known.len() >= MAX_KNOWN {
-                            // Only a shortcut: the file check below still finds what was written.
-                            self.known.clear();
-                        }
-                        if !self.known.insert(address) {
-                            continue;
-                        }
-                        let hexed = hex(&address);
-                        let path = blob_path(&self.dir, &hexed);
-                        if path.exists() {
-                            continue;
-                        }
-                        joined.clear();
-                        for c in &chunks {
-                            joined.extend_from_slice(c);
-                        }
-                        if let Err(e) = self.write(&path, &mut compressor, &joined, &hexed) {
-                            self.known.remove(&address);
-                            tracing::error!(address = %hexed, error = %e, "cannot write a sealed body; the call cannot be replayed; check the disk under seals/");
-                        }
-                    }
-                }
+        // Woken by the first job, the writer lets more gather before taking them all: a call
+        // that queues its blobs while the writer is not waiting costs no wake-up (no syscall).
+        while let Ok(first) = rx.recv() {
+            std::thread::sleep(GATHER);
+            for job in std::iter::once(first).chain(rx.try_iter()) {
+                self.handle(job, &mut compressor, &mut joined);
+            }
+        }
+    }
+
+    fn handle(&mut self, job: Job, compressor: &mut zstd::bulk::Compressor<'_>, joined: &mut Vec<u8>) {
+        let blobs = match job {
+            Job::Flush(done) => {
+                let _ = done.send(());
+                return;
+            }
+            Job::Put(blobs) => blobs,
+        };
+        for (address, chunks) in blobs {
+            if self.known.len() >= MAX_KNOWN {
+                // Only a shortcut: the file check below still finds what was written.
+                self.known.clear();
+            }
+            if !self.known.insert(address) {
+                continue;
+            }
+            let hexed = hex(&address);
+            let path = blob_path(&self.dir, &hexed);
+            if path.exists() {
+                continue;
+            }
+            joined.clear();
+            for c in &chunks {
+                joined.extend_from_slice(c);
+            }
+            if let Err(e) = self.write(&path, compressor, joined, &hexed) {
+                self.known.remove(&address);
+                tracing::error!(address = %hexed, error = %e, "cannot write a sealed body; the call cannot be replayed; check the disk under seals/");
             }
         }
     }

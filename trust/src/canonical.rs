@@ -173,9 +173,20 @@ fn write_number(n: &serde_json::Number, out: &mut Vec<u8>, numbers: Numbers) -> 
 /// not JSON. Output is byte for byte that of [`to_canonical_any`] on the parsed value (a name
 /// repeated in one object keeps its last value, as `serde_json` does).
 pub fn json_to_canonical(json: &[u8], out: &mut Vec<u8>) -> Option<()> {
-    let node: Node<'_> = serde_json::from_slice(json).ok()?;
+    // UTF-8 is checked once for the whole text, so strings are sliced from it without a check each.
+    let text = std::str::from_utf8(json).ok()?;
+    let mut parser = Parser { text, at: 0 };
+    parser.skip_ws();
+    let node = parser.value(MAX_DEPTH)?;
+    parser.skip_ws();
+    if parser.at != text.len() {
+        return None;
+    }
     write_node(&node, out).ok()
 }
+
+/// Nesting `json_to_canonical` accepts, as `serde_json` does (its recursion limit).
+const MAX_DEPTH: usize = 128;
 
 /// A parsed JSON value borrowing its strings from the input where it can.
 enum Node<'a> {
@@ -187,79 +198,241 @@ enum Node<'a> {
     Object(Vec<(std::borrow::Cow<'a, str>, Node<'a>)>),
 }
 
-/// A string, borrowed when the input holds it without escapes.
-struct Text<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Text<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(std::borrow::Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Text(std::borrow::Cow::Owned(v)))
-            }
+/// The index of the first `"`, `\\` or control character at or after `at` (`bytes.len()` when
+/// none): eight bytes at a time while none of them can be one.
+fn string_end(bytes: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while let Some(word) = bytes.get(at..at + 8) {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_le_bytes(eight);
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        // A zero byte in `quote` or `backslash`, or a byte under 0x20 in `x`, sets its high bit
+        // here (never missed; a false alarm only hands over to the exact loop below).
+        let hit = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (x.wrapping_sub(ONES * 0x20) & !x);
+        if hit & HIGH != 0 {
+            break;
         }
-        d.deserialize_str(V)
+        at += 8;
     }
+    while let Some(b) = bytes.get(at) {
+        if matches!(b, b'"' | b'\\' | 0..=0x1f) {
+            break;
+        }
+        at += 1;
+    }
+    at
 }
 
-impl<'de> serde::Deserialize<'de> for Node<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Node<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("JSON")
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Node::Null)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(Node::Bool(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Node::Number(v.into()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Node::Number(v.into()))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                serde_json::Number::from_f64(v).map(Node::Number).ok_or_else(|| E::custom("not a finite number"))
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Node::String(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Node::String(std::borrow::Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Node::String(std::borrow::Cow::Owned(v)))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
+/// A JSON parser over validated UTF-8 text, into [`Node`]s: it accepts exactly what
+/// `serde_json::from_slice` accepts (RFC 8259, nesting up to [`MAX_DEPTH`], no lone surrogate
+/// escapes) and reads numbers as it does.
+struct Parser<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.bytes().get(self.at) == Some(&byte)).then(|| self.at += 1)
+    }
+
+    fn literal(&mut self, word: &str, node: Node<'a>) -> Option<Node<'a>> {
+        self.bytes()[self.at..].starts_with(word.as_bytes()).then(|| {
+            self.at += word.len();
+            node
+        })
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Node<'a>> {
+        match *self.bytes().get(self.at)? {
+            b'{' => {
+                let depth = depth.checked_sub(1).filter(|d| *d > 0)?;
+                self.at += 1;
+                let mut members = Vec::new();
+                self.skip_ws();
+                if self.eat(b'}').is_some() {
+                    return Some(Node::Object(members));
                 }
-                Ok(Node::Array(items))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some((Text(name), value)) = map.next_entry::<Text<'de>, Node<'de>>()? {
-                    members.push((name, value));
+                loop {
+                    self.skip_ws();
+                    let name = self.string()?;
+                    self.skip_ws();
+                    self.eat(b':')?;
+                    self.skip_ws();
+                    members.push((name, self.value(depth)?));
+                    self.skip_ws();
+                    if self.eat(b',').is_none() {
+                        self.eat(b'}')?;
+                        return Some(Node::Object(members));
+                    }
                 }
-                Ok(Node::Object(members))
+            }
+            b'[' => {
+                let depth = depth.checked_sub(1).filter(|d| *d > 0)?;
+                self.at += 1;
+                let mut items = Vec::new();
+                self.skip_ws();
+                if self.eat(b']').is_some() {
+                    return Some(Node::Array(items));
+                }
+                loop {
+                    self.skip_ws();
+                    items.push(self.value(depth)?);
+                    self.skip_ws();
+                    if self.eat(b',').is_none() {
+                        self.eat(b']')?;
+                        return Some(Node::Array(items));
+                    }
+                }
+            }
+            b'"' => self.string().map(Node::String),
+            b't' => self.literal("true", Node::Bool(true)),
+            b'f' => self.literal("false", Node::Bool(false)),
+            b'n' => self.literal("null", Node::Null),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    /// A string at `"`: borrowed when it has no escape sequence.
+    fn string(&mut self) -> Option<std::borrow::Cow<'a, str>> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let bytes = self.bytes();
+        let end = string_end(bytes, start);
+        match bytes.get(end) {
+            Some(b'"' | b'\\') => {}
+            _ => return None, // a control character, or no closing quote
+        }
+        if bytes[end] == b'"' {
+            self.at = end + 1;
+            return Some(std::borrow::Cow::Borrowed(&self.text[start..end]));
+        }
+        let mut owned = String::with_capacity(end - start + 16);
+        owned.push_str(&self.text[start..end]);
+        self.at = end;
+        loop {
+            let next = string_end(bytes, self.at);
+            match bytes.get(next) {
+                Some(b'"' | b'\\') => {}
+                _ => return None,
+            }
+            owned.push_str(&self.text[self.at..next]);
+            self.at = next;
+            if bytes[self.at] == b'"' {
+                self.at += 1;
+                return Some(std::borrow::Cow::Owned(owned));
+            }
+            self.at += 1; // the backslash
+            let escaped = *bytes.get(self.at)?;
+            self.at += 1;
+            match escaped {
+                b'"' => owned.push('"'),
+                b'\\' => owned.push('\\'),
+                b'/' => owned.push('/'),
+                b'b' => owned.push('\u{8}'),
+                b'f' => owned.push('\u{c}'),
+                b'n' => owned.push('\n'),
+                b'r' => owned.push('\r'),
+                b't' => owned.push('\t'),
+                b'u' => {
+                    let unit = self.hex4()?;
+                    let c = match unit {
+                        0xD800..=0xDBFF => {
+                            // A high surrogate must be followed by an escaped low one.
+                            self.eat(b'\\')?;
+                            self.eat(b'u')?;
+                            let low = self.hex4()?;
+                            if !(0xDC00..=0xDFFF).contains(&low) {
+                                return None;
+                            }
+                            char::from_u32(0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00))?
+                        }
+                        0xDC00..=0xDFFF => return None,
+                        _ => char::from_u32(u32::from(unit))?,
+                    };
+                    owned.push(c);
+                }
+                _ => return None,
             }
         }
-        d.deserialize_any(V)
+    }
+
+    fn hex4(&mut self) -> Option<u16> {
+        let digits = self.text.get(self.at..self.at + 4)?;
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.at += 4;
+        u16::from_str_radix(digits, 16).ok()
+    }
+
+    /// A number: an integer that fits `u64` (or `i64` when negative) is kept exact, anything
+    /// else is read by `serde_json` as an `f64`.
+    fn number(&mut self) -> Option<Node<'a>> {
+        let bytes = self.bytes();
+        let start = self.at;
+        let mut at = start;
+        let digits = |at: &mut usize| {
+            let from = *at;
+            while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
+                *at += 1;
+            }
+            *at > from
+        };
+        if bytes[at] == b'-' {
+            at += 1;
+        }
+        let int_start = at;
+        if !digits(&mut at) || (bytes[int_start] == b'0' && at - int_start > 1) {
+            return None;
+        }
+        let mut integer = true;
+        if bytes.get(at) == Some(&b'.') {
+            at += 1;
+            integer = false;
+            if !digits(&mut at) {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = bytes.get(at) {
+            at += 1;
+            integer = false;
+            if let Some(b'+' | b'-') = bytes.get(at) {
+                at += 1;
+            }
+            if !digits(&mut at) {
+                return None;
+            }
+        }
+        self.at = at;
+        let text = &self.text[start..at];
+        if integer {
+            if let Ok(v) = text.parse::<u64>() {
+                return Some(Node::Number(v.into()));
+            }
+            if let Ok(v) = text.parse::<i64>() {
+                return Some(Node::Number(v.into()));
+            }
+        }
+        // Fractions and exponents are rare in requests: serde_json reads them, so they round as it
+        // rounds them.
+        serde_json::from_str::<serde_json::Number>(text).ok().map(Node::Number)
     }
 }
 
@@ -378,6 +551,157 @@ mod tests {
             assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(expected).unwrap(), "{body}");
         }
         assert!(json_to_canonical(b"{not json", &mut Vec::new()).is_none());
+    }
+
+    /// The parser against `serde_json` on edge cases and on generated documents: the same texts
+    /// accepted, and byte for byte the same canonical form.
+    #[test]
+    fn the_parser_accepts_and_canonicalizes_exactly_what_serde_json_does() {
+        let same = |text: &[u8]| {
+            let reference = serde_json::from_slice::<serde_json::Value>(text).ok().map(|v| {
+                let mut out = Vec::new();
+                to_canonical_any(&v, &mut out).unwrap();
+                out
+            });
+            let mut fast = Vec::new();
+            let fast = json_to_canonical(text, &mut fast).map(|()| fast);
+            assert_eq!(
+                fast.as_deref().map(String::from_utf8_lossy),
+                reference.as_deref().map(String::from_utf8_lossy),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        };
+        let edge: &[&[u8]] = &[
+            b"-0",
+            b"-0.0",
+            b"0",
+            b"01",
+            b"1.",
+            b".5",
+            b"1e",
+            b"1E+2",
+            b"1e-2",
+            b"0.1e-2",
+            b"-",
+            b"+1",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"-9223372036854775808",
+            b"-9223372036854775809",
+            b"1e400",
+            b"-1e-400",
+            b"123456789012345678901234567890",
+            b"0.30000000000000004",
+            b"\"\\u00e9\\ud83d\\ude00\"",
+            b"\"\\ud83d\"",
+            b"\"\\ude00\"",
+            b"\"\\ud83d\\u0041\"",
+            b"\"\\x\"",
+            b"\"\\u00G0\"",
+            b"\"a\tb\"",
+            b"\"\\/\\b\\f\\n\\r\\t\\\"\\\\\"",
+            b"\"\xff\"",
+            b"\"\xc3\xa9\"",
+            b" [ 1 , 2 ] ",
+            b"[1,]",
+            b"[,1]",
+            b"{\"a\":1,}",
+            b"{\"a\" 1}",
+            b"{1:2}",
+            b"{}",
+            b"[]",
+            b"[[]]",
+            b"tru",
+            b"true ",
+            b"nul",
+            b"null x",
+            b"",
+            b" ",
+            b"\"unterminated",
+            b"{\"a\":{\"b\":[true,false,null]}}",
+            b"\xef\xbb\xbf{}",
+            b"{\"a\":1}\n",
+            b"[1]\x00",
+        ];
+        for text in edge {
+            same(text);
+        }
+        for depth in [126, 127, 128, 129] {
+            same(format!("{}{}", "[".repeat(depth), "]".repeat(depth)).as_bytes());
+            same(format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth)).as_bytes());
+        }
+        // Generated documents: a small linear congruential generator, so every run checks the same ones.
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        fn generate(next: &mut dyn FnMut(u64) -> u64, depth: u32, out: &mut String) {
+            const STRINGS: &[&str] = &[
+                "",
+                "a",
+                "role",
+                "content",
+                "\\\"q\\\"",
+                "\\u00e9t\\u00e9",
+                "\\ud83d\\ude00",
+                "é€😀",
+                "\\n\\t",
+                "דּ",
+                "model",
+                "Z",
+                "a b",
+            ];
+            const NUMBERS: &[&str] =
+                &["0", "-1", "7", "0.5", "1e3", "-2.5E-3", "3.0", "100000000000000000000", "1e21", "1e-7", "123.456"];
+            let ws = |next: &mut dyn FnMut(u64) -> u64, out: &mut String| {
+                if next(4) == 0 {
+                    out.push_str(["", " ", "\n  ", "\t"][next(4) as usize]);
+                }
+            };
+            match if depth == 0 { next(4) } else { next(6) } {
+                0 => out.push_str(["null", "true", "false"][next(3) as usize]),
+                1 => out.push_str(NUMBERS[next(NUMBERS.len() as u64) as usize]),
+                2 | 3 => {
+                    out.push('"');
+                    out.push_str(STRINGS[next(STRINGS.len() as u64) as usize]);
+                    out.push('"');
+                }
+                4 => {
+                    out.push('[');
+                    for i in 0..next(4) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        ws(next, out);
+                        generate(next, depth - 1, out);
+                        ws(next, out);
+                    }
+                    out.push(']');
+                }
+                _ => {
+                    out.push('{');
+                    for i in 0..next(5) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        ws(next, out);
+                        out.push('"');
+                        out.push_str(STRINGS[next(STRINGS.len() as u64) as usize]);
+                        out.push_str("\":");
+                        ws(next, out);
+                        generate(next, depth - 1, out);
+                    }
+                    out.push('}');
+                }
+            }
+        }
+        for _ in 0..3000 {
+            let mut doc = String::new();
+            generate(&mut next, 5, &mut doc);
+            same(doc.as_bytes());
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::canonical::{CanonicalError, hex, json_to_canonical, sha256, to_canonical_any};
+use crate::canonical::{CanonicalError, hex, json_to_canonical, sha256, to_canonical_any, write_str};
 use crate::text::is_secret_param;
 
 /// The key scheme this module implements; recorded beside every key.
@@ -176,31 +176,6 @@ pub fn request_key(input: &KeyInput<'_>, rules: &KeyRules) -> Result<RequestKey,
         .map(|(name, value)| (name.to_ascii_lowercase(), String::from_utf8_lossy(value).trim().to_owned()))
         .collect();
     headers.sort();
-    let mut key = Map::new();
-    key.insert("v".into(), KEY_VERSION.into());
-    key.insert("method".into(), input.method.to_ascii_uppercase().into());
-    key.insert("scheme".into(), input.scheme.to_ascii_lowercase().into());
-    key.insert("host".into(), input.host.to_ascii_lowercase().into());
-    key.insert("port".into(), input.port.into());
-    key.insert("path".into(), path.into());
-    key.insert(
-        "query".into(),
-        Value::Array(pairs.into_iter().map(|(k, v)| Value::Array(vec![k.into(), v.into()])).collect()),
-    );
-    let mut header_map = Map::new();
-    for (name, value) in headers {
-        // A repeated header keeps all its values, in order.
-        match header_map.get_mut(&name) {
-            Some(Value::String(prev)) => {
-                prev.push_str(", ");
-                prev.push_str(&value);
-            }
-            _ => {
-                header_map.insert(name, value.into());
-            }
-        }
-    }
-    key.insert("headers".into(), Value::Object(header_map));
     let mut canonical = Vec::with_capacity(input.body.len() + 256);
     // `body` sorts first of the key's members: its canonical form is written straight from the
     // request (no `Value` built on the common path), then the rest of the key.
@@ -212,10 +187,63 @@ pub fn request_key(input: &KeyInput<'_>, rules: &KeyRules) -> Result<RequestKey,
         to_canonical_any(&body_value(input.body, &rules.exclude), &mut canonical)?;
     }
     canonical.push(b',');
-    let mut rest = Vec::with_capacity(256);
-    to_canonical_any(&Value::Object(key), &mut rest)?;
-    canonical.extend_from_slice(&rest[1..]);
+    write_rest(input, path, &pairs, &headers, &mut canonical);
     Ok(RequestKey { digest: sha256(&canonical), canonical })
+}
+
+/// The key's members after `body`, in JCS order (their names are ASCII, so byte order is UTF-16
+/// order): `headers` (a repeated header's values joined with `", "`), `host`, `method`, `path`,
+/// `port`, `query` (`[name, value]` pairs), `scheme`, `v`; then the closing brace.
+fn write_rest(
+    input: &KeyInput<'_>,
+    path: &str,
+    query: &[(&str, &str)],
+    headers: &[(String, String)],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"\"headers\":{");
+    let mut i = 0;
+    while i < headers.len() {
+        let name = &headers[i].0;
+        let mut value = std::borrow::Cow::Borrowed(headers[i].1.as_str());
+        i += 1;
+        while i < headers.len() && headers[i].0 == *name {
+            let joined = value.to_mut();
+            joined.push_str(", ");
+            joined.push_str(&headers[i].1);
+            i += 1;
+        }
+        if out.last() != Some(&b'{') {
+            out.push(b',');
+        }
+        write_str(name, out);
+        out.push(b':');
+        write_str(&value, out);
+    }
+    out.extend_from_slice(b"},\"host\":");
+    write_str(&input.host.to_ascii_lowercase(), out);
+    out.extend_from_slice(b",\"method\":");
+    write_str(&input.method.to_ascii_uppercase(), out);
+    out.extend_from_slice(b",\"path\":");
+    write_str(path, out);
+    out.extend_from_slice(b",\"port\":");
+    out.extend_from_slice(input.port.to_string().as_bytes());
+    out.extend_from_slice(b",\"query\":[");
+    for (n, (k, v)) in query.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        write_str(k, out);
+        out.push(b',');
+        write_str(v, out);
+        out.push(b']');
+    }
+    out.extend_from_slice(b"],\"scheme\":");
+    write_str(&input.scheme.to_ascii_lowercase(), out);
+    out.extend_from_slice(b",\"v\":");
+    write_str(KEY_VERSION, out);
+    out.push(b'}');
 }
 
 /// The body as the key holds it: JSON without the excluded members, else its digest.
@@ -388,6 +416,40 @@ mod tests {
             key("/m", &[ct, ("anthropic-version", b"2024-01-01")], b"{}", &rules)
         );
         assert_ne!(key("/m", &[ct], b"not json", &rules), key("/m", &[ct], b"not json!", &rules));
+    }
+
+    #[test]
+    fn the_key_is_jcs_of_its_members() {
+        let rules = KeyRules::default();
+        let headers: &[(&str, &[u8])] = &[
+            ("content-type", b"application/json"),
+            ("anthropic-version", b"2023-06-01"),
+            ("Anthropic-Version", b"beta \"x\""),
+            ("authorization", b"Bearer sk-never"),
+        ];
+        let input = KeyInput {
+            method: "post",
+            scheme: "HTTPS",
+            host: "API.Example.COM",
+            port: 8443,
+            path_and_query: "/v1/m\"sg?z=1&a=%20&b=\u{e9}&api_key=sk-never&a=0",
+            headers,
+            body: br#"{"b": [1, 2.50, "\u00e9\n"], "a": {"y": null, "x": true}}"#,
+        };
+        let key = request_key(&input, &rules).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&key.canonical).unwrap();
+        // Written member by member, the key is byte for byte what JCS makes of its value.
+        let mut jcs = Vec::new();
+        crate::canonical::to_canonical_any(&value, &mut jcs).unwrap();
+        assert_eq!(String::from_utf8(jcs).unwrap(), String::from_utf8(key.canonical.clone()).unwrap());
+        assert_eq!(
+            value,
+            json!({"body": {"a": {"x": true, "y": null}, "b": [1, 2.5, "\u{e9}\n"]},
+                   "headers": {"anthropic-version": "2023-06-01, beta \"x\"", "content-type": "application/json"},
+                   "host": "api.example.com", "method": "POST", "path": "/v1/m\"sg", "port": 8443,
+                   "query": [["a", "%20"], ["a", "0"], ["b", "\u{e9}"], ["z", "1"]], "scheme": "https", "v": super::KEY_VERSION})
+        );
+        assert!(!String::from_utf8_lossy(&key.canonical).contains("sk-never"));
     }
 
     #[test]
