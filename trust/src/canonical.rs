@@ -170,7 +170,7 @@ fn write_number(n: &serde_json::Number, out: &mut Vec<u8>, numbers: Numbers) -> 
 /// Writes the JCS form of the JSON text `json` (any numbers, as [`to_canonical_any`] does) without
 /// building a [`Value`]: strings without escapes are borrowed from the input and objects are
 /// lists sorted once, so a request body costs no allocation per member. `None` when `json` is
-/// not JSON. Output is byte for byte that of [`to_canonical_any`] on the parsed value (a name
+/// not JSON (exactly the texts `serde_json::from_slice` refuses). Output is byte for byte that of [`to_canonical_any`] on the parsed value (a name
 /// repeated in one object keeps its last value, as `serde_json` does).
 pub fn json_to_canonical(json: &[u8], out: &mut Vec<u8>) -> Option<()> {
     // UTF-8 is checked once for the whole text, so strings are sliced from it without a check each.
