@@ -141,7 +141,20 @@ fn the_openapi_reference_is_what_control_serves() {
     let (status, served) = control.api("GET", "/openapi.json", "none", None).unwrap();
     assert_eq!(status, 200);
     assert!(served["paths"]["/v1/runs"].is_object() && served["paths"]["/v1/ui/login-links"].is_object(), "{served}");
-    let want = serde_json::to_string_pretty(&served).unwrap() + "\n";
+    // Keys sorted: serde_json keeps insertion order when another crate of the build enables its
+    // `preserve_order`, so the file must not depend on the build's features.
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                serde_json::Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&map[k]))).collect())
+            }
+            serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    let want = serde_json::to_string_pretty(&sorted(&served)).unwrap() + "\n";
     let path = workspace().join("docs/reference/openapi.json");
     if std::env::var_os("FLEETFORGE_WRITE_DOCS").is_some() {
         std::fs::write(&path, &want).unwrap();
