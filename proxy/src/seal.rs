@@ -415,7 +415,10 @@ impl Writer {
         // Woken by the first job, the writer lets more gather before taking them all: a call
         // that queues its blobs while the writer is not waiting costs no wake-up (no syscall).
         while let Ok(first) = rx.recv() {
-            std::thread::sleep(GATHER);
+            // A flush (the shipper, before a receipt batch) is answered at once.
+            if !matches!(first, Job::Flush(_)) {
+                std::thread::sleep(GATHER);
+            }
             for job in std::iter::once(first).chain(rx.try_iter()) {
                 self.handle(job, &mut compressor, &mut joined);
             }

@@ -59,12 +59,11 @@ fn cli_reference() -> String {
     doc
 }
 
-#[test]
-fn the_cli_reference_is_what_help_prints() {
-    let path = workspace().join("docs/reference/cli.md");
-    let want = cli_reference();
+/// Asserts the generated file `rel` holds `want` (writes it first under `FLEETFORGE_WRITE_DOCS`).
+fn assert_current(rel: &str, want: &str) {
+    let path = workspace().join(rel);
     if std::env::var_os("FLEETFORGE_WRITE_DOCS").is_some() {
-        std::fs::write(&path, &want).unwrap();
+        std::fs::write(&path, want).unwrap();
     }
     let have = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
@@ -72,6 +71,11 @@ fn the_cli_reference_is_what_help_prints() {
         "{} is out of date: FLEETFORGE_WRITE_DOCS=1 cargo test -p fleetforge-e2e --test docs rewrites it",
         path.display()
     );
+}
+
+#[test]
+fn the_cli_reference_is_what_help_prints() {
+    assert_current("docs/reference/cli.md", &cli_reference());
 }
 
 fn markdown_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -155,14 +159,5 @@ fn the_openapi_reference_is_what_control_serves() {
         }
     }
     let want = serde_json::to_string_pretty(&sorted(&served)).unwrap() + "\n";
-    let path = workspace().join("docs/reference/openapi.json");
-    if std::env::var_os("FLEETFORGE_WRITE_DOCS").is_some() {
-        std::fs::write(&path, &want).unwrap();
-    }
-    let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        have == want,
-        "{} is out of date: FLEETFORGE_WRITE_DOCS=1 cargo test -p fleetforge-e2e --test docs rewrites it",
-        path.display()
-    );
+    assert_current("docs/reference/openapi.json", &want);
 }
