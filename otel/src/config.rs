@@ -122,7 +122,7 @@ pub struct ExportConfig {
 }
 
 /// A variable whose value is not usable.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{name}={value:?} is not valid: {reason}")]
 pub struct ConfigError {
     /// The variable.

@@ -102,6 +102,8 @@ fn reads_facts(proxy: &Proxy, call: &Call, target: &Target) -> bool {
         || proxy.policy.is_some()
         || proxy.capabilities.is_some()
         || facts::provider(&target.host, &call.path).is_some()
+        // A traced call's span names its model or MCP tool.
+        || matches!(&call.trace, Some(crate::context::CallTrace::Own(s)) if s.sampled)
 }
 
 /// Notes in the run's ledger that a call policy allowed is leaving (hosts and tools seen by later

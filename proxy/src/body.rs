@@ -271,6 +271,7 @@ impl Tap {
                 client_bytes: self.client_bytes,
                 digest: sha,
                 usage: self.usage.as_ref().map(UsageReader::counts).filter(|c| !c.is_empty()),
+                reply: self.usage.as_ref().and_then(UsageReader::reply),
                 truncated: self.cut,
                 recorded: self.recording.take().and_then(Recording::finish),
             };

@@ -99,6 +99,9 @@ pub enum ConfigError {
         /// What is wrong and what is expected.
         reason: String,
     },
+    /// An OpenTelemetry variable is invalid (the message names it).
+    #[error(transparent)]
+    Telemetry(#[from] fleetforge_otel::ConfigError),
 }
 
 /// A sidecar listener: plain HTTP in, bound to one upstream.
@@ -219,6 +222,9 @@ pub struct Config {
     pub replay: Option<ReplayConfig>,
     /// Datasets whose SHA-256 digests are recorded on every run this proxy serves.
     pub datasets: Vec<Dataset>,
+    /// OpenTelemetry export from the standard `OTEL_*` variables (`None`: no endpoint set, so no
+    /// span is built; a caller's `traceparent` is still passed on and named in the receipt).
+    pub telemetry: Option<fleetforge_otel::ExportConfig>,
 }
 
 /// Sealing (`[proxy.seal]`): request and response bodies kept content-addressed under
@@ -1219,6 +1225,11 @@ impl Builder<'_> {
             seal,
             replay,
             datasets,
+            telemetry: fleetforge_otel::ExportConfig::from_env(
+                |var| (self.env)(var),
+                "fleetforge-proxy",
+                env!("CARGO_PKG_VERSION"),
+            )?,
         };
         check_distinct_listeners(&config)?;
         Ok(config)

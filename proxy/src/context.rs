@@ -96,6 +96,8 @@ pub struct Summary {
     pub digest: [u8; 32],
     /// Token counts read from the body, when it stated any.
     pub usage: Option<crate::usage::Counts>,
+    /// The response's id, model and finish reasons, when the call is traced.
+    pub reply: Option<crate::usage::Reply>,
     /// The stream guard ended the body because it would have run past the call's reservation.
     pub truncated: bool,
     /// The body's chunks as received with their offsets (ms), when the call is sealed and the
@@ -291,6 +293,19 @@ pub struct Call {
     pub kept: Option<Kept>,
     /// The receipt's `replay` part, on a replaying proxy.
     pub replay: Option<fleetforge_trust::receipt::Replay>,
+    /// The call's place in a distributed trace ([`crate::telemetry`]).
+    pub trace: Option<CallTrace>,
+    /// The response's id, model and finish reasons, read for the call's span.
+    pub reply: Option<crate::usage::Reply>,
+}
+
+/// Where a call sits in a W3C trace.
+#[derive(Debug, Clone)]
+pub enum CallTrace {
+    /// The proxy traces the call: its own span, a child of the caller's when there is one.
+    Own(fleetforge_otel::Started),
+    /// Tracing is off, but the caller sent a `traceparent`: the receipt names the caller's span.
+    Caller(fleetforge_otel::Parent),
 }
 
 /// What the policy packs decided about a call.
@@ -339,6 +354,8 @@ impl Call {
             seal: None,
             kept: None,
             replay: None,
+            trace: None,
+            reply: None,
         }
     }
 
@@ -365,6 +382,7 @@ impl Call {
         self.response_bytes = summary.client_bytes;
         self.response_digest = Some(summary.digest);
         self.truncated = summary.truncated;
+        self.reply = summary.reply;
         self.usage = summary.usage.map(|c| Usage {
             cached_input_tokens: c.cached_input_tokens,
             cost_micro_usd: None,

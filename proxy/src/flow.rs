@@ -51,7 +51,7 @@ use crate::outbound::Outbound;
 use crate::pattern::normalize_host;
 use crate::phase::Next;
 use crate::state::Proxy;
-use crate::{forward, identify, meter, record, settle, upstream};
+use crate::{forward, identify, meter, record, settle, telemetry, upstream};
 
 #[cfg(test)]
 mod tests;
@@ -61,6 +61,7 @@ mod tests;
 pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
     let mut call = Call::new(&conn, req.method().clone());
     call.version = req.version();
+    call.trace = telemetry::begin(&proxy, req.headers());
     match exchange(&proxy, &conn, &mut call, req).await {
         Ok(response) => respond(proxy, call, response),
         Err(err) => fail(&proxy, call, err),
@@ -238,6 +239,7 @@ pub struct Tunnel {
 /// Decides a `CONNECT` on the forward listener (see the module docs for the order).
 pub async fn connect(proxy: &Proxy, conn: &ConnCtx, req: &Request<Incoming>) -> Connect {
     let mut call = Call::new(conn, Method::CONNECT);
+    call.trace = telemetry::begin(proxy, req.headers());
     match tunnel(proxy, conn, &mut call, req).await {
         Ok(Admitted::Intercept(ctx)) => Connect::Intercept(ctx),
         Ok(Admitted::Relay(upstream)) => {

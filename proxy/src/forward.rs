@@ -75,6 +75,7 @@ pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Resul
     // The pool picks HTTP/1.1 or HTTP/2 per upstream (ALPN); the client's own version is its hop's.
     parts.version = Version::HTTP_11;
     headers::for_upstream(&mut parts.headers);
+    crate::telemetry::propagate(call, &mut parts.headers);
     if let Some(value) = call.capability.as_ref().and_then(|g| g.header.clone()) {
         parts.headers.insert(headers::X_CAPABILITY, value);
     }

@@ -51,6 +51,7 @@ pub mod shutdown;
 pub mod spool;
 pub mod start;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod usage;

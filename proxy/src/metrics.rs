@@ -341,6 +341,28 @@ impl Metrics {
 /// Runs the budget gauges show at most (the label set stays bounded).
 const BUDGET_RUNS_MAX: usize = 1000;
 
+/// Appends the OTLP exporter's span counts (only when an endpoint is configured).
+pub fn render_spans(stats: &fleetforge_otel::Stats, out: &mut String) {
+    let _ = render_spans_into(stats, out);
+}
+
+fn render_spans_into(stats: &fleetforge_otel::Stats, out: &mut String) -> std::fmt::Result {
+    writeln!(
+        out,
+        "# HELP fleetforge_otel_spans_total Call spans by what became of them: queued for export, exported, dropped (queue full), failed (the collector did not take them)."
+    )?;
+    writeln!(out, "# TYPE fleetforge_otel_spans_total counter")?;
+    for (result, v) in [
+        ("queued", &stats.queued),
+        ("exported", &stats.exported),
+        ("dropped", &stats.dropped),
+        ("failed", &stats.failed),
+    ] {
+        writeln!(out, "fleetforge_otel_spans_total{{result=\"{result}\"}} {}", v.load(Relaxed))?;
+    }
+    Ok(())
+}
+
 /// Appends the per-run budget gauges of the runs `runs` holds that have a budget: queue depth,
 /// throttled calls and their wait, tokens and cost remaining and reserved, burn rate since the
 /// run's first call on this proxy, and when the token budget runs out at that rate.

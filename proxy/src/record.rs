@@ -85,7 +85,7 @@ pub fn receipt_body(call: &Call, outcome: &Outcome, chain: Chain, run: fleetforg
         step: call.identity.as_ref().map_or(0, |i| i.step),
         step_label: call.identity.as_ref().and_then(|i| i.step_label.clone()),
         tenant: None,
-        trace: None,
+        trace: crate::telemetry::receipt_trace(call),
         upstream: Upstream {
             host,
             method: call.method.as_str().to_owned(),
@@ -128,6 +128,7 @@ pub fn record(proxy: &Proxy, call: &Call, outcome: &Outcome) {
             }
         }
     }
+    crate::telemetry::emit(proxy, call, outcome);
     log(call, outcome, status, elapsed);
 }
 

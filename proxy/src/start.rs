@@ -90,6 +90,9 @@ pub enum StartError {
     /// Settings that cannot work together.
     #[error("{0}")]
     Unusable(String),
+    /// The OTLP exporter could not start.
+    #[error("{0}")]
+    Telemetry(#[from] fleetforge_otel::StartError),
 }
 
 /// A started proxy: its bound addresses, and the handle to stop it.
@@ -255,6 +258,18 @@ impl Proxy {
                 })
             })
             .collect::<Result<Vec<_>, StartError>>()?;
+        let tracer = match &config.telemetry {
+            Some(otel) => {
+                let tracer = fleetforge_otel::Tracer::start(otel.clone())?;
+                tracing::info!(
+                    endpoint = tracer.endpoint(),
+                    semconv = tracer.semconv.version(),
+                    "exporting a span per call over OTLP"
+                );
+                Some(Arc::new(tracer))
+            }
+            None => None,
+        };
         let builtin = Builtin::new(config.allowed_hosts.clone(), config.allowed_models.clone());
         let prices = crate::prices::Prices::load(config.prices.as_deref())?;
         let leases = match (&config.control_token, holder) {
@@ -338,6 +353,7 @@ impl Proxy {
             seals: seals.clone(),
             replayer,
             datasets,
+            tracer,
             anonymous_run: RunId::new("anonymous").map_err(|e| StartError::Tls(TlsError::BadCa(e.to_string())))?,
             drain: Drain::new(),
             h1,
@@ -433,6 +449,7 @@ impl Running {
         let workers = self.workers;
         let background = self.background;
         let capability_sync = self.capability_sync;
+        let tracer = self.proxy.tracer.clone();
         // Joining blocks; keep it off the async threads.
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
@@ -444,6 +461,9 @@ impl Running {
             // Every call has ended: seal the last receipts and give the shipper a moment.
             if let Some(background) = background {
                 background.stop(drain_timeout);
+            }
+            if let Some(tracer) = &tracer {
+                tracer.shutdown(drain_timeout);
             }
         })
         .await;

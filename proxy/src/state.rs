@@ -57,6 +57,8 @@ pub struct Proxy {
     pub datasets: Vec<fleetforge_trust::receipt::DatasetDigest>,
     /// The run of calls that name none when no default run is configured.
     pub anonymous_run: RunId,
+    /// The OpenTelemetry tracer (`None`: no OTLP endpoint configured).
+    pub tracer: Option<Arc<fleetforge_otel::Tracer>>,
     /// Shutdown signal for every task.
     pub drain: Drain,
     /// HTTP/1.1 server settings for client connections.

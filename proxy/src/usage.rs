@@ -104,6 +104,43 @@ impl Counts {
     }
 }
 
+/// What a response says about itself besides usage, for its span: read only when the call is
+/// traced ([`UsageReader::with_reply`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// The response id (`id` or Gemini's `responseId`, the first one at depth 1 or 2).
+    pub id: Option<String>,
+    /// The model that answered (`model` or Gemini's `modelVersion`, the first one).
+    pub model: Option<String>,
+    /// Every distinct finish reason (`finish_reason`, `stop_reason`, `finishReason`), in order.
+    pub finish_reasons: Vec<String>,
+}
+
+/// The longest reply value kept; a longer one is not kept.
+const MAX_VALUE: usize = 256;
+
+/// Which [`Reply`] field a string value fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Id,
+    Model,
+    Finish,
+}
+
+impl Reply {
+    fn take(&mut self, field: Field, value: &[u8]) {
+        let Ok(v) = std::str::from_utf8(value) else { return };
+        match field {
+            Field::Id if self.id.is_none() => self.id = Some(v.to_owned()),
+            Field::Model if self.model.is_none() => self.model = Some(v.to_owned()),
+            Field::Finish if !v.is_empty() && !self.finish_reasons.iter().any(|r| r == v) => {
+                self.finish_reasons.push(v.to_owned());
+            }
+            _ => {}
+        }
+    }
+}
+
 /// What the reader expects after a usage key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum After {
@@ -131,6 +168,13 @@ pub struct UsageReader {
     capture: Option<(Vec<u8>, u32)>,
     previous: u8,
     counts: Counts,
+    /// Reply fields are read (traced calls only).
+    reply_on: bool,
+    /// The key just read names a reply field; its string value is kept.
+    pending: Option<Field>,
+    /// The reply value being read, and whether it outgrew [`MAX_VALUE`].
+    value: Option<(Field, Vec<u8>, bool)>,
+    reply: Reply,
 }
 
 impl UsageReader {
@@ -149,7 +193,22 @@ impl UsageReader {
             capture: None,
             previous: 0,
             counts: Counts::default(),
+            reply_on: false,
+            pending: None,
+            value: None,
+            reply: Reply::default(),
         }
+    }
+
+    /// Also reads the response's id, model and finish reasons ([`Reply`]).
+    pub fn with_reply(mut self) -> Self {
+        self.reply_on = true;
+        self
+    }
+
+    /// The reply fields read; `None` unless [`Self::with_reply`] asked for them.
+    pub fn reply(&self) -> Option<Reply> {
+        self.reply_on.then(|| self.reply.clone())
     }
 
     /// The reader for a response with this `Content-Type`, when it is JSON or SSE.
@@ -183,6 +242,11 @@ impl UsageReader {
                     self.key[self.key_len..self.key_len + take].copy_from_slice(&rest[..take]);
                     self.key_len += take;
                     self.key_long |= n > take;
+                    if let Some((_, v, long)) = &mut self.value {
+                        let room = MAX_VALUE.saturating_sub(v.len());
+                        v.extend_from_slice(&rest[..n.min(room)]);
+                        *long |= n > room;
+                    }
                     self.previous = rest[n - 1];
                     i += n;
                     continue;
@@ -207,13 +271,23 @@ impl UsageReader {
             }
         }
         if self.in_string {
+            if b == b'"' && !self.escaped {
+                self.in_string = false;
+                self.string_ended();
+                self.previous = b;
+                return;
+            }
+            if let Some((_, v, long)) = &mut self.value {
+                if v.len() < MAX_VALUE {
+                    v.push(b);
+                } else {
+                    *long = true;
+                }
+            }
             if self.escaped {
                 self.escaped = false;
             } else if b == b'\\' {
                 self.escaped = true;
-            } else if b == b'"' {
-                self.in_string = false;
-                self.string_ended();
             } else if self.key_len < MAX_KEY {
                 self.key[self.key_len] = b;
                 self.key_len += 1;
@@ -223,12 +297,18 @@ impl UsageReader {
             if b == b'\n' {
                 // No JSON string holds a raw newline: the document was malformed.
                 self.in_string = false;
+                self.value = None;
             }
             self.previous = b;
             return;
         }
         match b {
             b'"' => {
+                if self.after == After::Value
+                    && let Some(field) = self.pending.take()
+                {
+                    self.value = Some((field, Vec::new(), false));
+                }
                 self.in_string = true;
                 self.key_len = 0;
                 self.key_long = false;
@@ -237,7 +317,7 @@ impl UsageReader {
             }
             b':' if self.after == After::Colon => self.after = After::Value,
             b'{' | b'[' => {
-                if b == b'{' && self.after == After::Value && self.capture.is_none() {
+                if b == b'{' && self.after == After::Value && self.capture.is_none() && self.pending.is_none() {
                     self.capture = Some((vec![b'{'], self.depth));
                 }
                 self.after = After::Nothing;
@@ -259,10 +339,14 @@ impl UsageReader {
                 if self.sse && self.previous == b'\n' {
                     self.depth = 0;
                     self.capture = None;
+                    self.value = None;
                 }
                 self.after = After::Nothing;
             }
             _ => self.after = After::Nothing,
+        }
+        if self.after == After::Nothing {
+            self.pending = None;
         }
         if b != b'\r' {
             self.previous = b;
@@ -270,9 +354,41 @@ impl UsageReader {
     }
 
     fn string_ended(&mut self) {
+        if let Some((field, value, long)) = self.value.take() {
+            // A value, not a key.
+            self.after = After::Nothing;
+            if !long {
+                if value.contains(&b'\\') {
+                    let mut quoted = Vec::with_capacity(value.len() + 2);
+                    quoted.push(b'"');
+                    quoted.extend_from_slice(&value);
+                    quoted.push(b'"');
+                    if let Ok(decoded) = serde_json::from_slice::<String>(&quoted) {
+                        self.reply.take(field, decoded.as_bytes());
+                    }
+                } else {
+                    self.reply.take(field, &value);
+                }
+            }
+            return;
+        }
         let key = &self.key[..self.key_len];
         let usage = !self.key_long && (key == b"usage" || key == b"usageMetadata");
         self.after = if usage && (1..=2).contains(&self.string_depth) { After::Colon } else { After::Nothing };
+        if self.reply_on && !usage && !self.key_long {
+            let field = match key {
+                b"id" | b"responseId" if (1..=2).contains(&self.string_depth) => Some(Field::Id),
+                b"model" | b"modelVersion" if (1..=2).contains(&self.string_depth) => Some(Field::Model),
+                b"finish_reason" | b"stop_reason" | b"finishReason" if (1..=4).contains(&self.string_depth) => {
+                    Some(Field::Finish)
+                }
+                _ => None,
+            };
+            if field.is_some() {
+                self.after = After::Colon;
+                self.pending = field;
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod harness;
+pub mod otlp;
 pub mod upstream;
 
 pub use harness::{Clients, ProxyProcess};

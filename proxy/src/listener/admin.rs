@@ -54,6 +54,9 @@ fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/metrics" => {
             let mut body = proxy.metrics.render();
             crate::metrics::render_budgets(&proxy.runs, &mut body);
+            if let Some(tracer) = &proxy.tracer {
+                crate::metrics::render_spans(tracer.stats(), &mut body);
+            }
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/ca.pem" => text(StatusCode::OK, "application/x-pem-file", proxy.ca.cert_pem().to_owned()),

@@ -1,7 +1,7 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::{Counts, UsageReader};
+use super::{Counts, Reply, UsageReader};
 
 /// Reads `body` whole, then again one byte per chunk: a chunk boundary anywhere gives the same.
 fn read(body: &str, sse: bool) -> Counts {
@@ -12,7 +12,64 @@ fn read(body: &str, sse: bool) -> Counts {
         bytewise.feed(std::slice::from_ref(b));
     }
     assert_eq!(whole.counts(), bytewise.counts(), "chunking changed the result");
+    // Reading the reply fields too never changes the counts.
+    let (counts, _) = read_reply(body, sse);
+    assert_eq!(counts, whole.counts(), "reading the reply changed the counts");
     whole.counts()
+}
+
+/// Counts and reply fields, read whole and one byte per chunk (which must agree).
+fn read_reply(body: &str, sse: bool) -> (Counts, Reply) {
+    let mut whole = UsageReader::new(sse).with_reply();
+    whole.feed(body.as_bytes());
+    let mut bytewise = UsageReader::new(sse).with_reply();
+    for b in body.as_bytes() {
+        bytewise.feed(std::slice::from_ref(b));
+    }
+    assert_eq!(whole.reply(), bytewise.reply(), "chunking changed the reply");
+    (whole.counts(), whole.reply().unwrap())
+}
+
+fn reply(id: &str, model: &str, finish: &[&str]) -> Reply {
+    Reply {
+        id: Some(id.into()),
+        model: Some(model.into()),
+        finish_reasons: finish.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn reply_fields_of_every_provider_shape() {
+    // OpenAI JSON: a tool call's own id, deeper down, is not the response's.
+    let body = r#"{"id":"chatcmpl-1","model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"tool_calls":[{"id":"call_9","function":{"name":"f"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+    assert_eq!(read_reply(body, false).1, reply("chatcmpl-1", "gpt-4o-2024-08-06", &["tool_calls"]));
+    // OpenAI stream: the first id and model, the finish reason of the last chunk.
+    let body = "data: {\"id\":\"c-1\",\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n\
+                data: {\"id\":\"c-1\",\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+                data: [DONE]\n\n";
+    assert_eq!(read_reply(body, true).1, reply("c-1", "gpt-4o", &["stop"]));
+    // Anthropic stream: id and model nested in message_start, stop_reason in message_delta.
+    let body = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n\
+                event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\"}}\n\n\
+                event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n";
+    assert_eq!(read_reply(body, true).1, reply("msg_1", "claude-sonnet-4-5", &["end_turn"]));
+    // Gemini JSON array stream: finishReason one level deeper, responseId and modelVersion.
+    let body = r#"[{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"modelVersion":"gemini-2.0-flash","responseId":"r-1"},
+{"candidates":[{"content":{"parts":[{"text":"b"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":3}}]"#;
+    assert_eq!(read_reply(body, false).1, reply("r-1", "gemini-2.0-flash", &["STOP"]));
+    // Escapes are decoded; several choices give every distinct reason.
+    let body = r#"{"id":"a\u0062c","model":"m","choices":[{"finish_reason":"stop"},{"finish_reason":"length"},{"finish_reason":"stop"}]}"#;
+    assert_eq!(read_reply(body, false).1, reply("abc", "m", &["stop", "length"]));
+    // An oversized value is not kept; content that looks like a key is not read.
+    let long = "x".repeat(400);
+    let body =
+        format!(r#"{{"id":"{long}","choices":[{{"message":{{"content":"\"model\":\"fake\""}}}}],"model":"real"}}"#);
+    let (_, r) = read_reply(&body, false);
+    assert_eq!((r.id, r.model.as_deref()), (None, Some("real")));
+    // Not asked for, not read.
+    let mut plain = UsageReader::new(false);
+    plain.feed(br#"{"id":"x","model":"m"}"#);
+    assert_eq!(plain.reply(), None);
 }
 
 fn counts(input: u64, output: u64, cached: Option<u64>, reasoning: Option<u64>) -> Counts {

@@ -1,0 +1,263 @@
+//! A real OTLP trace receiver for the telemetry tests: HTTP/protobuf (`POST /v1/traces`) and
+//! gRPC (`TraceService/Export` over HTTP/2 cleartext) on one port, decoding every export with the
+//! OpenTelemetry project's own `opentelemetry-proto` messages — an implementation independent of
+//! the proxy's encoder.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use otlp_prost::Message as _;
+
+/// One export as received.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The decoded request.
+    pub request: ExportTraceServiceRequest,
+}
+
+/// A span with its resource's attributes, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// The span.
+    pub span: Span,
+    /// Its resource's attributes.
+    pub resource: HashMap<String, AnyValue>,
+    /// How it arrived (`http` or `grpc`).
+    pub protocol: &'static str,
+}
+
+impl ReceivedSpan {
+    /// The attribute `key`.
+    pub fn attr(&self, key: &str) -> Option<&AnyValue> {
+        self.span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref())
+    }
+
+    /// The string attribute `key`.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        match self.attr(key)?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The integer attribute `key`.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match self.attr(key)?.value.as_ref()? {
+            any_value::Value::IntValue(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The string-array attribute `key`.
+    pub fn strs(&self, key: &str) -> Option<Vec<String>> {
+        match self.attr(key)?.value.as_ref()? {
+            any_value::Value::ArrayValue(a) => Some(
+                a.values
+                    .iter()
+                    .filter_map(|v| match v.value.as_ref()? {
+                        any_value::Value::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Trace id, lowercase hex.
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    /// Span id, lowercase hex.
+    pub fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    /// Parent span id, lowercase hex (empty for a root span).
+    pub fn parent_id(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The receiver; stops when dropped.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    exports: Arc<Mutex<Vec<Export>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl OtlpReceiver {
+    /// Listens on 127.0.0.1 (an ephemeral port) for both protocols.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let exports: Arc<Mutex<Vec<Export>>> = Arc::default();
+        let store = exports.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(req, store.clone()));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, exports, task })
+    }
+
+    /// `http://addr`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every export received so far.
+    pub fn exports(&self) -> Vec<Export> {
+        self.exports.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        let mut out = Vec::new();
+        for export in self.exports() {
+            for rs in export.request.resource_spans {
+                let resource: HashMap<String, AnyValue> = rs
+                    .resource
+                    .map(|r| r.attributes.into_iter().filter_map(|kv| Some((kv.key, kv.value?))).collect())
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for span in ss.spans {
+                        out.push(ReceivedSpan { span, resource: resource.clone(), protocol: export.protocol });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits (up to 20 s) until at least `n` spans have arrived.
+    pub async fn wait_for(&self, n: usize) -> anyhow::Result<Vec<ReceivedSpan>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let spans = self.spans();
+            if spans.len() >= n {
+                return Ok(spans);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the receiver has {} of {n} spans", spans.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+type ReplyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn handle(req: Request<Incoming>, store: Arc<Mutex<Vec<Export>>>) -> Result<Response<ReplyBody>, Infallible> {
+    let headers = req.headers().clone();
+    let grpc = headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let path = req.uri().path().to_owned();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Ok(plain(400, "unreadable body")),
+    };
+    let decoded = if grpc {
+        if path != "/opentelemetry.proto.collector.trace.v1.TraceService/Export" {
+            return Ok(plain(404, "unknown gRPC method"));
+        }
+        decode_grpc(&body)
+    } else {
+        if path != "/v1/traces" {
+            return Ok(plain(404, "not /v1/traces"));
+        }
+        ExportTraceServiceRequest::decode(body.as_ref()).context("protobuf")
+    };
+    let request = match decoded {
+        Ok(r) => r,
+        Err(e) => return Ok(plain(400, &format!("{e:#}"))),
+    };
+    store.lock().unwrap_or_else(|e| e.into_inner()).push(Export {
+        protocol: if grpc { "grpc" } else { "http" },
+        headers,
+        request,
+    });
+    let reply = ExportTraceServiceResponse::default().encode_to_vec();
+    if grpc {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&u32::try_from(reply.len()).unwrap_or(0).to_be_bytes());
+        framed.extend_from_slice(&reply);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let body = Frames([Frame::data(Bytes::from(framed)), Frame::trailers(trailers)].into());
+        return Ok(Response::builder()
+            .header("content-type", "application/grpc")
+            .body(BodyExt::boxed(body))
+            .unwrap_or_else(|_| plain(500, "response")));
+    }
+    Ok(Response::builder()
+        .header("content-type", "application/x-protobuf")
+        .body(BodyExt::boxed(Full::new(Bytes::from(reply))))
+        .unwrap_or_else(|_| plain(500, "response")))
+}
+
+/// A body that yields its frames in order: the gRPC message, then the trailers.
+struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+fn decode_grpc(body: &[u8]) -> anyhow::Result<ExportTraceServiceRequest> {
+    if body.len() < 5 {
+        bail!("gRPC message shorter than its 5-byte prefix");
+    }
+    if body[0] != 0 {
+        bail!("compressed gRPC message without grpc-encoding support in the receiver");
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let msg = body.get(5..5 + len).context("gRPC message shorter than its length prefix")?;
+    Ok(ExportTraceServiceRequest::decode(msg)?)
+}
+
+fn plain(status: u16, text: &str) -> Response<ReplyBody> {
+    let mut r = Response::new(BodyExt::boxed(Full::new(Bytes::from(text.to_owned()))));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
