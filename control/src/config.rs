@@ -57,6 +57,9 @@ pub struct ControlConfig {
     pub migrate: bool,
     /// Most receipts per ingest batch.
     pub max_batch: usize,
+    /// OpenTelemetry export of a SERVER span per API request, from the standard `OTEL_*`
+    /// variables (`None`: no endpoint set).
+    pub telemetry: Option<fleetforge_otel::ExportConfig>,
 }
 
 /// Flags that override everything.
@@ -120,6 +123,8 @@ impl ControlConfig {
             bootstrap_token: env_nonempty("FLEETFORGE_CONTROL_TOKEN").map(|t| Secret::new(t.trim().to_owned())),
             migrate: !flags.no_migrate,
             max_batch,
+            telemetry: fleetforge_otel::ExportConfig::from_env(env, "fleetforge-control", env!("CARGO_PKG_VERSION"))
+                .map_err(|e| ConfigError(e.to_string()))?,
         })
     }
 

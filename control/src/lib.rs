@@ -42,6 +42,9 @@ pub enum StartError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The OTLP exporter could not start.
+    #[error("{0}")]
+    Telemetry(#[from] fleetforge_otel::StartError),
 }
 
 /// A running control service.
@@ -75,6 +78,14 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
         what: "capability root keys".into(),
         source: std::io::Error::other(e.to_string()),
     })?;
+    let tracer = match &config.telemetry {
+        Some(otel) => {
+            let tracer = fleetforge_otel::Tracer::start(otel.clone())?;
+            tracing::info!(endpoint = tracer.endpoint(), "exporting a span per API request over OTLP");
+            Some(Arc::new(tracer))
+        }
+        None => None,
+    };
     let app = Arc::new(App {
         roots,
         store,
@@ -83,6 +94,7 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
         keys: Default::default(),
         metrics: Default::default(),
         max_batch: config.max_batch,
+        tracer,
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let router = api::router(app);

@@ -17,7 +17,7 @@ pub async fn receipts(c: &ControlClient, run: &str, as_json: bool) -> anyhow::Re
     let mut after = 0i64;
     if !as_json {
         println!(
-            "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}",
+            "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}  TRACE",
             "STEP", "SEQ", "TIME", "HOST", "METHOD PATH", "DECISION", "STATUS", "TOKENS", "MS"
         );
     }
@@ -52,8 +52,10 @@ pub async fn receipts(c: &ControlClient, run: &str, as_json: bool) -> anyhow::Re
                 (None, None) => "-".to_owned(),
                 (i, o) => (i.unwrap_or(0) + o.unwrap_or(0)).to_string(),
             };
+            // The W3C trace id, to find the call's span in a tracing backend.
+            let trace = r["trace"]["trace_id"].as_str().unwrap_or("-");
             println!(
-                "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}",
+                "{:>5} {:>5}  {:<27} {:<28} {:<40} {:<18} {:>6} {:>8} {:>9}  {trace}",
                 r["step"].to_string(),
                 r["chain"]["seq"].to_string(),
                 r["started_at"].as_str().unwrap_or_default(),

@@ -398,6 +398,16 @@ impl ControlProcess {
     /// Starts control on `db` (a fresh home) with a bootstrap admin token, on an ephemeral port
     /// or on `listen` (to restart on the same address).
     pub fn start(db: &Database, home: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
+        Self::start_with_env(db, home, listen, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables.
+    pub fn start_with_env(
+        db: &Database,
+        home: &Path,
+        listen: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
         let log_path = tmp.path().join("control.log");
         let token = "fft_e2e-bootstrap-admin-token".to_owned();
@@ -406,6 +416,7 @@ impl ControlProcess {
             .env("FLEETFORGE_CONTROL_LISTEN", listen.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()))
             .env("FLEETFORGE_CONTROL_TOKEN", &token)
             .env("FLEETFORGE_LOG", "debug");
+        cmd.envs(env.iter().copied());
         if let Database::Postgres(pg) = db {
             cmd.env("DATABASE_URL", pg.url());
         }

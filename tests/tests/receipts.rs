@@ -206,7 +206,7 @@ async fn receipts_arrive_in_order_and_tampering_is_caught(postgres: bool) {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("api.openai.com") && out.contains("evil.example"), "{out}");
     let header = out.lines().next().unwrap_or_default();
-    for column in ["STEP", "TIME", "HOST", "METHOD PATH", "DECISION", "STATUS", "TOKENS", "MS"] {
+    for column in ["STEP", "TIME", "HOST", "METHOD PATH", "DECISION", "STATUS", "TOKENS", "MS", "TRACE"] {
         assert!(header.contains(column), "table header has {column}: {header}");
     }
     let row = |host: &str| out.lines().find(|l| l.contains(host)).unwrap_or_default().to_owned();

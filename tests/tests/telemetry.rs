@@ -213,6 +213,17 @@ async fn five_calls_become_spans_matching_their_receipts(protocol: &str) {
     assert_eq!(deny.str("error.type"), Some("policy_denied"));
     assert_eq!(deny.span.status.as_ref().map(|st| st.code), Some(2));
 
+    // `fleetforge-ctl receipts` shows each call's trace id, so an operator can jump to its span.
+    let out = std::process::Command::new(fleetforge_e2e::harness::binary("fleetforge-ctl"))
+        .env("FLEETFORGE_CONTROL_URL", s.control.url())
+        .env("FLEETFORGE_CONTROL_TOKEN", &s.control.token)
+        .args(["receipts", &run])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().ends_with("TRACE"), "{table}");
+    assert!(table.lines().nth(1).unwrap().ends_with(CALLER_TRACE), "{table}");
+
     // The exporter's counts are on /metrics.
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.proxy.metric("fleetforge_otel_spans_total{result=\"exported\"}").unwrap_or(0.0) < 5.0 {
@@ -230,6 +241,45 @@ async fn five_calls_exported_over_http_protobuf() {
 #[tokio::test(flavor = "multi_thread")]
 async fn five_calls_exported_over_grpc() {
     five_calls_become_spans_matching_their_receipts("grpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_exports_a_server_span_per_request_continuing_the_callers_trace() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::fresh(false).unwrap();
+    let endpoint = receiver.endpoint();
+    let control = ControlProcess::start_with_env(
+        &db,
+        &dir.path().join("control-home"),
+        None,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    )
+    .unwrap();
+    // A request carrying a traceparent, over a raw socket.
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(control.addr).unwrap();
+    write!(
+        stream,
+        "GET /v1/runs/nope HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {}\r\ntraceparent: 00-{CALLER_TRACE}-{CALLER_SPAN}-01\r\nConnection: close\r\n\r\n",
+        control.token
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
+    let spans = receiver.wait_for(1).await.unwrap();
+    let span = spans.iter().find(|s| s.trace_id() == CALLER_TRACE).expect("the request's span");
+    assert_eq!(span.span.kind, 2, "SERVER");
+    assert_eq!(span.span.name, "GET /v1/runs/{id}");
+    assert_eq!(span.parent_id(), CALLER_SPAN);
+    assert_eq!(span.str("http.route"), Some("/v1/runs/{id}"));
+    assert_eq!(span.int("http.response.status_code"), Some(404));
+    let service = span.resource.get("service.name").and_then(|v| v.value.clone());
+    assert_eq!(
+        service,
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("fleetforge-control".into()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -59,6 +59,8 @@ pub struct App {
     pub max_batch: usize,
     /// Capability root keys (the newest signs run tokens).
     pub roots: crate::capability::KeyRing,
+    /// The OpenTelemetry tracer (`None`: no OTLP endpoint configured).
+    pub tracer: Option<Arc<fleetforge_otel::Tracer>>,
 }
 
 /// What went wrong: the one table from an error's kind to its HTTP status and contract `type`.
@@ -301,8 +303,29 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
+    // A SERVER span per request when tracing is on, continuing the caller's trace.
+    let traced = app.tracer.as_ref().map(|tracer| {
+        let parent = fleetforge_otel::Parent::from_headers(req.headers());
+        let started = tracer.start_span(parent.as_ref());
+        (tracer, started, std::time::SystemTime::now(), req.uri().path().to_owned())
+    });
     let response = next.run(req).await;
-    app.metrics.request(&format!("{method} {route}"), response.status().as_u16());
+    let status = response.status().as_u16();
+    app.metrics.request(&format!("{method} {route}"), status);
+    if let Some((tracer, started, at, path)) = traced.filter(|(_, s, _, _)| s.sampled) {
+        let start = fleetforge_otel::unix_nanos(at);
+        let mut span = started.span(format!("{method} {route}"), fleetforge_otel::Kind::Server, start);
+        span.end_unix_nano = fleetforge_otel::unix_nanos(std::time::SystemTime::now());
+        span.set("http.request.method", method.as_str());
+        span.set("http.route", route);
+        span.set("url.path", path);
+        span.set("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.set("error.type", status.to_string());
+            span.status = fleetforge_otel::Status::Error(format!("answered {status}"));
+        }
+        tracer.submit(span);
+    }
     response
 }
 

@@ -58,6 +58,7 @@ async fn start(store: &Store) -> Control {
         metrics: Default::default(),
         max_batch: 1000,
         roots: KeyRing::load_or_create(home.path()).unwrap(),
+        tracer: None,
     });
     store.insert_token("acme-reader", &token_hash(ACME), "reader", "acme", "test").await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -3,7 +3,7 @@
 //! - `/` — the runs the reader may see: status, calls, tokens, cost, verification;
 //! - `/runs/{id}` — one run: its verification (checked when the page is drawn), a budget
 //!   burn-down chart (inline SVG), the receipt timeline (step, time, host, method and path,
-//!   decision and reasons, status, tokens, latency, rate wait, capability id, receipt id) and links
+//!   decision and reasons, status, tokens, latency, rate wait, capability id, receipt id, W3C trace id) and links
 //!   to the raw receipts and exports;
 //! - `/demo` — the latest Hello Fleet run (`fleetforge-ctl demo`);
 //! - `/login?code=…` — spends a one-time login code and sets the session cookie
@@ -257,7 +257,7 @@ fn run_status(revoked_at: Option<i64>, expires_at: Option<i64>) -> &'static str 
 fn timeline(receipts: &[Value]) -> String {
     let mut out = String::from(
         "<table id=\"timeline\"><thead><tr><th>step</th><th>time</th><th>host</th><th>request</th><th>decision</th>\
-         <th>status</th><th>tokens</th><th>ms</th><th>rate wait ms</th><th>capability</th><th>receipt</th></tr></thead><tbody>",
+         <th>status</th><th>tokens</th><th>ms</th><th>rate wait ms</th><th>capability</th><th>receipt</th><th>trace</th></tr></thead><tbody>",
     );
     for r in receipts {
         let id = r["id"].as_str().unwrap_or_default();
@@ -290,6 +290,13 @@ fn timeline(receipts: &[Value]) -> String {
             _ => "-".into(),
         };
         let capability = r["capability"]["token_id"].as_str().unwrap_or_default();
+        // The W3C trace and span ids, to find the call's span in a tracing backend.
+        let trace = match (r["trace"]["trace_id"].as_str(), r["trace"]["span_id"].as_str()) {
+            (Some(t), Some(sp)) => {
+                format!("<td><code class=\"trace\" title=\"trace {} span {}\">{}</code></td>", esc(t), esc(sp), esc(t))
+            }
+            _ => "<td>-</td>".to_owned(),
+        };
         let step = match r["step_label"].as_str() {
             Some(label) => format!("{} <span class=\"label\">{}</span>", r["step"], esc(label)),
             None => r["step"].to_string(),
@@ -298,7 +305,7 @@ fn timeline(receipts: &[Value]) -> String {
             out,
             "<tr id=\"r-{}\" data-receipt-id=\"{}\" class=\"{}\"><td>{step}</td><td>{}</td><td>{}</td><td>{} {}</td>\
              <td class=\"decision\">{decision}</td><td>{}</td><td>{tokens}</td><td>{ms}</td><td>{}</td>\
-             <td><code title=\"{}\">{}</code></td><td><a class=\"receipt\" href=\"/v1/receipts/{}\">{}</a></td></tr>",
+             <td><code title=\"{}\">{}</code></td><td><a class=\"receipt\" href=\"/v1/receipts/{}\">{}</a></td>{trace}</tr>",
             esc(id),
             esc(id),
             if allow { "allow" } else { "deny" },
