@@ -16,6 +16,8 @@
 # capability proxy also serves a second run whose token carries a budget (tokens, cost and calls,
 # each far above what the load uses): sidecar-bud is sidecar-cap with every call estimated with
 # OpenAI's tokenizer, reserved and settled, so sidecar-bud/sidecar-cap is the cost of budgets.
+# OpenTelemetry: sidecar-otel is a recording proxy configured as the first with span export to a
+# local OTLP receiver, so sidecar-otel/sidecar is what export keeps of the throughput.
 # Sealing: the recording proxy seals every call (the default); sidecar-noseal is a second
 # recording, shipping proxy with FLEETFORGE_SEAL=false, so sidecar/sidecar-noseal is what sealing
 # keeps of the throughput. Replay: before the rounds, the recording sidecar records a run
@@ -37,7 +39,8 @@
 # bench/proxy-cmd.sh (see bench/README.md).
 #
 # Env: BENCH_STATE (default ~/.cache/fleetforge-bench: oha install, results), OHA (path to oha),
-# BENCH_DATABASE_URL (control on Postgres instead of SQLite), BENCH_BASELINE (a directory holding
+# BENCH_DATABASE_URL (control on Postgres instead of SQLite), BENCH_ONLY (a space-separated list of
+# scenarios to measure instead of all, e.g. "direct sidecar sidecar-replay"), BENCH_BASELINE (a directory holding
 # the fleetforge-proxy of another commit: it is started beside the recording proxy, configured the
 # same and shipping to the same control, and measured as sidecar-base and forward-base in the same
 # rounds, so a change's cost shows as the CPU µs/req of sidecar vs sidecar-base; build it with
@@ -56,7 +59,7 @@ while (($#)); do
     --rss) RSS=$2; shift 2 ;;
     --replay-calls) REPLAY_N=$2; shift 2 ;;
     --no-load) LOAD=0; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -112,6 +115,16 @@ if [[ -n ${BENCH_BASELINE:-} ]]; then
     >"$work/proxy-base.out" 2>"$work/proxy-base.err" &
   pids+=($!); base_pid=$!
 fi
+# Recording and shipping as the first, with OpenTelemetry export on: a span per call sent over
+# OTLP/HTTP to a local receiver (tests' fleetforge-otlp-sink, which decodes and counts them), so
+# sidecar-otel/sidecar is what export keeps of the throughput.
+"$target/fleetforge-otlp-sink" >"$work/otlp-sink.out" 2>"$work/otlp-sink.err" &
+pids+=($!); sink_pid=$!
+sink=$(ready_line "$work/otlp-sink.out" | python3 -c 'import json,sys;print(json.load(sys.stdin)["addr"])')
+FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB \
+  FLEETFORGE_CAPABILITIES=false OTEL_EXPORTER_OTLP_ENDPOINT="http://$sink" OTEL_BSP_SCHEDULE_DELAY=200 \
+  "$target/fleetforge-proxy" --home "$work/home-otel" "${proxy_args[@]}" >"$work/proxy-otel.out" 2>"$work/proxy-otel.err" &
+pids+=($!); otel_pid=$!
 # Recording and shipping as the first, with sealing off.
 FLEETFORGE_CONTROL_URL="http://$control" FLEETFORGE_CONTROL_TOKEN="$token" FLEETFORGE_SPOOL_MAX=8GiB \
   FLEETFORGE_CAPABILITIES=false FLEETFORGE_SEAL=false "$target/fleetforge-proxy" --home "$work/home-noseal" \
@@ -158,6 +171,9 @@ side_norec=$(field "$(ready_line "$work/proxy-norec.out")" sidecars)
 noseal_ready=$(ready_line "$work/proxy-noseal.out")
 side_noseal=$(field "$noseal_ready" sidecars)
 admin_noseal=$(field "$noseal_ready" admin)
+otel_ready=$(ready_line "$work/proxy-otel.out")
+side_otel=$(field "$otel_ready" sidecars)
+admin_otel=$(field "$otel_ready" admin)
 side_cap=$(field "$(ready_line "$work/proxy-cap.out")" sidecars)
 side_tool=$(field "$(ready_line "$work/proxy-tool.out")" sidecars)
 side_pol=$(field "$(ready_line "$work/proxy-pol.out")" sidecars)
@@ -222,6 +238,7 @@ measure() { # scenario mode round
     sidecar) args=("http://$side/v1/chat/completions") ;;
     sidecar-norec) args=("http://$side_norec/v1/chat/completions") ;;
     sidecar-noseal) args=("http://$side_noseal/v1/chat/completions") ;;
+    sidecar-otel) args=("http://$side_otel/v1/chat/completions") ;;
     sidecar-replay) args=(-H "x-fleetforge-run: bench-replay-r$r" "http://$side_replay/v1/chat/completions") ;;
     sidecar-cap) args=(-H "x-fleetforge-run: $cap_run" -H "x-fleetforge-token: $cap_token" "http://$side_cap/v1/chat/completions") ;;
     sidecar-bud) args=(-H "x-fleetforge-run: $bud_run" -H "x-fleetforge-token: $bud_token" "http://$side_cap/v1/chat/completions") ;;
@@ -239,6 +256,7 @@ measure() { # scenario mode round
   local pid=$proxy_pid lag=- p0 u0 c0 p1 u1 c1 drain_admin=$admin
   [[ $s == sidecar-norec ]] && pid=$norec_pid
   [[ $s == sidecar-noseal ]] && pid=$noseal_pid drain_admin=$admin_noseal
+  [[ $s == sidecar-otel ]] && pid=$otel_pid drain_admin=$admin_otel
   [[ $s == sidecar-replay ]] && pid=$replay_pid drain_admin=$admin_replay
   [[ $s == sidecar-cap || $s == sidecar-bud ]] && pid=$cap_pid
   [[ $s == sidecar-tool ]] && pid=$tool_pid
@@ -257,8 +275,9 @@ measure() { # scenario mode round
 }
 ((LOAD)) || ROUNDS=0
 for ((r = 1; r <= ROUNDS; r++)); do
-  order=(direct sidecar sidecar-noseal sidecar-replay sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward)
-  [[ -n $base_pid ]] && order=(direct sidecar sidecar-base sidecar-noseal sidecar-replay sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward forward-base)
+  order=(direct sidecar sidecar-otel sidecar-noseal sidecar-replay sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward)
+  [[ -n ${BENCH_ONLY:-} ]] && read -r -a order <<<"$BENCH_ONLY"
+  [[ -n $base_pid ]] && order=(direct sidecar sidecar-base sidecar-otel sidecar-noseal sidecar-replay sidecar-norec sidecar-cap sidecar-bud sidecar-tool sidecar-pol forward forward-base)
   if ((r % 2 == 0)); then
     rev=()
     for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[i]}"); done

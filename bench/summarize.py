@@ -42,7 +42,7 @@ def main() -> None:
         "| control CPU µs/req | upstream CPU µs/req | proxy/upstream CPU | ingest drain s (max) | errors |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    order = ("direct", "sidecar", "sidecar-base", "sidecar-noseal", "sidecar-replay", "sidecar-norec", "sidecar-cap", "sidecar-bud", "sidecar-tool", "sidecar-pol",
+    order = ("direct", "sidecar", "sidecar-base", "sidecar-otel", "sidecar-noseal", "sidecar-replay", "sidecar-norec", "sidecar-cap", "sidecar-bud", "sidecar-tool", "sidecar-pol",
              "forward", "forward-base")
     for scenario in order:
         for mode in ("nonstream", "stream"):

@@ -105,6 +105,7 @@ fn hex(b: &[u8]) -> String {
 pub struct OtlpReceiver {
     addr: SocketAddr,
     exports: Arc<Mutex<Vec<Export>>>,
+    counted: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -115,24 +116,41 @@ impl Drop for OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Listens on 127.0.0.1 (an ephemeral port) for both protocols.
+    /// Listens on 127.0.0.1 (an ephemeral port) for both protocols and keeps every export.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse()?, true).await
+    }
+
+    /// Listens on `addr`; with `keep` false every export is decoded and its spans counted
+    /// ([`Self::counted`]) but not kept, so a long benchmark holds no memory.
+    pub async fn start_on(addr: SocketAddr, keep: bool) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let exports: Arc<Mutex<Vec<Export>>> = Arc::default();
-        let store = exports.clone();
+        let counted: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let sink = Sink { exports: keep.then(|| exports.clone()), counted: counted.clone() };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let store = store.clone();
+                let sink = sink.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, store.clone()));
+                    let service = hyper::service::service_fn(move |req| handle(req, sink.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        Ok(Self { addr, exports, task })
+        Ok(Self { addr, exports, counted, task })
+    }
+
+    /// Spans received so far (kept or not).
+    pub fn counted(&self) -> u64 {
+        self.counted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `http://addr`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -182,7 +200,14 @@ impl OtlpReceiver {
 
 type ReplyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn handle(req: Request<Incoming>, store: Arc<Mutex<Vec<Export>>>) -> Result<Response<ReplyBody>, Infallible> {
+/// Where decoded exports go.
+#[derive(Clone)]
+struct Sink {
+    exports: Option<Arc<Mutex<Vec<Export>>>>,
+    counted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn handle(req: Request<Incoming>, sink: Sink) -> Result<Response<ReplyBody>, Infallible> {
     let headers = req.headers().clone();
     let grpc = headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let path = req.uri().path().to_owned();
@@ -205,11 +230,15 @@ async fn handle(req: Request<Incoming>, store: Arc<Mutex<Vec<Export>>>) -> Resul
         Ok(r) => r,
         Err(e) => return Ok(plain(400, &format!("{e:#}"))),
     };
-    store.lock().unwrap_or_else(|e| e.into_inner()).push(Export {
-        protocol: if grpc { "grpc" } else { "http" },
-        headers,
-        request,
-    });
+    let spans: usize = request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+    sink.counted.fetch_add(spans as u64, std::sync::atomic::Ordering::Relaxed);
+    if let Some(store) = &sink.exports {
+        store.lock().unwrap_or_else(|e| e.into_inner()).push(Export {
+            protocol: if grpc { "grpc" } else { "http" },
+            headers,
+            request,
+        });
+    }
     let reply = ExportTraceServiceResponse::default().encode_to_vec();
     if grpc {
         let mut framed = vec![0u8];
