@@ -297,6 +297,18 @@ pub struct Call {
     pub trace: Option<CallTrace>,
     /// The response's id, model and finish reasons, read for the call's span.
     pub reply: Option<crate::usage::Reply>,
+    /// GenAI content capture: the request body (redacted, credentials scrubbed) and the response
+    /// body as received, for the span; only when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`.
+    pub content: Option<Content>,
+}
+
+/// The prompt and completion of a call whose content is captured on its span.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    /// The request body, cleaned ([`crate::seal::capturable`]).
+    pub request: bytes::Bytes,
+    /// The response body's chunks as received.
+    pub response: Vec<bytes::Bytes>,
 }
 
 /// Where a call sits in a W3C trace.
@@ -356,6 +368,7 @@ impl Call {
             replay: None,
             trace: None,
             reply: None,
+            content: None,
         }
     }
 

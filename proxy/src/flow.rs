@@ -150,6 +150,8 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
             seal.response_headers = crate::seal::response_headers(&parts.headers);
             Some(crate::body::Recording::new(proxy.config.seal.max_body))
         }
+        // Content capture keeps the completion for the span.
+        _ if call.content.is_some() => Some(crate::body::Recording::new(proxy.config.seal.max_body)),
         _ => None,
     };
     // The upstream's HTTP version is its hop's; the client gets its own connection's version.
@@ -210,6 +212,9 @@ fn stamp(call: &Call, headers: &mut HeaderMap) {
 /// bodies go to the seal store before its receipt is written, so the receipt can name them.
 fn finish(proxy: &Proxy, mut call: Call, outcome: Outcome, recorded: Option<Vec<(bytes::Bytes, u64)>>) {
     settle::settle(proxy, &mut call, &outcome);
+    if let (Some(content), Some(chunks)) = (call.content.as_mut(), recorded.as_ref()) {
+        content.response = chunks.iter().map(|(c, _)| c.clone()).collect();
+    }
     if matches!(outcome, Outcome::Completed) {
         crate::seal::keep(proxy.seals.as_deref(), &mut call, recorded);
     }

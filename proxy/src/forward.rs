@@ -44,6 +44,21 @@ pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Resul
         let digest = unchanged.then_some(sent_digest);
         call.seal = crate::seal::seal_request(&proxy.config.seal, call, &request.parts.headers, original, digest, keep);
     }
+    // GenAI content capture (opt-in): the prompt as the agent sent it, cleaned of credentials.
+    if proxy.tracer.as_ref().is_some_and(|t| t.capture_content)
+        && call.facts.as_ref().is_some_and(|f| f.llm.is_some())
+        && matches!(&call.trace, Some(crate::context::CallTrace::Own(s)) if s.sampled)
+    {
+        call.content = Some(crate::context::Content {
+            request: crate::seal::capturable(
+                &proxy.config.seal,
+                &request.parts.headers,
+                &call.path,
+                request.original(),
+            ),
+            response: Vec::new(),
+        });
+    }
     if let Some(replayer) = &proxy.replayer
         && let Some(response) = replay(replayer, call, request.original())?
     {

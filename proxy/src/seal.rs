@@ -106,6 +106,15 @@ pub fn seal_request(
     Some(SealedRequest { key, blob, redacted, response_headers: Vec::new(), keep, replayed_meta: None, secrets })
 }
 
+/// A request body as GenAI content capture may put it on a span: content-encoding decoded, the
+/// configured redactions applied, and any credential value the request carries (auth and API-key
+/// headers, secret query parameters) replaced by `[redacted]`.
+pub fn capturable(rules: &SealConfig, headers: &HeaderMap, path: &str, body: &Bytes) -> Bytes {
+    let decoded = decode(headers, body);
+    let (clean, _) = redact(&rules.redact, &decoded, &decoded);
+    scrub(&secrets_of(headers, path), std::slice::from_ref(&clean)).unwrap_or(clean)
+}
+
 /// The shortest credential value looked for in bodies (shorter ones would match by chance).
 const MIN_SECRET: usize = 8;
 

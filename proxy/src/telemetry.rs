@@ -63,6 +63,45 @@ fn provider_names(provider: &str) -> (&str, &str) {
     }
 }
 
+/// The most bytes of a prompt or completion put on a span; longer content is cut there (at a
+/// character boundary) and marked with `…[truncated]`.
+const MAX_CONTENT: usize = 64 * 1024;
+
+fn truncated(bytes: &[u8]) -> String {
+    if bytes.len() <= MAX_CONTENT {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    let mut end = MAX_CONTENT;
+    while end > 0 && (bytes[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    format!("{}…[truncated]", String::from_utf8_lossy(&bytes[..end]))
+}
+
+/// GenAI content capture: the prompt (the request body, cleaned) and the completion (the response
+/// body as received: JSON, or the SSE stream's text). The current conventions put them in
+/// `gen_ai.input.messages` / `gen_ai.output.messages`; the older ones in the events
+/// `gen_ai.content.prompt` (`gen_ai.prompt`) and `gen_ai.content.completion` (`gen_ai.completion`).
+fn add_content(span: &mut Span, content: &crate::context::Content, semconv: fleetforge_otel::Semconv) {
+    let prompt = truncated(&content.request);
+    let completion = truncated(&content.response.concat());
+    if semconv.dual() {
+        let at = span.end_unix_nano;
+        span.events.push(fleetforge_otel::Event {
+            name: "gen_ai.content.prompt",
+            time_unix_nano: span.start_unix_nano,
+            attributes: vec![("gen_ai.prompt", Value::Str(prompt.clone()))],
+        });
+        span.events.push(fleetforge_otel::Event {
+            name: "gen_ai.content.completion",
+            time_unix_nano: at,
+            attributes: vec![("gen_ai.completion", Value::Str(completion.clone()))],
+        });
+    }
+    span.set("gen_ai.input.messages", prompt);
+    span.set("gen_ai.output.messages", completion);
+}
+
 /// Builds the finished call's span and queues it, when the proxy traces and sampled the call.
 pub fn emit(proxy: &Proxy, call: &Call, outcome: &Outcome) {
     let (Some(tracer), Some(CallTrace::Own(started))) = (&proxy.tracer, &call.trace) else { return };
@@ -181,6 +220,9 @@ pub fn span(
         }
     }
     span.set("trust.semconv.version", semconv.version());
+    if let Some(content) = &call.content {
+        add_content(&mut span, content, semconv);
+    }
 
     // Errors.
     match outcome {

@@ -181,6 +181,10 @@ async fn five_calls_become_spans_matching_their_receipts(protocol: &str) {
     assert_eq!(json.int("http.response.status_code"), Some(200));
     assert_eq!(json.str("url.full"), Some("https://api.openai.com/v1/chat/completions"));
     assert_eq!(json.str("trust.policy.decision"), Some("allow"));
+    assert!(
+        json.attr("gen_ai.input.messages").is_none() && json.span.events.is_empty(),
+        "content capture is off by default"
+    );
     assert!(json.span.status.as_ref().is_none_or(|st| st.code == 0));
     let (start, end) = (json.span.start_time_unix_nano, json.span.end_time_unix_nano);
     assert!(start > 0 && end >= start);
@@ -280,6 +284,35 @@ async fn control_exports_a_server_span_per_request_continuing_the_callers_trace(
         service,
         Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue("fleetforge-control".into()))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_capture_is_opt_in_and_never_holds_a_credential() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let s = stack(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint().as_str()),
+        ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true"),
+    ])
+    .await;
+    // The agent pastes its own API key into the prompt: the span gets the prompt without it.
+    let prompt = format!("Summarise the plan. (debug: my key is {API_KEY})");
+    s.python("run-content", "py_openai.py", &["--prompt", &prompt]).await;
+    s.python("run-content", "py_openai.py", &["--stream", "--prompt", "Stream it."]).await;
+    let receipts = s.control.receipts("run-content", 2).unwrap();
+    let spans = receiver.wait_for(2).await.unwrap();
+    let json = span_of(&spans, receipts[0]["id"].as_str().unwrap());
+    let input = json.str("gen_ai.input.messages").unwrap();
+    assert!(input.contains("Summarise the plan.") && input.contains("[redacted]"), "{input}");
+    assert!(!format!("{:?}", json.span).contains(API_KEY), "a credential in the captured content");
+    let output = json.str("gen_ai.output.messages").unwrap();
+    assert!(output.contains("chatcmpl-fleetforge-fake"), "{output}");
+    // The older conventions' events carry the same content.
+    let names: Vec<&str> = json.span.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["gen_ai.content.prompt", "gen_ai.content.completion"]);
+    let stream = span_of(&spans, receipts[1]["id"].as_str().unwrap());
+    let output = stream.str("gen_ai.output.messages").unwrap();
+    assert!(output.starts_with("data: ") && output.contains("[DONE]"), "the stream's text: {output}");
+    assert!(stream.str("gen_ai.input.messages").unwrap().contains("Stream it."));
 }
 
 #[tokio::test(flavor = "multi_thread")]

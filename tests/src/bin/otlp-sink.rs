@@ -22,11 +22,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?
-        .block_on(async move {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the tokio runtime")?.block_on(
+        async move {
             let sink = OtlpReceiver::start_on(args.listen, false).await?;
             println!("{}", serde_json::json!({ "addr": sink.addr().to_string() }));
             let mut term = signal(SignalKind::terminate())?;
@@ -36,5 +33,6 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", serde_json::json!({ "spans": sink.counted() }));
             Ok(())
-        })
+        },
+    )
 }
