@@ -22,7 +22,7 @@ use prost::Message as _;
 
 use crate::config::{ExportConfig, Protocol};
 use crate::proto;
-use crate::span::{Span, Value, attributes};
+use crate::span::{Span, Value};
 
 /// The gRPC method spans are exported with.
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -155,14 +155,12 @@ struct Worker {
     config: ExportConfig,
     client: HttpClient,
     stats: Arc<Stats>,
-    resource: Vec<proto::KeyValue>,
+    resource: Vec<(String, Value)>,
 }
 
 impl Worker {
     fn run(mut self, runtime: &tokio::runtime::Runtime, rx: &Receiver<Msg>) {
-        self.resource = attributes(
-            self.config.resource.iter().map(|(k, v)| (k.clone(), Value::Str(v.clone()))).collect::<Vec<_>>(),
-        );
+        self.resource = self.config.resource.iter().map(|(k, v)| (k.clone(), Value::Str(v.clone()))).collect();
         let mut batch: Vec<Span> = Vec::with_capacity(self.config.max_batch);
         let mut oldest: Option<Instant> = None;
         loop {
@@ -198,21 +196,8 @@ impl Worker {
 
     async fn export(&self, spans: Vec<Span>) {
         let count = spans.len() as u64;
-        let request = proto::ExportTraceServiceRequest {
-            resource_spans: vec![proto::ResourceSpans {
-                resource: Some(proto::Resource { attributes: self.resource.clone() }),
-                scope_spans: vec![proto::ScopeSpans {
-                    scope: Some(proto::InstrumentationScope {
-                        name: "fleetforge".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                    }),
-                    spans: spans.into_iter().map(Span::into_proto).collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
-        let mut payload = request.encode_to_vec();
+        let mut payload = crate::wire::export_request(&self.resource, &spans);
+        drop(spans);
         if self.config.gzip {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             // Writing to a Vec cannot fail.

@@ -10,6 +10,7 @@ pub mod context;
 pub mod export;
 pub mod proto;
 pub mod span;
+pub mod wire;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -3,6 +3,7 @@
 //! the protobuf is made on the export thread.
 
 use crate::context::{SpanId, TraceId};
+#[cfg(test)]
 use crate::proto;
 
 /// An attribute value.
@@ -118,6 +119,8 @@ impl Span {
         self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
+    /// The span as the prost message (what [`crate::wire`] encodes directly).
+    #[cfg(test)]
     pub(crate) fn into_proto(self) -> proto::Span {
         // Flags: sampled (every exported span is), and whether the parent is remote (bit 8 says
         // the bit 9 is known).
@@ -153,10 +156,12 @@ impl Span {
     }
 }
 
+#[cfg(test)]
 pub(crate) fn attributes<K: Into<String>>(list: Vec<(K, Value)>) -> Vec<proto::KeyValue> {
     list.into_iter().map(|(k, v)| proto::KeyValue { key: k.into(), value: Some(any(v)) }).collect()
 }
 
+#[cfg(test)]
 fn any(v: Value) -> proto::AnyValue {
     use proto::any_value::Value as V;
     proto::AnyValue {
