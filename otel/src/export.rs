@@ -2,13 +2,14 @@
 //! and a thread of its own that sends them in batches over OTLP.
 //!
 //! A full queue drops the span and counts it (`dropped`): a slow or dead collector never slows or
-//! fails a call. The thread sends a batch when it holds `max_batch` spans or when the oldest has
-//! waited `schedule_delay`; a failed export is retried twice (after 100 and 400 ms) when the
+//! fails a call. The thread wakes for the first span, takes whatever else is queued, and lets more
+//! gather for 10 ms before it looks again; it sends a batch when it holds `max_batch` spans or
+//! when the oldest has waited `schedule_delay`; a failed export is retried twice (after 100 and 400 ms) when the
 //! collector says it is unavailable or overloaded, then counted as failed and dropped.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,10 @@ use prost::Message as _;
 use crate::config::{ExportConfig, Protocol};
 use crate::proto;
 use crate::span::{Span, Value};
+
+/// How long the export thread lets spans gather after a wake-up, so a busy proxy wakes it about
+/// a hundred times a second rather than once per call.
+const GATHER: Duration = Duration::from_millis(10);
 
 /// The gRPC method spans are exported with.
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -168,28 +173,51 @@ impl Worker {
                 Some(t) => self.config.schedule_delay.saturating_sub(t.elapsed()),
                 None => Duration::from_secs(3600),
             };
-            let mut flush = None;
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Span(span)) => {
+            let mut flushes = Vec::new();
+            let mut closed = false;
+            let mut got_span = false;
+            let mut take = |msg: Msg, batch: &mut Vec<Span>| match msg {
+                Msg::Span(span) => {
                     batch.push(*span);
-                    oldest.get_or_insert_with(Instant::now);
+                    got_span = true;
                 }
-                Ok(Msg::Flush(done)) => flush = Some(done),
+                Msg::Flush(done) => flushes.push(done),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(msg) => take(msg, &mut batch),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    if !batch.is_empty() {
-                        runtime.block_on(self.export(std::mem::take(&mut batch)));
+                Err(RecvTimeoutError::Disconnected) => closed = true,
+            }
+            // Whatever else is queued comes along without another wait.
+            while batch.len() < self.config.max_batch {
+                match rx.try_recv() {
+                    Ok(msg) => take(msg, &mut batch),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
                     }
-                    return;
                 }
             }
+            if !batch.is_empty() {
+                oldest.get_or_insert_with(Instant::now);
+            }
             let due = oldest.is_some_and(|t| t.elapsed() >= self.config.schedule_delay);
-            if batch.len() >= self.config.max_batch || due || (flush.is_some() && !batch.is_empty()) {
+            if batch.len() >= self.config.max_batch || due || ((closed || !flushes.is_empty()) && !batch.is_empty()) {
                 runtime.block_on(self.export(std::mem::take(&mut batch)));
                 oldest = None;
             }
-            if let Some(done) = flush {
+            for done in flushes.drain(..) {
                 let _ = done.send(());
+            }
+            if closed {
+                return;
+            }
+            // Under load, let spans gather instead of waking for each one: one wake-up per
+            // GATHER rather than per call (a flush is answered at most GATHER late).
+            if got_span {
+                let left = oldest.map_or(GATHER, |t| self.config.schedule_delay.saturating_sub(t.elapsed()));
+                std::thread::sleep(GATHER.min(left));
             }
         }
     }
