@@ -35,7 +35,11 @@ def main() -> None:
                 + sum(v for k, v in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k),
             }
         )
-    direct = {mode: statistics.mean(r["rps"] for r in runs[("direct", mode)]) for mode in ("nonstream", "stream")}
+    # Without a direct row (BENCH_ONLY), "vs direct" is left out.
+    direct = {
+        mode: statistics.mean(r["rps"] for r in runs[("direct", mode)]) if runs.get(("direct", mode)) else None
+        for mode in ("nonstream", "stream")
+    }
     print(f"FleetForge bench ({note})\n")
     print(
         "| scenario | mode | req/s | spread | vs direct | p50 ms | p99 ms | TTFB p50 ms | proxy CPU µs/req "
@@ -64,7 +68,7 @@ def main() -> None:
             drains = [r["drain"] for r in rs if r["drain"] is not None]
             drain = f"{max(drains):.2f}" if drains else "-"
             print(
-                f"| {scenario} | {mode} | {mean:,.0f} | ±{spread:.0f}% | {mean / direct[mode]:.3f} | "
+                f"| {scenario} | {mode} | {mean:,.0f} | ±{spread:.0f}% | {f'{mean / direct[mode]:.3f}' if direct[mode] else '-'} | "
                 f"{statistics.mean(r['p50'] for r in rs):.2f} | {statistics.mean(r['p99'] for r in rs):.2f} | {ttfb_s} | "
                 f"{proxy} | {control} | {up_us:.1f} | {relative} | {drain} | "
                 f"{sum(r['errors'] for r in rs)} |"

@@ -377,8 +377,14 @@ impl UsageReader {
         self.after = if usage && (1..=2).contains(&self.string_depth) { After::Colon } else { After::Nothing };
         if self.reply_on && !usage && !self.key_long {
             let field = match key {
-                b"id" | b"responseId" if (1..=2).contains(&self.string_depth) => Some(Field::Id),
-                b"model" | b"modelVersion" if (1..=2).contains(&self.string_depth) => Some(Field::Model),
+                // The first id and model are kept: later ones (every chunk of a stream repeats
+                // them) are not even copied.
+                b"id" | b"responseId" if self.reply.id.is_none() && (1..=2).contains(&self.string_depth) => {
+                    Some(Field::Id)
+                }
+                b"model" | b"modelVersion" if self.reply.model.is_none() && (1..=2).contains(&self.string_depth) => {
+                    Some(Field::Model)
+                }
                 b"finish_reason" | b"stop_reason" | b"finishReason" if (1..=4).contains(&self.string_depth) => {
                     Some(Field::Finish)
                 }
