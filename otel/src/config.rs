@@ -205,7 +205,7 @@ impl ExportConfig {
         };
         let timeout = match pick("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
             None => Duration::from_secs(10),
-            Some((name, v)) => Duration::from_millis(millis(&name, &v)?),
+            Some((name, v)) => Duration::from_millis(whole(&name, &v)?),
         };
         let certificate =
             pick("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE").map(|(_, v)| v.into());
@@ -234,17 +234,14 @@ impl ExportConfig {
         let number = |name: &str, default: u64| -> Result<u64, ConfigError> {
             match get(name) {
                 None => Ok(default),
-                Some(v) => millis(name, &v),
+                Some(v) => whole(name, &v),
             }
         };
         let max_queue = usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?).unwrap_or(usize::MAX).max(1);
         let max_batch =
             usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?).unwrap_or(usize::MAX).clamp(1, max_queue);
         let schedule_delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?);
-        let semconv = match get("OTEL_SEMCONV_STABILITY_OPT_IN") {
-            Some(v) if v.split(',').any(|s| s.trim() == "gen_ai_latest_experimental") => Semconv::Latest,
-            _ => Semconv::Dual,
-        };
+        let semconv = semconv_from_env(&env);
         let capture_content = match get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT") {
             None => false,
             Some(v) => match v.to_ascii_lowercase().as_str() {
@@ -277,7 +274,7 @@ impl ExportConfig {
     }
 }
 
-/// Semantic-conventions mode alone, for processes that only propagate context.
+/// Which GenAI names spans carry, from `OTEL_SEMCONV_STABILITY_OPT_IN` (a comma list).
 pub fn semconv_from_env(env: impl Fn(&str) -> Option<String>) -> Semconv {
     match env("OTEL_SEMCONV_STABILITY_OPT_IN") {
         Some(v) if v.split(',').any(|s| s.trim() == "gen_ai_latest_experimental") => Semconv::Latest,
@@ -285,7 +282,7 @@ pub fn semconv_from_env(env: impl Fn(&str) -> Option<String>) -> Semconv {
     }
 }
 
-fn millis(name: &str, v: &str) -> Result<u64, ConfigError> {
+fn whole(name: &str, v: &str) -> Result<u64, ConfigError> {
     v.parse::<u64>().map_err(|_| invalid(name, v, "expected a whole number"))
 }
 

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use fleetforge_trust::canonical::hex;
+
 /// A trace id: 16 bytes, never all zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceId(pub [u8; 16]);
@@ -136,16 +138,6 @@ fn unhex_byte(pair: &[u8]) -> Option<u8> {
         _ => None,
     };
     Some(d(pair[0])? << 4 | d(pair[1])?)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
 }
 
 /// The `traceparent` naming `span` of `trace` as the parent of whatever receives it.

@@ -103,7 +103,7 @@ fn reads_facts(proxy: &Proxy, call: &Call, target: &Target) -> bool {
         || proxy.capabilities.is_some()
         || facts::provider(&target.host, &call.path).is_some()
         // A traced call's span names its model or MCP tool.
-        || matches!(&call.trace, Some(crate::context::CallTrace::Own(s)) if s.sampled)
+        || call.traced()
 }
 
 /// Notes in the run's ledger that a call policy allowed is leaving (hosts and tools seen by later

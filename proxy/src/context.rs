@@ -390,6 +390,12 @@ impl Call {
         self.target.as_ref().and_then(|t| crate::facts::provider(&t.host, &self.path))
     }
 
+    /// Whether the proxy traces this call with a sampled span of its own (its span is exported,
+    /// so the phases read what the span names).
+    pub fn traced(&self) -> bool {
+        matches!(&self.trace, Some(CallTrace::Own(s)) if s.sampled)
+    }
+
     /// Takes in what the tap saw of the response body; returns the recorded chunks, if any.
     pub fn absorb(&mut self, summary: Summary) -> Option<Vec<(bytes::Bytes, u64)>> {
         self.response_bytes = summary.client_bytes;

@@ -47,7 +47,7 @@ pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Resul
     // GenAI content capture (opt-in): the prompt as the agent sent it, cleaned of credentials.
     if proxy.tracer.as_ref().is_some_and(|t| t.capture_content)
         && call.facts.as_ref().is_some_and(|f| f.llm.is_some())
-        && matches!(&call.trace, Some(crate::context::CallTrace::Own(s)) if s.sampled)
+        && call.traced()
     {
         call.content = Some(crate::context::Content {
             request: crate::seal::capturable(

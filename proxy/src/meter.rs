@@ -187,8 +187,7 @@ pub fn response_tap(call: &Call, headers: &HeaderMap) -> (Option<UsageReader>, O
     let Some(_) = call.provider() else { return (None, None, None) };
     let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     // A traced call's span also names the response's id, model and finish reasons.
-    let traced = matches!(call.trace, Some(crate::context::CallTrace::Own(ref s)) if s.sampled);
-    let reader = UsageReader::for_content_type(content_type).map(|r| if traced { r.with_reply() } else { r });
+    let reader = UsageReader::for_content_type(content_type).map(|r| if call.traced() { r.with_reply() } else { r });
     let sse = reader.as_ref().is_some_and(UsageReader::is_sse);
     let rewrite = (call.strip_usage && sse).then(|| {
         let mut strip = StripUsage::default();

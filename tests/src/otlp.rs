@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use fleetforge_trust::canonical::hex;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
@@ -94,10 +95,6 @@ impl ReceivedSpan {
     pub fn parent_id(&self) -> String {
         hex(&self.span.parent_span_id)
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The receiver; stops when dropped.
