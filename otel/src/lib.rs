@@ -42,6 +42,10 @@ pub struct Tracer {
     endpoint: String,
 }
 
+/// Room for the attributes of a typical call's span (an LLM call carries about 22), so building
+/// one grows its list at most once.
+const ATTRIBUTES: usize = 24;
+
 /// The ids of a span that starts now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Started {
@@ -74,7 +78,7 @@ impl Started {
             kind,
             start_unix_nano,
             end_unix_nano: start_unix_nano,
-            attributes: Vec::with_capacity(32),
+            attributes: Vec::with_capacity(ATTRIBUTES),
             events: Vec::new(),
             status: Status::Unset,
         }

@@ -1,6 +1,6 @@
 //! A finished span as plain data: what a caller builds on its hot path and queues. Keys are
-//! `&'static str` and values own their strings, so building one allocates only for the values;
-//! the protobuf is made on the export thread.
+//! `&'static str`, and so are the values known at compile time ([`Value::Static`]), so building one
+//! allocates only for the values read from the call; the protobuf is made on the export thread.
 
 use crate::context::{SpanId, TraceId};
 #[cfg(test)]
@@ -11,6 +11,8 @@ use crate::proto;
 pub enum Value {
     /// A string.
     Str(String),
+    /// A string known at compile time (a provider, an operation, a decision): no allocation.
+    Static(&'static str),
     /// A signed integer.
     Int(i64),
     /// A boolean.
@@ -114,6 +116,11 @@ impl Span {
         self.attributes.push((key, value.into()));
     }
 
+    /// Adds an attribute whose value is known at compile time, without allocating.
+    pub fn set_static(&mut self, key: &'static str, value: &'static str) {
+        self.attributes.push((key, Value::Static(value)));
+    }
+
     /// The attribute `key`, if set (the first one).
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
@@ -167,6 +174,7 @@ fn any(v: Value) -> proto::AnyValue {
     proto::AnyValue {
         value: Some(match v {
             Value::Str(s) => V::StringValue(s),
+            Value::Static(s) => V::StringValue(s.to_owned()),
             Value::Int(i) => V::IntValue(i),
             Value::Bool(b) => V::BoolValue(b),
             Value::Double(d) => V::DoubleValue(d),

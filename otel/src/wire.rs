@@ -53,6 +53,7 @@ fn put_bytes(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 fn any_len(v: &Value) -> usize {
     match v {
         Value::Str(s) => ld(1, s.len()),
+        Value::Static(s) => ld(1, s.len()),
         Value::Bool(_) => 2,
         Value::Int(i) => 1 + varint_len(*i as u64),
         Value::Double(_) => 9,
@@ -68,6 +69,7 @@ fn array_len(a: &[String]) -> usize {
 fn put_any(buf: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Str(s) => put_bytes(buf, 1, s.as_bytes()),
+        Value::Static(s) => put_bytes(buf, 1, s.as_bytes()),
         Value::Bool(b) => {
             put_key(buf, 2, VARINT);
             buf.push(u8::from(*b));
@@ -228,6 +230,7 @@ mod tests {
                 ("gen_ai.response.finish_reasons", Value::StrArray(vec!["stop".into(), "length".into()])),
                 ("long", Value::Str("x".repeat(300))),
                 ("empty", Value::Str(String::new())),
+                ("static", Value::Static("chat")),
             ],
             events: vec![Event {
                 name: "gen_ai.content.prompt",

@@ -55,7 +55,7 @@ pub fn receipt_trace(call: &Call) -> Option<Trace> {
 }
 
 /// The `gen_ai.provider.name` (1.37) and `gen_ai.system` (older) values of a provider.
-fn provider_names(provider: &str) -> (&str, &str) {
+fn provider_names(provider: &'static str) -> (&'static str, &'static str) {
     match provider {
         "gemini" => ("gcp.gemini", "gemini"),
         "mistral" => ("mistral_ai", "mistral_ai"),
@@ -150,10 +150,10 @@ pub fn span(
     // GenAI.
     if let Some(llm) = llm {
         let (provider, system) = provider_names(llm.provider);
-        span.set("gen_ai.operation.name", llm.operation);
-        span.set("gen_ai.provider.name", provider);
+        span.set_static("gen_ai.operation.name", llm.operation);
+        span.set_static("gen_ai.provider.name", provider);
         if semconv.dual() {
-            span.set("gen_ai.system", system);
+            span.set_static("gen_ai.system", system);
         }
         span.set("gen_ai.request.model", llm.model.as_str());
         if let Some(max) = llm.max_tokens {
@@ -189,7 +189,7 @@ pub fn span(
     if let Some(mcp) = mcp {
         span.set("mcp.method.name", mcp.method.as_str());
         if let Some(tool) = &mcp.tool {
-            span.set("gen_ai.operation.name", "execute_tool");
+            span.set_static("gen_ai.operation.name", "execute_tool");
             span.set("gen_ai.tool.name", tool.as_str());
         }
     }
@@ -207,7 +207,7 @@ pub fn span(
         Outcome::Failed(err) => err.side == Side::Upstream,
         _ => true,
     };
-    span.set("trust.policy.decision", if allowed { "allow" } else { "deny" });
+    span.set_static("trust.policy.decision", if allowed { "allow" } else { "deny" });
     if !call.decided.packs.is_empty() {
         span.set("trust.policy.packs", Value::StrArray(call.decided.packs.clone()));
     }
@@ -219,7 +219,7 @@ pub fn span(
             span.set("trust.budget.remaining_micro_usd", left);
         }
     }
-    span.set("trust.semconv.version", semconv.version());
+    span.set_static("trust.semconv.version", semconv.version());
     if let Some(content) = &call.content {
         add_content(&mut span, content, semconv);
     }
@@ -227,11 +227,11 @@ pub fn span(
     // Errors.
     match outcome {
         Outcome::Failed(err) => {
-            span.set("error.type", err.kind.type_str());
+            span.set_static("error.type", err.kind.type_str());
             span.status = Status::Error(err.message.clone());
         }
         Outcome::UpstreamAborted(reason) => {
-            span.set("error.type", "upstream_aborted");
+            span.set_static("error.type", "upstream_aborted");
             span.status = Status::Error(reason.clone());
         }
         _ => {
