@@ -9,6 +9,12 @@
 //! Baseline: the same rows inserted with the portable multi-row INSERTs and no verification,
 //! straight into the store, one batch at a time. Then the same on SQLite.
 //!
+//! Every verified receipt is also appended to the tenant's transparency log in its ingest
+//! transaction. Last, the transparency log at scale: a tenant log of `LOG_SIZE` (default 10^6)
+//! receipts is written straight into a fresh Postgres database (appended in batches of 10,000,
+//! as ingest does), then control serves 2,000 inclusion proofs of random receipts and 200
+//! consistency proofs between random sizes, one request at a time over HTTP: p50 and p99.
+//!
 //! Run: `cargo bench -p fleetforge-control --bench ingest` (Postgres must be running).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -179,6 +185,7 @@ async fn baseline(database_url: String, streams: &[Vec<Vec<Value>>]) -> f64 {
                     request_digest: None,
                     response_digest: None,
                     body: v.to_string(),
+                    log_index: None,
                 })
                 .collect()
         })
@@ -204,6 +211,110 @@ async fn drop_postgres(url: &str) {
     let name = url.rsplit('/').next().unwrap();
     let store = Store::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
     let _ = store.execute_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+}
+
+/// Milliseconds at quantile `q` of `samples`.
+fn quantile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// A tenant log of `size` receipts written straight into the store; then inclusion and
+/// consistency proofs served by control over HTTP, one at a time: (p50, p99) of each, in ms.
+async fn proofs_at_scale(database_url: String, size: u64) -> ((f64, f64), (f64, f64)) {
+    let store = Store::connect(&database_url).await.unwrap();
+    store.migrate().await.unwrap();
+    let started = Instant::now();
+    let mut next = 0u64;
+    while next < size {
+        let n = 10_000.min(size - next);
+        let hashes: Vec<[u8; 32]> =
+            (next..next + n).map(|i| fleetforge_trust::canonical::sha256(&i.to_be_bytes())).collect();
+        let mut tx = store.begin_ingest().await.unwrap();
+        let first = tx.append_log("default", &hashes).await.unwrap();
+        assert_eq!(first, next);
+        let rows: Vec<ReceiptRow> = (next..next + n)
+            .zip(&hashes)
+            .map(|(i, h)| ReceiptRow {
+                id: format!("r{i}"),
+                run_id: "run-log-bench".into(),
+                tenant: "default".into(),
+                lane: "l".into(),
+                seq: i as i64 + 1,
+                step: i as i64 + 1,
+                hash: hex(h),
+                prev_hash: String::new(),
+                kind: "call".into(),
+                started_at: "2026-12-07T00:00:00Z".into(),
+                ended_at: "2026-12-07T00:00:00Z".into(),
+                method: "POST".into(),
+                host: "api.openai.com".into(),
+                path: "/v1/chat/completions".into(),
+                status: Some(200),
+                allow: true,
+                outcome: "completed".into(),
+                request_bytes: 412,
+                response_bytes: 1830,
+                request_digest: None,
+                response_digest: None,
+                body: "{}".into(),
+                log_index: Some(i as i64),
+            })
+            .collect();
+        tx.insert_receipts(&rows).await.unwrap();
+        tx.commit().await.unwrap();
+        next += n;
+    }
+    println!("wrote a tenant log of {size} receipts in {:.1} s", started.elapsed().as_secs_f64());
+    let home = tempfile::tempdir().unwrap();
+    let env = |k: &str| match k {
+        "FLEETFORGE_HOME" => Some(home.path().display().to_string()),
+        "FLEETFORGE_CONTROL_LISTEN" => Some("127.0.0.1:0".into()),
+        _ => None,
+    };
+    let mut config = ControlConfig::load(None, &env, &Flags::default()).unwrap();
+    config.database_url = Some(Secret::new(database_url));
+    config.bootstrap_token = Some(Secret::new("bench-token".into()));
+    let running = fleetforge_control::start(&config).await.unwrap();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let timed = |path: String| {
+        let req = http::Request::builder()
+            .uri(format!("http://{}{path}", running.addr))
+            .header("authorization", "Bearer bench-token")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let start = Instant::now();
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(status.is_success(), "{path}: {status}: {}", String::from_utf8_lossy(&body));
+            start.elapsed().as_secs_f64() * 1e3
+        }
+    };
+    // A fixed pseudo-random sequence (xorshift), so runs are comparable.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = move |below: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % below
+    };
+    let mut inclusion = Vec::new();
+    for _ in 0..2_000 {
+        inclusion.push(timed(format!("/v1/log/default/inclusion/r{}", random(size))).await);
+    }
+    let mut consistency = Vec::new();
+    for _ in 0..200 {
+        let from = 1 + random(size - 1);
+        consistency.push(timed(format!("/v1/log/default/consistency?from={from}")).await);
+    }
+    running.shutdown().await;
+    (
+        (quantile(&mut inclusion, 0.5), quantile(&mut inclusion, 0.99)),
+        (quantile(&mut consistency, 0.5), quantile(&mut consistency, 0.99)),
+    )
 }
 
 fn main() {
@@ -235,5 +346,14 @@ fn main() {
         println!("|---|---:|---:|---:|---:|");
         println!("| Postgres | {pg_one:.0} | {pg_four:.0} | {pg_base:.0} | {:.2} |", pg_one / pg_base);
         println!("| SQLite | {lite_one:.0} | {lite_four:.0} | {lite_base:.0} | {:.2} |", lite_one / lite_base);
+
+        let size: u64 = std::env::var("LOG_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+        let db = fresh_postgres().await;
+        let ((inc50, inc99), (con50, con99)) = proofs_at_scale(db.clone(), size).await;
+        drop_postgres(&db).await;
+        println!();
+        println!("| tenant log (Postgres) | inclusion proof p50 / p99 (ms) | consistency proof p50 / p99 (ms) |");
+        println!("|---|---:|---:|");
+        println!("| {size} receipts | {inc50:.2} / {inc99:.2} | {con50:.2} / {con99:.2} |");
     });
 }

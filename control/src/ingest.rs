@@ -77,6 +77,8 @@ impl KeyCache {
 struct Candidate {
     index: usize,
     row: ReceiptRow,
+    /// The receipt hash (the log leaf's data).
+    hash: [u8; 32],
     input_tokens: i64,
     output_tokens: i64,
     cost: i64,
@@ -231,6 +233,7 @@ async fn ingest_once(
         let as_i64 = |v: Option<u64>| v.and_then(|n| i64::try_from(n).ok()).unwrap_or(0);
         candidates.push(Candidate {
             index,
+            hash: proven.hash,
             input_tokens: as_i64(usage.and_then(|u| u.input_tokens)),
             output_tokens: as_i64(usage.and_then(|u| u.output_tokens)),
             cost: as_i64(usage.and_then(|u| u.cost_micro_usd)),
@@ -259,6 +262,7 @@ async fn ingest_once(
                 request_digest: body.seal.request_digest.clone(),
                 response_digest: body.seal.response_digest.clone(),
                 body: item.body.clone(),
+                log_index: None,
             },
         });
     }
@@ -331,7 +335,26 @@ async fn ingest_once(
         results[c.index].error = None;
         accepted.push(c);
     }
-    let rows: Vec<ReceiptRow> = accepted.iter().map(|c| c.row.clone()).collect();
+    // The transparency log: each tenant's accepted receipts appended in this transaction, in
+    // the order they were checked, so a receipt is stored if and only if it is logged.
+    let mut tenants: Vec<&str> = accepted.iter().map(|c| c.row.tenant.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let mut indexes: HashMap<usize, i64> = HashMap::with_capacity(accepted.len());
+    for tenant in tenants {
+        let members: Vec<(usize, [u8; 32])> =
+            accepted.iter().enumerate().filter(|(_, c)| c.row.tenant == tenant).map(|(i, c)| (i, c.hash)).collect();
+        let hashes: Vec<[u8; 32]> = members.iter().map(|(_, h)| *h).collect();
+        let first = tx.append_log(tenant, &hashes).await?;
+        for (n, (i, _)) in members.iter().enumerate() {
+            indexes.insert(*i, i64::try_from(first + n as u64).unwrap_or(i64::MAX));
+        }
+    }
+    let rows: Vec<ReceiptRow> = accepted
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ReceiptRow { log_index: indexes.get(&i).copied(), ..c.row.clone() })
+        .collect();
     tx.insert_receipts(&rows).await?;
     // Datasets ride on few receipts (a run's first on each proxy): no statement without them.
     let mut datasets: Vec<DatasetRow> = accepted

@@ -68,6 +68,13 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
     if config.migrate {
         store.migrate().await?;
     }
+    let logged = store.backfill_log().await?;
+    if logged > 0 {
+        tracing::info!(
+            receipts = logged,
+            "appended receipts stored before the transparency log to their tenants' logs"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Io {
         what: format!("cannot listen on {} (control.listen)", config.listen),
         source,

@@ -162,6 +162,14 @@ pub async fn demo(file: Option<&Path>, serve: bool) -> anyhow::Result<ExitCode> 
         verified["ok"] == true && verified["checked"].as_u64() == Some(recorded.len() as u64),
         format!("{} receipts: signatures, chain, seq; problems {}", verified["checked"], verified["problems"]),
     );
+    let tenant = c.get(&format!("/v1/runs/{run}")).await?["tenant"].as_str().unwrap_or("default").to_owned();
+    let logged = crate::log::check(&c, &tenant, &receipts).await?;
+    let detail = logged.lines.first().cloned().unwrap_or_default();
+    checks.add(
+        "every receipt is in the tenant's transparency log",
+        !logged.failed && detail.contains(&format!(" {n} of {n} receipts included", n = receipts.len())),
+        detail.trim_start_matches("log: ").to_owned(),
+    );
 
     println!();
     println!(

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 mod client;
 mod demo;
+mod log;
 mod policy;
 mod replay;
 mod show;
@@ -93,7 +94,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify a run's receipts (signatures, proofs, chain, seq); exit 0 only if all check out.
+    /// Verify a run's receipts (signatures, proofs, chain, seq) and their inclusion in the
+    /// tenant's transparency log, and that the log is consistent with the head seen last (kept in
+    /// $FLEETFORGE_HOME/log-heads/); exit 0 only if all check out.
     Verify {
         /// The run id.
         run: String,

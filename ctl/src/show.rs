@@ -75,19 +75,48 @@ pub async fn receipts(c: &ControlClient, run: &str, as_json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// `fleetforge-ctl verify RUN`: exit 0 only if every receipt of the run verifies.
+/// `fleetforge-ctl verify RUN`: exit 0 only if every receipt of the run verifies (control's
+/// report) and is in its tenant's transparency log, and the log is consistent with the head seen
+/// last ([`crate::log`]).
 pub async fn verify(c: &ControlClient, run: &str) -> anyhow::Result<ExitCode> {
     let report = c.get(&format!("/v1/runs/{run}/verify")).await.map_err(not_found(run))?;
     let checked = report["checked"].as_u64().unwrap_or(0);
-    if report["ok"] == true {
+    let mut ok = report["ok"] == true;
+    if ok {
         println!("run {run}: {checked} receipts verified (signatures, proofs, chain, seq)");
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        println!("run {run}: verification FAILED ({checked} receipts checked)");
+        for p in report["problems"].as_array().into_iter().flatten() {
+            println!("  receipt {}: {}", p["receipt_id"].as_str().unwrap_or("?"), p["problem"].as_str().unwrap_or("?"));
+        }
     }
-    println!("run {run}: verification FAILED ({checked} receipts checked)");
-    for p in report["problems"].as_array().into_iter().flatten() {
-        println!("  receipt {}: {}", p["receipt_id"].as_str().unwrap_or("?"), p["problem"].as_str().unwrap_or("?"));
+    let tenant = c.get(&format!("/v1/runs/{run}")).await.map_err(not_found(run))?["tenant"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let receipts = all_receipts(c, run).await?;
+    let findings = crate::log::check(c, &tenant, &receipts).await?;
+    for line in &findings.lines {
+        println!("{line}");
     }
-    Ok(ExitCode::from(1))
+    ok &= !findings.failed;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Every receipt of `run`, in chain order.
+async fn all_receipts(c: &ControlClient, run: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut after = 0i64;
+    loop {
+        let page = c.get(&format!("/v1/runs/{run}/receipts?after={after}&limit=1000")).await.map_err(not_found(run))?;
+        let items = page["receipts"].as_array().cloned().unwrap_or_default();
+        let empty = items.is_empty();
+        out.extend(items);
+        match page["next_after"].as_i64() {
+            Some(next) if !empty => after = next,
+            _ => return Ok(out),
+        }
+    }
 }
 
 /// Milliseconds from RFC 3339 time `a` to `b`.

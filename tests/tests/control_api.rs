@@ -159,7 +159,11 @@ fn contract(postgres: bool) {
     assert_eq!(keys["keys"][0]["public_key"], pk);
     let (_, keys) = c.api("GET", "/v1/keys", &other_admin, None).unwrap();
     let kinds: Vec<&str> = keys["keys"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["capability-root"], "receipt signers are per tenant; control's capability root is public");
+    assert_eq!(
+        kinds,
+        ["capability-root", "log-signer"],
+        "receipt signers are per tenant; control's capability root (which also signs log heads) is public"
+    );
 
     // Ingest limits and junk.
     let big = format!(r#"{{"receipts":[{}]}}"#, vec!["{}"; 1001].join(","));

@@ -112,6 +112,7 @@ impl Stack {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("FLEETFORGE_CONTROL_URL", self.control.url())
             .env("FLEETFORGE_CONTROL_TOKEN", &self.control.token)
+            .env("FLEETFORGE_HOME", self.dir.path().join("ctl-home"))
             .args(args);
         let out = cmd.output().unwrap();
         (

@@ -23,6 +23,7 @@ pub mod replay;
 pub mod secret;
 pub mod sign;
 pub mod text;
+pub mod tlog;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod vc;

@@ -69,6 +69,16 @@ pub(super) async fn list_keys(State(app): State<Arc<App>>, headers: HeaderMap) -
         .filter(|k| p.can_read(&k.tenant))
         .map(|k| json!({ "key_id": k.key_id, "alg": k.alg, "public_key": k.public_key, "kind": "receipt-signer" }))
         .chain(app.roots.all().iter().map(crate::capability::RootKey::listing))
+        .chain(app.roots.newest().map(|root| {
+            // The newest root key also signs transparency-log heads (C2SP checkpoints).
+            json!({
+                "key_id": root.key_id(),
+                "alg": "ed25519",
+                "public_key": URL_SAFE_NO_PAD.encode(root.public()),
+                "kind": "log-signer",
+                "log_origin": super::log::origin("{tenant}"),
+            })
+        }))
         .collect();
     Ok(Json(json!({ "keys": keys })))
 }

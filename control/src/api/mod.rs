@@ -16,6 +16,7 @@ mod capabilities;
 mod exports;
 mod keys;
 mod leases;
+pub mod log;
 mod receipts;
 mod replay;
 mod runs;
@@ -264,16 +265,17 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 /// The OpenAPI document, generated from the handlers of each resource module.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "FleetForge control API", description = "Runs, receipts, verification, sealed blobs, replay and keys. Bearer auth on every /v1 route."),
+    info(title = "FleetForge control API", description = "Runs, receipts, verification, the transparency log, sealed blobs, replay and keys. Bearer auth on every /v1 route."),
     paths(runs::create_run, runs::list_runs, runs::show_run, runs::issue_token, runs::revoke_run,
         leases::lease,
         receipts::run_receipts, receipts::one_receipt, receipts::verify_run, receipts::post_receipts,
         seals::put_seal, seals::get_seal, replay::replay_manifest, replay::replay_report,
         keys::put_key, keys::list_keys, capabilities::revoke_capability, capabilities::list_revocations,
-        exports::export_vc, ui::login_link),
+        exports::export_vc, ui::login_link, log::head, log::checkpoint, log::inclusion, log::consistency),
     components(schemas(runs::CreateRun, runs::IssueToken, runs::Budget, runs::CreatedRun, runs::RunView,
         receipts::VerifyReport, receipts::Problem, keys::PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult,
-        ingest::ItemStatus, RevocationPage, Lease, LeaseRequest, Slice, Held)),
+        ingest::ItemStatus, RevocationPage, Lease, LeaseRequest, Slice, Held, log::SignedHead, log::InclusionProof,
+        log::ConsistencyProof)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -353,6 +355,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/runs/{id}/replay-report", get(replay::replay_report))
         // The handler reads the body itself, after authentication, up to seals::MAX_SEAL_BYTES.
         .route("/v1/seals/{sha256}", put(seals::put_seal).get(seals::get_seal))
+        .route("/v1/log/{tenant}/head", get(log::head))
+        .route("/v1/log/{tenant}/checkpoint", get(log::checkpoint))
+        .route("/v1/log/{tenant}/inclusion/{receipt_id}", get(log::inclusion))
+        .route("/v1/log/{tenant}/consistency", get(log::consistency))
         .route("/v1/keys", get(keys::list_keys))
         .route("/v1/keys/{key_id}", put(keys::put_key))
         .route("/v1/capabilities/revoke", post(capabilities::revoke_capability))

@@ -94,6 +94,58 @@ pub(super) async fn verify_run(
     Ok(Json(verify_report(&app, &id).await?))
 }
 
+/// Log inclusion: each receipt that verified is a leaf of its tenant's transparency log, holding
+/// the receipt's own hash, whose inclusion proof reaches the log's current head.
+async fn check_log(app: &App, run: &str, links: &[Link]) -> ApiResult<Vec<Problem>> {
+    let entries: std::collections::HashMap<String, crate::store::LogEntry> =
+        app.store.log_entries_of_run(run).await?.into_iter().collect();
+    let mut problems = Vec::new();
+    let mut leaves: Vec<(String, String, u64, [u8; 32])> = Vec::new();
+    for link in links {
+        let Some(entry) = entries.get(&link.id) else { continue };
+        match entry.index {
+            None => problems.push(Problem {
+                receipt_id: link.id.clone(),
+                problem: "not in the transparency log yet (control appends older receipts when it starts)".into(),
+            }),
+            Some(_) if hex(&entry.hash) != link.hash => problems.push(Problem {
+                receipt_id: link.id.clone(),
+                problem: "the hash stored beside the receipt is not the receipt's hash".into(),
+            }),
+            Some(index) => leaves.push((link.id.clone(), entry.tenant.clone(), index, entry.hash)),
+        }
+    }
+    let mut tenants: Vec<&str> = leaves.iter().map(|l| l.1.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    for tenant in tenants {
+        let head = app.store.log_head(tenant).await?;
+        let mine: Vec<&(String, String, u64, [u8; 32])> = leaves.iter().filter(|l| l.1 == tenant).collect();
+        let proofs: Vec<Option<Vec<[u8; 32]>>> = app
+            .store
+            .with_log_nodes(tenant, |nodes| {
+                Ok(mine.iter().map(|l| fleetforge_trust::tlog::inclusion(nodes, l.2, head.size).ok()).collect())
+            })
+            .await?
+            .unwrap_or_default();
+        for (i, leaf) in mine.iter().enumerate() {
+            let reaches = proofs.get(i).and_then(Option::as_ref).is_some_and(|p| {
+                fleetforge_trust::merkle::root_from_path(&leaf.3, leaf.2, head.size, p) == Some(head.root)
+            });
+            if !reaches {
+                problems.push(Problem {
+                    receipt_id: leaf.0.clone(),
+                    problem: format!(
+                        "its inclusion proof (leaf {}) does not reach the head of the log of tenant {tenant} (size {})",
+                        leaf.2, head.size
+                    ),
+                });
+            }
+        }
+    }
+    Ok(problems)
+}
+
 /// Checks every receipt of run `id` (the caller has checked the run is visible) and records
 /// the verdict on the run.
 pub(super) async fn verify_report(app: &App, id: &str) -> ApiResult<VerifyReport> {
@@ -142,6 +194,7 @@ pub(super) async fn verify_report(app: &App, id: &str) -> ApiResult<VerifyReport
         problems.push(Problem { receipt_id, problem });
     }
     problems.extend(check_blobs(app, &blobs).await?);
+    problems.extend(check_log(app, id, &links).await?);
     let ok = problems.is_empty();
     app.store.set_verified(id, ok, i64::try_from(rows.len()).unwrap_or(i64::MAX)).await?;
     Ok(VerifyReport { ok, checked: rows.len(), problems })

@@ -350,3 +350,132 @@ fn openapi_documents_the_replay_routes() {
     assert!(doc["paths"]["/v1/seals/{sha256}"].get("put").is_some());
     assert!(doc["paths"]["/v1/seals/{sha256}"].get("get").is_some());
 }
+
+/// The transparency log on both databases: signed heads that verify as C2SP checkpoints, an
+/// inclusion proof per receipt leading to the head, consistency between heads, tenant scoping,
+/// bad sizes refused, receipts stored before the log appended on start, and an altered node
+/// caught.
+async fn transparency_log(postgres: bool) {
+    use fleetforge_trust::merkle::root_from_path;
+    use fleetforge_trust::tlog::{Checkpoint, verify_consistency};
+
+    let db: Db = db(postgres).await;
+    let store = &db.store;
+    let c = start(store).await;
+    let (key, _) = SigningKey::generate().unwrap();
+    register(store, &key, "default").await;
+    let keys = c.get("/v1/keys", ADMIN).await.json();
+    let root_key = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "capability-root")
+        .map(|k| URL_SAFE_NO_PAD.decode(k["public_key"].as_str().unwrap()).unwrap())
+        .unwrap();
+    let hash_of = |v: &Value| fleetforge_trust::verify::prove(v).unwrap().hash;
+    let unhex = |v: &Value| fleetforge_trust::canonical::unhex32(v.as_str().unwrap()).unwrap();
+
+    let bodies = (1..=5).map(|i| call("run-log", i, &format!("2026-12-07T00:00:0{i}Z"), "/v1/chat/completions"));
+    let (first, prev) = sign_chain(&key, bodies.collect(), 0, &genesis_hex("run-log", key.id()));
+    c.ingest(first.clone()).await;
+
+    let head = c.get("/v1/log/default/head", ADMIN).await.json();
+    assert_eq!((head["size"].clone(), head["origin"].clone()), (json!(5), json!("fleetforge/log/default")));
+    let cp = Checkpoint::verify(head["checkpoint"].as_str().unwrap(), "fleetforge/log/default", &root_key)
+        .expect("the checkpoint verifies with the capability root key");
+    assert_eq!((cp.size, hex(&cp.root)), (5, head["root"].as_str().unwrap().to_owned()));
+    assert!(head["verifier_key"].as_str().unwrap().starts_with("fleetforge/log/default+"));
+    let text = c.get("/v1/log/default/checkpoint", ADMIN).await;
+    assert!(text.content_type.starts_with("text/plain"));
+    assert_eq!(String::from_utf8(text.body).unwrap(), head["checkpoint"].as_str().unwrap());
+
+    let mut indexes = Vec::new();
+    for r in &first {
+        let id = r["id"].as_str().unwrap();
+        let p = c.get(&format!("/v1/log/default/inclusion/{id}"), ADMIN).await.json();
+        assert_eq!(unhex(&p["receipt_hash"]), hash_of(r));
+        let path: Vec<_> = p["path"].as_array().unwrap().iter().map(&unhex).collect();
+        let index = p["index"].as_u64().unwrap();
+        assert_eq!(root_from_path(&hash_of(r), index, 5, &path), Some(cp.root), "receipt {id}");
+        indexes.push(index);
+    }
+    indexes.sort_unstable();
+    assert_eq!(indexes, vec![0, 1, 2, 3, 4], "one leaf per receipt");
+
+    // More receipts: the new head extends the old one.
+    let bodies = (6..=12).map(|i| call("run-log", i, &format!("2026-12-07T00:00:{i:02}Z"), "/v1/chat/completions"));
+    let (second, _) = sign_chain(&key, bodies.collect(), 5, &prev);
+    c.ingest(second.clone()).await;
+    let head12 = c.get("/v1/log/default/head", ADMIN).await.json();
+    assert_eq!(head12["size"], 12);
+    let root12 = unhex(&head12["root"]);
+    let p = c.get("/v1/log/default/consistency?from=5", ADMIN).await.json();
+    assert_eq!((p["from"].clone(), p["to"].clone(), unhex(&p["from_root"])), (json!(5), json!(12), cp.root));
+    let proof: Vec<_> = p["proof"].as_array().unwrap().iter().map(&unhex).collect();
+    assert!(verify_consistency(5, 12, &cp.root, &root12, &proof));
+    let old = c.get(&format!("/v1/log/default/inclusion/{}?size=5", first[0]["id"].as_str().unwrap()), ADMIN).await;
+    assert_eq!(old.json()["root"], head["root"], "a proof against an older head");
+
+    // Bad sizes and other tenants.
+    let id = second[6]["id"].as_str().unwrap();
+    for (path, needle) in [
+        (format!("/v1/log/default/inclusion/{id}?size=3"), "not in the tree of size 3"),
+        (format!("/v1/log/default/inclusion/{id}?size=13"), "size 13 is past"),
+        ("/v1/log/default/consistency?from=0".to_owned(), "0 < from"),
+        ("/v1/log/default/consistency?from=13".to_owned(), "from=13"),
+        ("/v1/log/default/consistency?from=5&to=99".to_owned(), "to=99"),
+        ("/v1/log/default/consistency?from=abc".to_owned(), "from"),
+    ] {
+        let a = c.get(&path, ADMIN).await;
+        assert_eq!((a.status, a.json()["error"]["type"].clone()), (400, json!("invalid_request")), "{path}");
+        assert!(a.json()["error"]["message"].as_str().unwrap().contains(needle), "{path}: {}", a.json());
+    }
+    assert_eq!(c.get("/v1/log/default/inclusion/no-such-receipt", ADMIN).await.status, 404);
+    assert_eq!(c.get("/v1/log/default/head", ACME).await.status, 404, "another tenant's log is not found");
+    assert_eq!(c.get(&format!("/v1/log/acme/inclusion/{id}"), ACME).await.status, 404);
+    let empty = c.get("/v1/log/acme/head", ACME).await.json();
+    assert_eq!((empty["size"].clone(), empty["root"].clone()), (json!(0), json!(hex(&sha256(b"")))));
+
+    // Receipts stored before the log existed are appended when control starts.
+    for sql in ["UPDATE receipts SET log_index = NULL", "DELETE FROM log_nodes", "DELETE FROM log_heads"] {
+        store.execute_admin(sql).await.unwrap();
+    }
+    assert_eq!(c.get(&format!("/v1/log/default/inclusion/{id}"), ADMIN).await.status, 409);
+    assert_eq!(store.backfill_log().await.unwrap(), 12);
+    assert_eq!(store.backfill_log().await.unwrap(), 0, "nothing twice");
+    let rebuilt = c.get("/v1/log/default/head", ADMIN).await.json();
+    assert_eq!(rebuilt["size"], 12);
+    let rebuilt_root = unhex(&rebuilt["root"]);
+    for r in first.iter().chain(&second) {
+        let p = c.get(&format!("/v1/log/default/inclusion/{}", r["id"].as_str().unwrap()), ADMIN).await.json();
+        let path: Vec<_> = p["path"].as_array().unwrap().iter().map(&unhex).collect();
+        assert_eq!(root_from_path(&hash_of(r), p["index"].as_u64().unwrap(), 12, &path), Some(rebuilt_root));
+    }
+
+    // An altered node: the proofs through it no longer lead to the signed head.
+    store
+        .execute_admin(&format!("UPDATE log_nodes SET hash = '{}' WHERE level = 1 AND idx = 0", "0".repeat(64)))
+        .await
+        .unwrap();
+    let mut broken = 0;
+    for r in first.iter().chain(&second) {
+        let p = c.get(&format!("/v1/log/default/inclusion/{}", r["id"].as_str().unwrap()), ADMIN).await.json();
+        let path: Vec<_> = p["path"].as_array().unwrap().iter().map(&unhex).collect();
+        if root_from_path(&hash_of(r), p["index"].as_u64().unwrap(), 12, &path) != Some(rebuilt_root) {
+            broken += 1;
+        }
+    }
+    assert_eq!(broken, 2, "the proofs of leaves 2 and 3 pass through node (1, 0)");
+    c.server.abort();
+    db.drop_pg().await;
+}
+
+#[tokio::test]
+async fn transparency_log_sqlite() {
+    transparency_log(false).await;
+}
+
+#[tokio::test]
+async fn transparency_log_postgres() {
+    transparency_log(true).await;
+}

@@ -58,6 +58,8 @@ pub struct ReceiptRow {
     pub response_digest: Option<String>,
     /// The receipt JSON as received.
     pub body: String,
+    /// Its leaf index in its tenant's transparency log.
+    pub log_index: Option<i64>,
 }
 
 /// A dataset a stored receipt names, for `run_datasets`.
@@ -280,7 +282,7 @@ pub async fn set_lane_heads(conn: &mut AnyConnection, heads: &[(&str, &str, i64,
     Ok(())
 }
 
-const RECEIPT_COLUMNS: [&str; 23] = [
+const RECEIPT_COLUMNS: [&str; 24] = [
     "id",
     "run_id",
     "tenant",
@@ -303,6 +305,7 @@ const RECEIPT_COLUMNS: [&str; 23] = [
     "request_digest",
     "response_digest",
     "body",
+    "log_index",
     "ingested_at",
 ];
 
@@ -338,6 +341,7 @@ pub async fn insert_receipts(conn: &mut AnyConnection, rows: &[ReceiptRow]) -> R
                 .bind(r.request_digest.as_deref())
                 .bind(r.response_digest.as_deref())
                 .bind(r.body.as_str())
+                .bind(r.log_index)
                 .bind(now);
         }
         q.execute(&mut *conn).await?;

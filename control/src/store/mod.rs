@@ -18,6 +18,7 @@ mod capabilities;
 mod ingest;
 mod keys;
 mod leases;
+mod log;
 mod pg;
 mod receipts;
 mod runs;
@@ -38,6 +39,7 @@ pub use self::ingest::{
 };
 pub use self::keys::KeyRow;
 pub use self::leases::{Granted, LeaseRow};
+pub use self::log::{LogEntry, LogHead};
 pub use self::receipts::StoredReceipt;
 pub use self::runs::RunRow;
 pub use self::seals::SealRow;
@@ -55,6 +57,9 @@ pub enum StoreError {
     /// The database URL is not usable.
     #[error("{0}")]
     Url(String),
+    /// Stored data is not what control writes (altered or partly written).
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
 }
 
 /// Which engine the store runs on.

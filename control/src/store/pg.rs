@@ -80,10 +80,11 @@ pub async fn insert_receipts(conn: &mut PgConnection, rows: &[ReceiptRow]) -> Re
     sqlx::query(
         "INSERT INTO receipts (id, run_id, tenant, lane, seq, step, hash, prev_hash, kind, started_at, ended_at, \
          method, host, path, status, allow, outcome, request_bytes, response_bytes, request_digest, response_digest, \
-         body, ingested_at) \
+         body, log_index, ingested_at) \
          SELECT u.*, $22 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
          $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-         $15::int8[], $16::bool[], $17::text[], $18::int8[], $19::int8[], $20::text[], $21::text[], $23::text[]) AS u",
+         $15::int8[], $16::bool[], $17::text[], $18::int8[], $19::int8[], $20::text[], $21::text[], $23::text[], \
+         $24::int8[]) AS u",
     )
     .bind(col(rows, |r| r.id.as_str()))
     .bind(col(rows, |r| r.run_id.as_str()))
@@ -108,6 +109,7 @@ pub async fn insert_receipts(conn: &mut PgConnection, rows: &[ReceiptRow]) -> Re
     .bind(col(rows, |r| r.response_digest.as_deref()))
     .bind(now)
     .bind(col(rows, |r| r.body.as_str()))
+    .bind(col(rows, |r| r.log_index))
     .execute(&mut *conn)
     .await?;
     Ok(())
