@@ -9,6 +9,7 @@
 //! for `up` and `policy`, which this crate does not.
 #![forbid(unsafe_code)]
 
+pub mod aibom;
 pub mod api;
 pub mod auth;
 pub mod capability;

@@ -101,6 +101,18 @@ enum Command {
         /// The run id.
         run: String,
     },
+    /// Export a run: `aibom` (its AI bill of materials, CycloneDX 1.6 JSON) or `vc` (its
+    /// capability as a signed W3C verifiable credential), written to -o FILE or printed.
+    Export {
+        /// The run id.
+        run: String,
+        /// What to export.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// A run's budget: each limit its token carries with what its receipts used and what
     /// remains, calls throttled by its rate SLOs and their total wait, calls refused, burn rate
     /// and projected exhaustion. Figures come from the receipts control holds.
@@ -313,6 +325,7 @@ fn main() -> ExitCode {
             Command::Receipts { run, json } => show::receipts(&client()?, &run, json).await,
             Command::Verify { run } => show::verify(&client()?, &run).await,
             Command::Budget { run, json } => budget(&run, json).await,
+            Command::Export { run, format, output } => export(&run, format, output.as_deref()).await,
             Command::Replay { run, strict, timing, as_run, json, command } => {
                 let args = replay::Args { run, strict, timing, as_run, json, command };
                 replay::replay(args, cli.config.as_deref(), &client()?).await
@@ -477,6 +490,33 @@ async fn capability(command: CapabilityCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What `fleetforge-ctl export` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// CycloneDX 1.6 AI bill of materials.
+    Aibom,
+    /// W3C verifiable credential of the run's capability.
+    Vc,
+}
+
+/// `fleetforge-ctl export RUN --format F [-o FILE]`.
+async fn export(run: &str, format: ExportFormat, output: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let path = match format {
+        ExportFormat::Aibom => format!("/v1/runs/{run}/export/aibom"),
+        ExportFormat::Vc => format!("/v1/runs/{run}/export/vc"),
+    };
+    let doc = client()?.get(&path).await.map_err(show::not_found(run))?;
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    match output {
+        Some(file) => {
+            std::fs::write(file, &text).with_context(|| format!("writing {}", file.display()))?;
+            eprintln!("wrote {}", file.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn client() -> anyhow::Result<ControlClient> {

@@ -1,4 +1,5 @@
-//! Exports: `GET /v1/runs/{id}/export/vc` (the run's capability as a signed W3C credential).
+//! Exports: `GET /v1/runs/{id}/export/vc` (the run's capability as a signed W3C credential) and
+//! `GET /v1/runs/{id}/export/aibom` (its AI bill of materials, CycloneDX 1.6, [`crate::aibom`]).
 
 use std::sync::Arc;
 
@@ -46,6 +47,44 @@ pub(super) async fn export_vc(
     let signed = fleetforge_trust::vc::sign_credential(&credential, &key, &method, &now)
         .map_err(|e| ApiError::internal(format!("signing the credential failed: {e}")))?;
     Ok(Json(signed))
+}
+
+/// The run's AI bill of materials: CycloneDX 1.6 JSON built from its receipts (models, providers
+/// and tools reached, policy packs, datasets, the FleetForge version).
+#[utoipa::path(get, path = "/v1/runs/{id}/export/aibom", params(("id" = String, Path)),
+    responses((status = 200, body = Object,
+            description = "CycloneDX 1.6 JSON: `machine-learning-model` components (by provider and model, with calls and tokens), `services` (each endpoint reached, allowed and refused calls), policy packs (`library`, SHA-256), datasets (`data`, SHA-256), the proxy; the run is `metadata.component`"),
+        (status = 404, description = "`not_found`: no such run in the token's tenant")),
+    security(("bearer" = [])))]
+pub(super) async fn export_aibom(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let p = principal(&app, &headers).await?;
+    let run = run_of(&app, &p, &id).await?;
+    let mut bodies = Vec::new();
+    for r in app.store.chain(&id).await? {
+        match serde_json::from_str::<fleetforge_trust::receipt::ReceiptBody>(&r.body) {
+            Ok(b) => bodies.push(b),
+            Err(e) => {
+                tracing::warn!(run = %id, receipt = %r.id, error = %e, "stored receipt does not parse; left out of the AIBOM")
+            }
+        }
+    }
+    crate::replay::sort_by_start(&mut bodies);
+    let datasets = app.store.datasets(&id).await?;
+    let head = app.store.log_head(&run.tenant).await?;
+    let now = rfc3339(store::now_micros());
+    Ok(Json(crate::aibom::aibom(&crate::aibom::Inputs {
+        run: &id,
+        tenant: &run.tenant,
+        bodies: &bodies,
+        datasets: &datasets,
+        version: env!("CARGO_PKG_VERSION"),
+        timestamp: now.split('.').next().unwrap_or_default().trim_end_matches('Z').to_owned() + "Z",
+        log_head: Some((head.size, fleetforge_trust::canonical::hex(&head.root))),
+    })))
 }
 
 /// Drops null members (JCS has no trouble with them, but a credential should not carry them).

@@ -271,7 +271,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         receipts::run_receipts, receipts::one_receipt, receipts::verify_run, receipts::post_receipts,
         seals::put_seal, seals::get_seal, replay::replay_manifest, replay::replay_report,
         keys::put_key, keys::list_keys, capabilities::revoke_capability, capabilities::list_revocations,
-        exports::export_vc, ui::login_link, log::head, log::checkpoint, log::inclusion, log::consistency),
+        exports::export_vc, exports::export_aibom, ui::login_link, log::head, log::checkpoint, log::inclusion, log::consistency),
     components(schemas(runs::CreateRun, runs::IssueToken, runs::Budget, runs::CreatedRun, runs::RunView,
         receipts::VerifyReport, receipts::Problem, keys::PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult,
         ingest::ItemStatus, RevocationPage, Lease, LeaseRequest, Slice, Held, log::SignedHead, log::InclusionProof,
@@ -364,6 +364,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/capabilities/revoke", post(capabilities::revoke_capability))
         .route("/v1/revocations", get(capabilities::list_revocations))
         .route("/v1/runs/{id}/export/vc", get(exports::export_vc))
+        .route("/v1/runs/{id}/export/aibom", get(exports::export_aibom))
         .route("/v1/ui/login-links", post(ui::login_link))
         .route("/", get(ui::runs_page))
         .route("/runs/{id}", get(ui::run_page))

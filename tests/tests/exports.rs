@@ -1,0 +1,113 @@
+//! Exports end to end: a run recorded through the real proxy (an LLM call, a plain call, a
+//! refused one) is exported by `fleetforge-ctl export --format aibom` as CycloneDX 1.6 JSON that
+//! the CycloneDX project's own validator (cyclonedx-python-lib, the official 1.6 schema) accepts,
+//! listing the model, the endpoints and what was refused; a document with a required member
+//! removed is refused by the same validator; `--format vc` writes the run's credential.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use fleetforge_e2e::harness::{ControlProcess, Database, binary, run_program};
+use fleetforge_e2e::{Clients, ProxyProcess, TestCa, Upstream};
+use serde_json::{Value, json};
+
+const HOST: &str = "api.openai.com";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path()).unwrap();
+    let upstream = Upstream::builder().tls(&ca, &[HOST]).start().await.unwrap();
+    let db = Database::fresh(false).unwrap();
+    let control = ControlProcess::start(&db, &dir.path().join("control-home"), None).unwrap();
+    let proxy = ProxyProcess::builder()
+        .home(&dir.path().join("proxy-home"))
+        .resolve(HOST, upstream.addr())
+        .upstream_ca(ca.pem_path())
+        .env("FLEETFORGE_CONTROL_URL", control.url())
+        .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
+        .env("FLEETFORGE_CAPABILITIES", "false")
+        .env("FLEETFORGE_ALLOWED_HOSTS", HOST)
+        .start()
+        .unwrap();
+    let clients = Clients::locate();
+    let env =
+        [("HTTPS_PROXY", proxy.proxy_url("run-bom", "unused")), ("CURL_CA_BUNDLE", proxy.bundle.display().to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let chat = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#;
+    let url = format!("https://{HOST}/v1/chat/completions");
+    let args = ["-H", "content-type: application/json", "--data-binary", chat, url.as_str()];
+    clients.curl(&args, &env).await.unwrap().ok().unwrap();
+    clients.curl(&["--data-binary", "{}", &format!("https://{HOST}/echo")], &env).await.unwrap().ok().unwrap();
+    // Refused: not an allowed host (the proxy refuses the CONNECT with 403).
+    let refused =
+        clients.curl(&["-o", "/dev/null", "-w", "%{http_connect}", "https://evil.example/x"], &env).await.unwrap();
+    assert_eq!(refused.stdout, "403", "{}", refused.stderr);
+    control.receipts("run-bom", 3).unwrap();
+
+    let file = dir.path().join("run-bom.cdx.json");
+    let home = dir.path().join("ctl-home").display().to_string();
+    let out = run_program(
+        &binary("fleetforge-ctl"),
+        &["export", "run-bom", "--format", "aibom", "-o", file.to_str().unwrap()],
+        &[
+            ("FLEETFORGE_HOME", &home),
+            ("FLEETFORGE_CONTROL_URL", &control.url()),
+            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let valid = clients.python("cyclonedx_validate.py", &[file.to_str().unwrap()], &[]).await.unwrap();
+    assert_eq!((valid.code, valid.stdout.trim()), (0, "valid"), "{}", valid.stderr);
+
+    let bom: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(bom["specVersion"], "1.6");
+    assert_eq!(bom["metadata"]["component"]["bom-ref"], "run:run-bom");
+    let model = bom["components"].as_array().unwrap().iter().find(|c| c["type"] == "machine-learning-model").unwrap();
+    assert_eq!((model["name"].clone(), model["publisher"].clone()), (json!("gpt-4o"), json!("openai")));
+    let services = bom["services"].as_array().unwrap();
+    let names: Vec<&str> = services.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&HOST) && names.contains(&"evil.example"), "{names:?}");
+    let evil = services.iter().find(|s| s["name"] == "evil.example").unwrap();
+    assert!(
+        evil["properties"].as_array().unwrap().contains(&json!({"name": "fleetforge:calls_refused", "value": "1"}))
+    );
+
+    // The validator is not a rubber stamp: the same document without `bomFormat` is refused.
+    let mut broken = bom.clone();
+    broken.as_object_mut().unwrap().remove("bomFormat");
+    std::fs::write(&file, broken.to_string()).unwrap();
+    let invalid = clients.python("cyclonedx_validate.py", &[file.to_str().unwrap()], &[]).await.unwrap();
+    assert_eq!(invalid.code, 1, "{}", invalid.stdout);
+    assert!(invalid.stdout.contains("'bomFormat' is a required property"), "{}", invalid.stdout);
+
+    let vc = run_program(
+        &binary("fleetforge-ctl"),
+        &["export", "run-bom", "--format", "vc"],
+        &[
+            ("FLEETFORGE_HOME", &home),
+            ("FLEETFORGE_CONTROL_URL", &control.url()),
+            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(vc.code, 0, "{}", vc.stderr);
+    let credential: Value = serde_json::from_str(&vc.stdout).unwrap();
+    assert_eq!(credential["id"], "urn:fleetforge:run:run-bom");
+    let missing = run_program(
+        &binary("fleetforge-ctl"),
+        &["export", "no-such-run", "--format", "aibom"],
+        &[
+            ("FLEETFORGE_HOME", &home),
+            ("FLEETFORGE_CONTROL_URL", &control.url()),
+            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("run no-such-run not found"), "{}", missing.stderr);
+}
