@@ -12,6 +12,7 @@ use fleetforge_proxy::config::Flags;
 use fleetforge_proxy::{Config, Proxy};
 use serde_json::{Value, json};
 
+mod bundle;
 mod client;
 mod demo;
 mod log;
@@ -96,13 +97,20 @@ enum Command {
     },
     /// Verify a run's receipts (signatures, proofs, chain, seq) and their inclusion in the
     /// tenant's transparency log, and that the log is consistent with the head seen last (kept in
-    /// $FLEETFORGE_HOME/log-heads/); exit 0 only if all check out.
+    /// $FLEETFORGE_HOME/log-heads/); or, with --bundle DIR, check an exported bundle offline.
+    /// Exit 0 only if all check out.
     Verify {
-        /// The run id.
-        run: String,
+        /// The run id (not with --bundle).
+        #[arg(required_unless_present = "bundle", conflicts_with = "bundle")]
+        run: Option<String>,
+        /// Check the bundle `export --format bundle` wrote into DIR, with no network access.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<std::path::PathBuf>,
     },
-    /// Export a run: `aibom` (its AI bill of materials, CycloneDX 1.6 JSON) or `vc` (its
-    /// capability as a signed W3C verifiable credential), written to -o FILE or printed.
+    /// Export a run: `aibom` (its AI bill of materials, CycloneDX 1.6 JSON), `vc` (its capability
+    /// as a signed W3C verifiable credential), written to -o FILE or printed; or `bundle`: a
+    /// folder (-o DIR) with its receipts, keys, log head and inclusion proofs, AIBOM and
+    /// credential, which `verify --bundle DIR` checks offline.
     Export {
         /// The run id.
         run: String,
@@ -323,7 +331,8 @@ fn main() -> ExitCode {
             }
             Command::Runs { command } => runs(command).await,
             Command::Receipts { run, json } => show::receipts(&client()?, &run, json).await,
-            Command::Verify { run } => show::verify(&client()?, &run).await,
+            Command::Verify { run: Some(run), .. } => show::verify(&client()?, &run).await,
+            Command::Verify { run: None, bundle } => verify_bundle(bundle.as_deref()),
             Command::Budget { run, json } => budget(&run, json).await,
             Command::Export { run, format, output } => export(&run, format, output.as_deref()).await,
             Command::Replay { run, strict, timing, as_run, json, command } => {
@@ -499,6 +508,27 @@ enum ExportFormat {
     Aibom,
     /// W3C verifiable credential of the run's capability.
     Vc,
+    /// A folder of evidence checkable offline (`verify --bundle`).
+    Bundle,
+}
+
+/// `fleetforge-ctl verify --bundle DIR`.
+fn verify_bundle(dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let dir = dir.context("name a run or --bundle DIR")?;
+    let report = bundle::check(dir)?;
+    for line in &report.passed {
+        println!("ok      {line}");
+    }
+    for (what, problem) in &report.failed {
+        println!("FAILED  {what}: {problem}");
+    }
+    if report.failed.is_empty() {
+        println!("bundle {}: verified offline", dir.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("bundle {}: verification FAILED ({} problems)", dir.display(), report.failed.len());
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// `fleetforge-ctl export RUN --format F [-o FILE]`.
@@ -506,6 +536,16 @@ async fn export(run: &str, format: ExportFormat, output: Option<&std::path::Path
     let path = match format {
         ExportFormat::Aibom => format!("/v1/runs/{run}/export/aibom"),
         ExportFormat::Vc => format!("/v1/runs/{run}/export/vc"),
+        ExportFormat::Bundle => {
+            let dir = output.context("--format bundle writes a folder: give it with -o DIR")?;
+            bundle::export(&client()?, run, dir).await?;
+            eprintln!(
+                "wrote the bundle of run {run} to {}; check it with `fleetforge-ctl verify --bundle {}`",
+                dir.display(),
+                dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let doc = client()?.get(&path).await.map_err(show::not_found(run))?;
     let text = serde_json::to_string_pretty(&doc)? + "\n";

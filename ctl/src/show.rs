@@ -104,7 +104,7 @@ pub async fn verify(c: &ControlClient, run: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// Every receipt of `run`, in chain order.
-async fn all_receipts(c: &ControlClient, run: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+pub async fn all_receipts(c: &ControlClient, run: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     let mut after = 0i64;
     loop {

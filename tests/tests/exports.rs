@@ -2,7 +2,9 @@
 //! refused one) is exported by `fleetforge-ctl export --format aibom` as CycloneDX 1.6 JSON that
 //! the CycloneDX project's own validator (cyclonedx-python-lib, the official 1.6 schema) accepts,
 //! listing the model, the endpoints and what was refused; a document with a required member
-//! removed is refused by the same validator; `--format vc` writes the run's credential.
+//! removed is refused by the same validator; `--format vc` writes the run's credential;
+//! `--format bundle` writes a folder that `verify --bundle` checks with control stopped, and a
+//! one-byte change to a receipt, a proof or the AIBOM is named.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,7 +21,7 @@ async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
     let ca = TestCa::new(dir.path()).unwrap();
     let upstream = Upstream::builder().tls(&ca, &[HOST]).start().await.unwrap();
     let db = Database::fresh(false).unwrap();
-    let control = ControlProcess::start(&db, &dir.path().join("control-home"), None).unwrap();
+    let mut control = ControlProcess::start(&db, &dir.path().join("control-home"), None).unwrap();
     let proxy = ProxyProcess::builder()
         .home(&dir.path().join("proxy-home"))
         .resolve(HOST, upstream.addr())
@@ -110,4 +112,77 @@ async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
     .unwrap();
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("run no-such-run not found"), "{}", missing.stderr);
+
+    // The bundle, checked with control stopped.
+    let bundle = dir.path().join("bundle");
+    let out = run_program(
+        &binary("fleetforge-ctl"),
+        &["export", "run-bom", "--format", "bundle", "-o", bundle.to_str().unwrap()],
+        &[
+            ("FLEETFORGE_HOME", &home),
+            ("FLEETFORGE_CONTROL_URL", &control.url()),
+            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    control.kill();
+    let offline = |bundle: std::path::PathBuf| {
+        let home = home.clone();
+        async move {
+            run_program(
+                &binary("fleetforge-ctl"),
+                &["verify", "--bundle", bundle.to_str().unwrap()],
+                &[("FLEETFORGE_HOME", &home), ("FLEETFORGE_CONTROL_URL", "http://127.0.0.1:9")],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let out = offline(bundle.clone()).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("3 receipts: hash, batch proof, signature and chain checked"), "{}", out.stdout);
+    assert!(out.stdout.contains("3 receipts included under it"), "{}", out.stdout);
+    assert!(out.stdout.contains("vc.json: the credential's proof verifies"), "{}", out.stdout);
+
+    // One changed byte, in three places: each is named.
+    let receipts = std::fs::read_to_string(bundle.join("receipts.jsonl")).unwrap();
+    let victim: Value = serde_json::from_str(receipts.lines().next().unwrap()).unwrap();
+    let victim = victim["id"].as_str().unwrap().to_owned();
+    let changed = receipts.replacen("\"status\":200", "\"status\":201", 1);
+    assert_ne!(changed, receipts);
+    std::fs::write(bundle.join("receipts.jsonl"), changed).unwrap();
+    let out = offline(bundle.clone()).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("FAILED  receipts.jsonl: changed"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("FAILED  receipt {victim}:")), "{}", out.stdout);
+    std::fs::write(bundle.join("receipts.jsonl"), receipts).unwrap();
+
+    let proof_file = bundle.join(format!("log/inclusion/{victim}.json"));
+    let proof = std::fs::read_to_string(&proof_file).unwrap();
+    let mut p: Value = serde_json::from_str(&proof).unwrap();
+    let first = p["path"][0].as_str().unwrap().to_owned();
+    let flipped = format!("{}{}", if first.starts_with('0') { "1" } else { "0" }, &first[1..]);
+    p["path"][0] = json!(flipped);
+    std::fs::write(&proof_file, p.to_string()).unwrap();
+    let out = offline(bundle.clone()).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("FAILED  receipt {victim}: its inclusion proof does not lead to the checkpoint")),
+        "{}",
+        out.stdout
+    );
+    std::fs::write(&proof_file, proof).unwrap();
+
+    let aibom = std::fs::read(bundle.join("aibom.cdx.json")).unwrap();
+    let mut one_byte = aibom.clone();
+    let at = one_byte.iter().position(|b| *b == b'6').unwrap();
+    one_byte[at] = b'7';
+    std::fs::write(bundle.join("aibom.cdx.json"), one_byte).unwrap();
+    let out = offline(bundle.clone()).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("FAILED  aibom.cdx.json: changed"), "{}", out.stdout);
+    std::fs::write(bundle.join("aibom.cdx.json"), aibom).unwrap();
+    assert_eq!(offline(bundle).await.code, 0, "restored, it verifies again");
 }
