@@ -11,6 +11,7 @@
 
 pub mod aibom;
 pub mod api;
+pub mod attest;
 pub mod auth;
 pub mod capability;
 pub mod config;

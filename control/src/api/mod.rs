@@ -12,6 +12,7 @@
 //! text is logged, never sent. Another tenant's run or receipt is `404 not_found`, exactly as a
 //! missing one.
 
+mod attestations;
 mod capabilities;
 mod exports;
 mod keys;
@@ -265,13 +266,14 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 /// The OpenAPI document, generated from the handlers of each resource module.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "FleetForge control API", description = "Runs, receipts, verification, the transparency log, sealed blobs, replay and keys. Bearer auth on every /v1 route."),
+    info(title = "FleetForge control API", description = "Runs, receipts, verification, the transparency log, attestations, sealed blobs, replay and keys. Bearer auth on every /v1 route."),
     paths(runs::create_run, runs::list_runs, runs::show_run, runs::issue_token, runs::revoke_run,
         leases::lease,
         receipts::run_receipts, receipts::one_receipt, receipts::verify_run, receipts::post_receipts,
         seals::put_seal, seals::get_seal, replay::replay_manifest, replay::replay_report,
         keys::put_key, keys::list_keys, capabilities::revoke_capability, capabilities::list_revocations,
-        exports::export_vc, exports::export_aibom, ui::login_link, log::head, log::checkpoint, log::inclusion, log::consistency),
+        exports::export_vc, exports::export_aibom, ui::login_link, log::head, log::checkpoint, log::inclusion, log::consistency,
+        attestations::put_attestation, attestations::get_attestation, attestations::run_attestations),
     components(schemas(runs::CreateRun, runs::IssueToken, runs::Budget, runs::CreatedRun, runs::RunView,
         receipts::VerifyReport, receipts::Problem, keys::PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult,
         ingest::ItemStatus, RevocationPage, Lease, LeaseRequest, Slice, Held, log::SignedHead, log::InclusionProof,
@@ -359,6 +361,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/log/{tenant}/checkpoint", get(log::checkpoint))
         .route("/v1/log/{tenant}/inclusion/{receipt_id}", get(log::inclusion))
         .route("/v1/log/{tenant}/consistency", get(log::consistency))
+        .route("/v1/attestations/{id}", put(attestations::put_attestation).get(attestations::get_attestation))
+        .route("/v1/runs/{id}/attestations", get(attestations::run_attestations))
         .route("/v1/keys", get(keys::list_keys))
         .route("/v1/keys/{key_id}", put(keys::put_key))
         .route("/v1/capabilities/revoke", post(capabilities::revoke_capability))

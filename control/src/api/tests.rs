@@ -479,3 +479,84 @@ async fn transparency_log_sqlite() {
 async fn transparency_log_postgres() {
     transparency_log(true).await;
 }
+
+/// The attestation vault on both databases: statements, provenance and envelopes stored and read
+/// back, linked to a run, idempotent by id, refused with the member named, tenant-scoped.
+async fn attestation_vault(postgres: bool) {
+    use base64::engine::general_purpose::STANDARD;
+
+    let db: Db = db(postgres).await;
+    let store = &db.store;
+    let c = start(store).await;
+    let run = c.call("POST", "/v1/runs", ADMIN, Some(("application/json", br#"{"id":"run-att"}"#.to_vec()))).await;
+    assert_eq!(run.status, 201, "{:?}", run.json());
+    let provenance = json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "agent.tar", "digest": {"sha256": "ab".repeat(32)}}],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {"buildDefinition": {"buildType": "https://example.com/build"}},
+    });
+    let envelope = json!({
+        "payloadType": "application/vnd.in-toto+json",
+        "payload": STANDARD.encode(provenance.to_string()),
+        "signatures": [{"keyid": "k1", "sig": STANDARD.encode([7u8; 64])}],
+    });
+    let put = |id: &str, body: &Value, token: &'static str| {
+        let (path, bytes) = (format!("/v1/attestations/{id}?run=run-att"), body.to_string().into_bytes());
+        let c = &c;
+        async move { c.call("PUT", &path, token, Some(("application/json", bytes))).await }
+    };
+    let a = put("slsa-1", &provenance, ADMIN).await;
+    assert_eq!((a.status, a.json()["kind"].clone()), (201, json!("slsa-provenance")), "{:?}", a.json());
+    let a = put("dsse-1", &envelope, ADMIN).await;
+    assert_eq!(
+        (a.status, a.json()["kind"].clone(), a.json()["predicate_type"].clone()),
+        (201, json!("dsse"), json!("https://slsa.dev/provenance/v1"))
+    );
+    let again = put("slsa-1", &provenance, ADMIN).await;
+    assert_eq!((again.status, again.json()["created"].clone()), (200, json!(false)));
+    let other = put("slsa-1", &envelope, ADMIN).await;
+    assert_eq!((other.status, other.json()["error"]["type"].clone()), (409, json!("conflict")));
+
+    let got = c.get("/v1/attestations/dsse-1", ADMIN).await.json();
+    assert_eq!((got["attestation"].clone(), got["run"].clone()), (envelope.clone(), json!("run-att")));
+    let listed = c.get("/v1/runs/run-att/attestations", ADMIN).await.json();
+    let ids: Vec<&str> = listed["attestations"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&"slsa-1") && ids.contains(&"dsse-1"));
+
+    // Refusals name what is wrong.
+    let mut broken = provenance.clone();
+    broken["subject"][0]["digest"]["sha256"] = json!("not-hex");
+    let a = put("bad-1", &broken, ADMIN).await;
+    assert_eq!(a.status, 422);
+    assert!(a.json()["error"]["message"].as_str().unwrap().contains("subject[0].digest.sha256"), "{:?}", a.json());
+    let a = c.call("PUT", "/v1/attestations/bad-2", ADMIN, Some(("application/json", b"{not json".to_vec()))).await;
+    assert_eq!(a.status, 422);
+    let a = put("bad%20id", &provenance, ADMIN).await;
+    assert_eq!(a.status, 400);
+    let a = c
+        .call(
+            "PUT",
+            "/v1/attestations/x?run=no-such-run",
+            ADMIN,
+            Some(("application/json", provenance.to_string().into_bytes())),
+        )
+        .await;
+    assert_eq!(a.status, 404);
+    assert_eq!(put("by-reader", &provenance, ACME).await.status, 403, "a reader stores nothing");
+    assert_eq!(c.get("/v1/attestations/slsa-1", ACME).await.status, 404, "another tenant's attestation");
+    assert_eq!(c.get("/v1/attestations/nope", ADMIN).await.status, 404);
+    c.server.abort();
+    db.drop_pg().await;
+}
+
+#[tokio::test]
+async fn attestation_vault_sqlite() {
+    attestation_vault(false).await;
+}
+
+#[tokio::test]
+async fn attestation_vault_postgres() {
+    attestation_vault(true).await;
+}

@@ -14,6 +14,7 @@
 //! statements have a second form, on Postgres, where the native driver binds arrays (`= ANY($1)`,
 //! `UNNEST`) — which sqlx's `Any` driver cannot — for about twice the rows per second.
 
+mod attestations;
 mod capabilities;
 mod ingest;
 mod keys;
@@ -33,6 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
+pub use self::attestations::AttestationRow;
 pub use self::ingest::{
     DatasetRow, IngestTx, ReceiptRow, RunDelta, add_datasets, bump_runs, existing, insert_receipts, lane_heads,
     run_tenants_or_create, set_lane_heads,
