@@ -40,6 +40,31 @@ struct FileControl {
     listen: Option<String>,
     /// Most receipts accepted in one `POST /v1/receipts` (default 1000).
     max_batch: Option<usize>,
+    /// `[control.retention]`.
+    retention: FileRetention,
+}
+
+/// `[control.retention]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRetention {
+    /// Days a receipt's body is kept after ingest (`FLEETFORGE_RETENTION_RECEIPTS_DAYS`).
+    receipts_days: Option<u32>,
+    /// Days a sealed blob is kept (`FLEETFORGE_RETENTION_SEALS_DAYS`).
+    seals_days: Option<u32>,
+    /// Seconds between retention passes (default 3600).
+    interval_secs: Option<u64>,
+}
+
+/// Retention periods; `None` keeps forever. Runs on legal hold are never pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Days a receipt's body is kept after ingest.
+    pub receipts_days: Option<u32>,
+    /// Days a sealed blob is kept.
+    pub seals_days: Option<u32>,
+    /// Time between retention passes.
+    pub interval: std::time::Duration,
 }
 
 /// The validated configuration.
@@ -60,6 +85,8 @@ pub struct ControlConfig {
     /// OpenTelemetry export of a SERVER span per API request, from the standard `OTEL_*`
     /// variables (`None`: no endpoint set).
     pub telemetry: Option<fleetforge_otel::ExportConfig>,
+    /// Retention periods (`[control.retention]`).
+    pub retention: Retention,
 }
 
 /// Flags that override everything.
@@ -116,7 +143,33 @@ impl ControlConfig {
                 "invalid value for `control.max_batch`: {max_batch}: expected 1 to 10000"
             )));
         }
+        let days = |var: &str, file: Option<u32>, key: &str| -> Result<Option<u32>, ConfigError> {
+            match env_nonempty(var) {
+                Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                    ConfigError(format!(
+                        "invalid value for `control.retention.{key}` (environment variable {var}): {v:?}: expected a whole number of days"
+                    ))
+                }),
+                None => Ok(file),
+            }
+        };
+        let interval_secs = raw.control.retention.interval_secs.unwrap_or(3600);
+        if interval_secs == 0 {
+            return Err(ConfigError(
+                "invalid value for `control.retention.interval_secs`: 0: expected at least 1 second".into(),
+            ));
+        }
+        let retention = Retention {
+            receipts_days: days(
+                "FLEETFORGE_RETENTION_RECEIPTS_DAYS",
+                raw.control.retention.receipts_days,
+                "receipts_days",
+            )?,
+            seals_days: days("FLEETFORGE_RETENTION_SEALS_DAYS", raw.control.retention.seals_days, "seals_days")?,
+            interval: std::time::Duration::from_secs(interval_secs),
+        };
         Ok(Self {
+            retention,
             home,
             listen,
             database_url,
@@ -172,5 +225,25 @@ mod tests {
         assert_eq!(ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap().listen.port(), 2);
         std::fs::write(&f, "[control]\nlistn = \"127.0.0.1:2\"\n").unwrap();
         assert!(ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap_err().0.contains("listn"));
+    }
+
+    #[test]
+    fn retention_periods_from_env_and_file() {
+        let c = ControlConfig::load(None, &env(&[]), &Flags::default()).unwrap();
+        assert_eq!((c.retention.receipts_days, c.retention.seals_days), (None, None), "kept forever by default");
+        let c = ControlConfig::load(None, &env(&[("FLEETFORGE_RETENTION_RECEIPTS_DAYS", "365")]), &Flags::default())
+            .unwrap();
+        assert_eq!(c.retention.receipts_days, Some(365));
+        let e = ControlConfig::load(None, &env(&[("FLEETFORGE_RETENTION_SEALS_DAYS", "a month")]), &Flags::default())
+            .unwrap_err();
+        assert!(e.0.contains("control.retention.seals_days") && e.0.contains("a month"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[control.retention]\nseals_days = 30\ninterval_secs = 60\n").unwrap();
+        let c = ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap();
+        assert_eq!((c.retention.seals_days, c.retention.interval.as_secs()), (Some(30), 60));
+        std::fs::write(&f, "[control.retention]\ninterval_secs = 0\n").unwrap();
+        let e = ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap_err();
+        assert!(e.0.contains("interval_secs"), "{e}");
     }
 }

@@ -95,6 +95,7 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
         }
         None => None,
     };
+    let retention = spawn_retention(&store, &config.retention);
     let app = Arc::new(App {
         roots,
         store,
@@ -114,8 +115,47 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
         if let Err(e) = served.await {
             tracing::error!(error = %e, "control API server failed");
         }
+        if let Some(job) = retention {
+            job.abort();
+        }
     });
     Ok(Running { addr, backend, stop, task })
+}
+
+/// The retention job: a pass at start and every `interval`, pruning receipt bodies and sealed
+/// blobs older than their periods ([`store::Store::prune_receipts`], [`store::Store::prune_seals`]);
+/// `None` when no period is set.
+fn spawn_retention(store: &Store, retention: &config::Retention) -> Option<JoinHandle<()>> {
+    if retention.receipts_days.is_none() && retention.seals_days.is_none() {
+        return None;
+    }
+    let (store, retention) = (store.clone(), retention.clone());
+    let cutoff = |days: u32| store::now_micros() - i64::from(days) * 86_400_000_000;
+    Some(tokio::spawn(async move {
+        loop {
+            if let Some(days) = retention.receipts_days {
+                match store.prune_receipts(cutoff(days)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        receipts = n,
+                        days,
+                        "retention pruned receipt bodies (logged in the tenants' logs)"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "retention: pruning receipts failed; retried next pass"),
+                }
+            }
+            if let Some(days) = retention.seals_days {
+                match store.prune_seals(cutoff(days)).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(blobs = n, days, "retention deleted sealed blobs (logged in the tenants' logs)")
+                    }
+                    Err(e) => tracing::error!(error = %e, "retention: deleting sealed blobs failed; retried next pass"),
+                }
+            }
+            tokio::time::sleep(retention.interval).await;
+        }
+    }))
 }
 
 impl Running {

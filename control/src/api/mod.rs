@@ -20,6 +20,7 @@ mod leases;
 pub mod log;
 mod receipts;
 mod replay;
+mod retention;
 mod runs;
 mod seals;
 #[cfg(test)]
@@ -273,7 +274,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         seals::put_seal, seals::get_seal, replay::replay_manifest, replay::replay_report,
         keys::put_key, keys::list_keys, capabilities::revoke_capability, capabilities::list_revocations,
         exports::export_vc, exports::export_aibom, ui::login_link, log::head, log::checkpoint, log::inclusion, log::consistency,
-        attestations::put_attestation, attestations::get_attestation, attestations::run_attestations),
+        attestations::put_attestation, attestations::get_attestation, attestations::run_attestations,
+        retention::hold, retention::release),
     components(schemas(runs::CreateRun, runs::IssueToken, runs::Budget, runs::CreatedRun, runs::RunView,
         receipts::VerifyReport, receipts::Problem, keys::PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult,
         ingest::ItemStatus, RevocationPage, Lease, LeaseRequest, Slice, Held, log::SignedHead, log::InclusionProof,
@@ -363,6 +365,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/log/{tenant}/consistency", get(log::consistency))
         .route("/v1/attestations/{id}", put(attestations::put_attestation).get(attestations::get_attestation))
         .route("/v1/runs/{id}/attestations", get(attestations::run_attestations))
+        .route("/v1/runs/{id}/hold", post(retention::hold).delete(retention::release))
         .route("/v1/keys", get(keys::list_keys))
         .route("/v1/keys/{key_id}", put(keys::put_key))
         .route("/v1/capabilities/revoke", post(capabilities::revoke_capability))

@@ -560,3 +560,89 @@ async fn attestation_vault_sqlite() {
 async fn attestation_vault_postgres() {
     attestation_vault(true).await;
 }
+
+/// Retention and legal holds on both databases: a held run keeps its receipts and the blobs they
+/// name; another run's receipts lose their bodies but keep their chain and log leaves, each pruning
+/// logged; unreferenced blobs are deleted and logged; releasing the hold lets retention prune it.
+async fn retention_and_holds(postgres: bool) {
+    use fleetforge_trust::merkle::root_from_path;
+
+    let db: Db = db(postgres).await;
+    let store = &db.store;
+    let c = start(store).await;
+    let (key, _) = SigningKey::generate().unwrap();
+    register(store, &key, "default").await;
+    let kept_blob = c.put_seal(b"response of the held run").await;
+    let other_blob = c.put_seal(b"a blob nobody holds").await;
+    let meta_blob = c.put_seal(b"envelope of the held run's response").await;
+    let mut held_bodies: Vec<ReceiptBody> =
+        (1..=3).map(|i| call("run-held", i, &format!("2026-12-07T00:00:0{i}Z"), "/v1/chat/completions")).collect();
+    seal(&mut held_bodies[0], &"k".repeat(64), None, &meta_blob, &kept_blob);
+    let (held, _) = sign_chain(&key, held_bodies, 0, &genesis_hex("run-held", key.id()));
+    let free_bodies = (1..=2).map(|i| call("run-free", i, &format!("2026-12-07T00:00:0{i}Z"), "/v1/chat/completions"));
+    let (free, _) = sign_chain(&key, free_bodies.collect(), 0, &genesis_hex("run-free", key.id()));
+    c.ingest(held.clone()).await;
+    c.ingest(free.clone()).await;
+
+    let hold = |token: &'static str, body: &'static [u8]| {
+        let c = &c;
+        async move { c.call("POST", "/v1/runs/run-held/hold", token, Some(("application/json", body.to_vec()))).await }
+    };
+    assert_eq!(hold(ACME, b"{}").await.status, 403, "a reader holds nothing");
+    assert_eq!(hold(ADMIN, b"{\"why\":1}").await.status, 400);
+    let held_now = hold(ADMIN, br#"{"reason":"litigation 42"}"#).await.json();
+    assert_eq!((held_now["held"].clone(), held_now["reason"].clone()), (json!(true), json!("litigation 42")));
+
+    let later = crate::store::now_micros() + 1_000_000;
+    assert_eq!(store.prune_receipts(later).await.unwrap(), 2, "only the free run's receipts");
+    assert_eq!(store.prune_receipts(later).await.unwrap(), 0, "nothing twice");
+    let head = c.get("/v1/log/default/head", ADMIN).await.json();
+    assert_eq!(head["size"], 5 + 2, "each pruning is a log entry");
+    let root = fleetforge_trust::canonical::unhex32(head["root"].as_str().unwrap()).unwrap();
+
+    let stubs = c.get("/v1/runs/run-free/receipts", ADMIN).await.json();
+    let stubs = stubs["receipts"].as_array().unwrap().clone();
+    assert_eq!(stubs.len(), 2);
+    for (stub, original) in stubs.iter().zip(&free) {
+        assert_eq!((stub["pruned"].clone(), stub["id"].clone()), (json!(true), original["id"].clone()));
+        assert!(stub.get("upstream").is_none(), "the body is gone: {stub}");
+        let hash = fleetforge_trust::verify::prove(original).unwrap().hash;
+        assert_eq!(stub["hash"], hex(&hash));
+        // Still in the log: its proof leads to the new head.
+        let p = c.get(&format!("/v1/log/default/inclusion/{}", stub["id"].as_str().unwrap()), ADMIN).await.json();
+        let path: Vec<_> = p["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| fleetforge_trust::canonical::unhex32(h.as_str().unwrap()).unwrap())
+            .collect();
+        assert_eq!(root_from_path(&hash, p["index"].as_u64().unwrap(), 7, &path), Some(root));
+    }
+    let verified = c.get("/v1/runs/run-free/verify", ADMIN).await.json();
+    assert_eq!((verified["ok"].clone(), verified["pruned"].clone()), (json!(true), json!(2)), "{verified}");
+    let verified = c.get("/v1/runs/run-held/verify", ADMIN).await.json();
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(c.get("/v1/runs/run-held/receipts", ADMIN).await.json()["receipts"][0]["id"], held[0]["id"]);
+
+    assert_eq!(store.prune_seals(later).await.unwrap(), 1, "the blob no held run names");
+    assert_eq!(c.get(&format!("/v1/seals/{kept_blob}"), ADMIN).await.status, 200);
+    assert_eq!(c.get(&format!("/v1/seals/{other_blob}"), ADMIN).await.status, 404);
+    assert_eq!(c.get("/v1/log/default/head", ADMIN).await.json()["size"], 8);
+
+    let released = c.call("DELETE", "/v1/runs/run-held/hold", ADMIN, None).await.json();
+    assert_eq!(released["held"], false);
+    assert_eq!(store.prune_receipts(later).await.unwrap(), 3);
+    assert_eq!(c.get("/v1/runs/run-held/verify", ADMIN).await.json()["pruned"], 3);
+    c.server.abort();
+    db.drop_pg().await;
+}
+
+#[tokio::test]
+async fn retention_and_holds_sqlite() {
+    retention_and_holds(false).await;
+}
+
+#[tokio::test]
+async fn retention_and_holds_postgres() {
+    retention_and_holds(true).await;
+}

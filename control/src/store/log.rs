@@ -1,7 +1,7 @@
 //! The transparency log's storage: each tenant's perfect subtrees above the leaves (`log_nodes`),
 //! its size and head (`log_heads`), and each receipt's leaf index (`receipts.log_index`). A leaf
 //! is not stored twice: leaf `i` is SHA-256(0x00 ‖ hash) of the tenant's receipt whose
-//! `log_index` is `i`. The tree arithmetic is [`fleetforge_trust::tlog`]'s; this module reads and
+//! `log_index` is `i`, or of the log's other record at `i` (`log_leaves`: what retention pruned). The tree arithmetic is [`fleetforge_trust::tlog`]'s; this module reads and
 //! writes what it needs.
 //!
 //! [`IngestTx::append_log`] appends a batch inside the ingest transaction, with the tenant's head
@@ -204,37 +204,43 @@ fn leaf_of(index: i64, hash: &str) -> Result<((u32, u64), Hash), StoreError> {
     Ok(((0, as_u64(index)?), leaf_hash(&unhex(hash)?)))
 }
 
-/// Leaves `idxs` of `tenant`'s log: the leaf hashes of the receipts at those indexes.
+/// Leaves `idxs` of `tenant`'s log: the leaf hashes of the receipts at those indexes, and of the
+/// log's other records (`log_leaves`: what retention pruned).
 async fn leaves(conn: &mut AnyConnection, tenant: &str, idxs: &[u64]) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
     let mut out = HashMap::with_capacity(idxs.len());
-    let mut rows = Vec::new();
-    if dense(idxs) {
-        let (lo, hi) = (idxs.iter().min().copied().unwrap_or(0), idxs.iter().max().copied().unwrap_or(0));
-        rows = sqlx::query(
-            "SELECT log_index, hash FROM receipts WHERE tenant = $1 AND log_index >= $2 AND log_index <= $3",
-        )
-        .bind(tenant)
-        .bind(as_i64(lo))
-        .bind(as_i64(hi))
-        .fetch_all(&mut *conn)
-        .await?;
-    } else {
-        for chunk in idxs.chunks(POSITIONS_PER_STATEMENT) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-            let sql = format!(
-                "SELECT log_index, hash FROM receipts WHERE tenant = $1 AND log_index IN ({})",
-                list.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(tenant);
-            for idx in chunk {
-                q = q.bind(as_i64(*idx));
+    for table in ["receipts", "log_leaves"] {
+        let mut rows = Vec::new();
+        if dense(idxs) {
+            let (lo, hi) = (idxs.iter().min().copied().unwrap_or(0), idxs.iter().max().copied().unwrap_or(0));
+            rows = sqlx::query(&format!(
+                "SELECT log_index, hash FROM {table} WHERE tenant = $1 AND log_index >= $2 AND log_index <= $3"
+            ))
+            .bind(tenant)
+            .bind(as_i64(lo))
+            .bind(as_i64(hi))
+            .fetch_all(&mut *conn)
+            .await?;
+        } else {
+            for chunk in idxs.chunks(POSITIONS_PER_STATEMENT) {
+                let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!(
+                    "SELECT log_index, hash FROM {table} WHERE tenant = $1 AND log_index IN ({})",
+                    list.join(", ")
+                );
+                let mut q = sqlx::query(&sql).bind(tenant);
+                for idx in chunk {
+                    q = q.bind(as_i64(*idx));
+                }
+                rows.extend(q.fetch_all(&mut *conn).await?);
             }
-            rows.extend(q.fetch_all(&mut *conn).await?);
         }
-    }
-    for row in rows {
-        let (k, v) = leaf_of(row.try_get(0)?, row.try_get::<String, _>(1)?.as_str())?;
-        out.insert(k, v);
+        for row in rows {
+            let (k, v) = leaf_of(row.try_get(0)?, row.try_get::<String, _>(1)?.as_str())?;
+            out.insert(k, v);
+        }
+        if out.len() == idxs.len() {
+            break;
+        }
     }
     Ok(out)
 }
@@ -247,11 +253,14 @@ async fn pg_nodes(
     let leaf_idxs: Vec<i64> = positions.iter().filter(|p| p.0 == 0).map(|p| as_i64(p.1)).collect();
     let mut out = HashMap::with_capacity(positions.len());
     if !leaf_idxs.is_empty() {
-        let rows = sqlx::query("SELECT log_index, hash FROM receipts WHERE tenant = $1 AND log_index = ANY($2)")
-            .bind(tenant)
-            .bind(leaf_idxs)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT log_index, hash FROM receipts WHERE tenant = $1 AND log_index = ANY($2) \
+             UNION ALL SELECT log_index, hash FROM log_leaves WHERE tenant = $1 AND log_index = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(leaf_idxs)
+        .fetch_all(&mut *conn)
+        .await?;
         for row in rows {
             let (k, v) = leaf_of(row.try_get(0)?, row.try_get::<String, _>(1)?.as_str())?;
             out.insert(k, v);

@@ -22,6 +22,7 @@ mod leases;
 mod log;
 mod pg;
 mod receipts;
+mod retention;
 mod runs;
 mod seals;
 mod sessions;

@@ -15,8 +15,31 @@ pub struct StoredReceipt {
     pub seq: i64,
     /// Tenant.
     pub tenant: String,
-    /// The receipt JSON.
+    /// The receipt JSON (empty once pruned).
     pub body: String,
+    /// Its hash (hex).
+    pub hash: String,
+    /// The previous hash of its lane (hex).
+    pub prev_hash: String,
+    /// When retention pruned its body (unix microseconds).
+    pub pruned_at: Option<i64>,
+}
+
+impl StoredReceipt {
+    /// The receipt as the API serves it: its JSON, or for a pruned one what is left of it
+    /// (`{"id", "pruned": true, "pruned_at", "hash", "chain": {"lane", "seq", "prev_hash"}}`).
+    pub fn json(&self) -> serde_json::Value {
+        match self.pruned_at {
+            Some(at) => serde_json::json!({
+                "id": self.id,
+                "pruned": true,
+                "pruned_at": fleetforge_trust::text::rfc3339_from_unix_micros(at),
+                "hash": self.hash,
+                "chain": { "lane": self.lane, "seq": self.seq, "prev_hash": self.prev_hash },
+            }),
+            None => serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null),
+        }
+    }
 }
 
 impl Store {
@@ -24,7 +47,7 @@ impl Store {
     /// never part of a seq (several lanes can share one), so `after = last seq` pages correctly.
     pub async fn receipts(&self, run: &str, after: i64, limit: i64) -> Result<Vec<StoredReceipt>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, lane, seq, tenant, body FROM receipts WHERE run_id = $1 AND seq > $2 ORDER BY seq, lane LIMIT $3",
+            "SELECT id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 AND seq > $2 ORDER BY seq, lane LIMIT $3",
         )
         .bind(run)
         .bind(after)
@@ -38,7 +61,7 @@ impl Store {
             // The page may have cut a seq short: take that seq whole.
             page.retain(|r| r.seq != last);
             let rest = sqlx::query(
-                "SELECT id, lane, seq, tenant, body FROM receipts WHERE run_id = $1 AND seq = $2 ORDER BY lane",
+                "SELECT id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 AND seq = $2 ORDER BY lane",
             )
             .bind(run)
             .bind(last)
@@ -53,7 +76,7 @@ impl Store {
 
     /// Every receipt of a run, in (lane, seq) order, for verification.
     pub async fn chain(&self, run: &str) -> Result<Vec<StoredReceipt>, StoreError> {
-        let rows = sqlx::query("SELECT id, lane, seq, tenant, body FROM receipts WHERE run_id = $1 ORDER BY lane, seq")
+        let rows = sqlx::query("SELECT id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 ORDER BY lane, seq")
             .bind(run)
             .fetch_all(&self.pool)
             .await?;
@@ -62,10 +85,11 @@ impl Store {
 
     /// One receipt.
     pub async fn receipt(&self, id: &str) -> Result<Option<StoredReceipt>, StoreError> {
-        let row = sqlx::query("SELECT id, lane, seq, tenant, body FROM receipts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(stored).transpose()
     }
 }
@@ -77,5 +101,8 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<StoredReceipt, StoreError> {
         seq: r.try_get("seq")?,
         tenant: r.try_get("tenant")?,
         body: r.try_get("body")?,
+        hash: r.try_get("hash")?,
+        prev_hash: r.try_get("prev_hash")?,
+        pruned_at: r.try_get("pruned_at")?,
     })
 }
