@@ -132,10 +132,17 @@ async fn pg_lock_head(conn: &mut PgConnection, tenant: &str) -> Result<u64, Stor
     as_u64(size)
 }
 
+/// The placeholder of the `i`-th value (from 1): `$i` on Postgres, `?` on SQLite, which looks each
+/// `$i` up by a linear scan of the statement's names (quadratic over a long value list).
+fn ph(conn: &AnyConnection, i: usize) -> String {
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") { "?".to_owned() } else { format!("${i}") }
+}
+
 /// `WHERE tenant = $1 AND ((level = $2 AND idx = $3) OR …)` for `n` positions.
-fn positions_clause(n: usize) -> String {
-    let terms: Vec<String> = (0..n).map(|i| format!("(level = ${} AND idx = ${})", 2 + 2 * i, 3 + 2 * i)).collect();
-    format!("SELECT level, idx, hash FROM log_nodes WHERE tenant = $1 AND ({})", terms.join(" OR "))
+fn positions_clause(conn: &AnyConnection, n: usize) -> String {
+    let terms: Vec<String> =
+        (0..n).map(|i| format!("(level = {} AND idx = {})", ph(conn, 2 + 2 * i), ph(conn, 3 + 2 * i))).collect();
+    format!("SELECT level, idx, hash FROM log_nodes WHERE tenant = {} AND ({})", ph(conn, 1), terms.join(" OR "))
 }
 
 fn node_of(level: i64, idx: i64, hash: &str) -> Result<((u32, u64), Hash), StoreError> {
@@ -181,7 +188,7 @@ async fn nodes(
         }
     }
     for chunk in sparse.chunks(POSITIONS_PER_STATEMENT) {
-        let sql = positions_clause(chunk.len());
+        let sql = positions_clause(conn, chunk.len());
         let mut q = sqlx::query(&sql).bind(tenant);
         for (level, idx) in chunk {
             q = q.bind(i64::from(*level)).bind(as_i64(*idx));
@@ -222,9 +229,10 @@ async fn leaves(conn: &mut AnyConnection, tenant: &str, idxs: &[u64]) -> Result<
             .await?;
         } else {
             for chunk in idxs.chunks(POSITIONS_PER_STATEMENT) {
-                let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let list: Vec<String> = (0..chunk.len()).map(|i| ph(conn, i + 2)).collect();
                 let sql = format!(
-                    "SELECT log_index, hash FROM {table} WHERE tenant = $1 AND log_index IN ({})",
+                    "SELECT log_index, hash FROM {table} WHERE tenant = {} AND log_index IN ({})",
+                    ph(conn, 1),
                     list.join(", ")
                 );
                 let mut q = sqlx::query(&sql).bind(tenant);
@@ -289,7 +297,15 @@ async fn pg_nodes(
 async fn insert_nodes(conn: &mut AnyConnection, tenant: &str, nodes: &[Node]) -> Result<(), StoreError> {
     for chunk in nodes.chunks(NODES_PER_STATEMENT) {
         let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
+            .map(|i| {
+                format!(
+                    "({}, {}, {}, {})",
+                    ph(conn, 4 * i + 1),
+                    ph(conn, 4 * i + 2),
+                    ph(conn, 4 * i + 3),
+                    ph(conn, 4 * i + 4)
+                )
+            })
             .collect();
         let sql = format!("INSERT INTO log_nodes (tenant, level, idx, hash) VALUES {}", values.join(", "));
         let mut q = sqlx::query(&sql);
