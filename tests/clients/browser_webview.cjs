@@ -74,6 +74,8 @@ async function main() {
     findings.rows = await page.locator("#timeline tr[data-receipt-id]").count();
     expect(findings.rows === receipts.length, `exactly the run's ${receipts.length} receipts (got ${findings.rows})`);
     expect((await page.getAttribute("#verification", "data-ok")) === "true", "the run shows as verified");
+    findings.log_included = Number(await page.getAttribute("#log", "data-included"));
+    expect(findings.log_included === receipts.length, `every receipt shows as a leaf of the transparency log (${findings.log_included})`);
 
     // The burn-down chart rendered: a series with points, drawn with a size.
     const chart = page.locator("svg#burn-down");

@@ -228,6 +228,28 @@ pub(super) async fn run_page(State(app): State<Arc<App>>, headers: HeaderMap, Pa
         }
         body.push_str("</ul></div>");
     }
+    // The transparency log: how many of the run's receipts are leaves of the tenant's log, and
+    // its signed head.
+    let tenant = view["tenant"].as_str().unwrap_or_default().to_owned();
+    let (entries, head) = match (app.store.log_entries_of_run(&id).await, app.store.log_head(&tenant).await) {
+        (Ok(e), Ok(h)) => (e, h),
+        (Err(e), _) | (_, Err(e)) => return failure(&format!("{e:?}")),
+    };
+    let logged = entries.iter().filter(|(_, e)| e.index.is_some()).count();
+    let tenc = urlencode(&tenant);
+    let _ = write!(
+        body,
+        "<h2>Transparency log</h2><p id=\"log\" data-included=\"{logged}\" data-size=\"{}\" class=\"{}\">{} {logged} of {} \
+         receipts are leaves of the log of tenant {} (size {}, head <code>{}…</code>); their inclusion proofs are checked \
+         above. <a href=\"/v1/log/{tenc}/checkpoint\">signed checkpoint</a> · <a href=\"/v1/log/{tenc}/head\">head (JSON)</a></p>",
+        head.size,
+        if logged == entries.len() { "ok" } else { "bad" },
+        if logged == entries.len() { "✔" } else { "✘" },
+        entries.len(),
+        esc(&tenant),
+        head.size,
+        &fleetforge_trust::canonical::hex(&head.root)[..16],
+    );
     body.push_str("<h2>Budget burn-down</h2>");
     body.push_str(&burn_down(&view["budget"], &receipts));
     body.push_str("<h2>Timeline</h2>");
@@ -238,7 +260,12 @@ pub(super) async fn run_page(State(app): State<Arc<App>>, headers: HeaderMap, Pa
          <li><a href=\"/v1/runs/{enc}/receipts?limit=1000\">signed receipts (JSON)</a></li>\
          <li><a href=\"/v1/runs/{enc}/verify\">verification report (JSON)</a></li>\
          <li><a href=\"/v1/runs/{enc}/replay-manifest\">replay manifest (signed)</a></li>\
-         <li><a href=\"/v1/runs/{enc}/export/vc\">export: verifiable credential</a></li></ul>"
+         <li><a href=\"/v1/runs/{enc}/export/vc\">export: verifiable credential</a></li>\
+         <li><a href=\"/v1/runs/{enc}/export/aibom\">export: AI bill of materials (CycloneDX 1.6)</a></li>\
+         <li><a href=\"/v1/runs/{enc}/attestations\">attestations</a></li></ul>\
+         <p class=\"meta\">Everything above in one folder, checkable offline: <code>fleetforge-ctl export {} --format bundle -o DIR</code>, \
+         then <code>fleetforge-ctl verify --bundle DIR</code>.</p>",
+        esc(&id)
     );
     page(StatusCode::OK, &format!("Run {id}"), &body)
 }
