@@ -154,6 +154,35 @@ async fn through_api(database_url: String, streams: &[Vec<Vec<Value>>], key: &Si
     RECEIPTS as f64 / secs
 }
 
+/// A receipt row with the columns of a chat completion that the benchmarks do not vary.
+fn row(id: &str, run: &str, lane: &str, seq: i64, hash: String) -> ReceiptRow {
+    ReceiptRow {
+        id: id.into(),
+        run_id: run.into(),
+        tenant: "default".into(),
+        lane: lane.into(),
+        seq,
+        step: seq,
+        hash,
+        prev_hash: String::new(),
+        kind: "call".into(),
+        started_at: "2026-12-07T00:00:00Z".into(),
+        ended_at: "2026-12-07T00:00:00Z".into(),
+        method: "POST".into(),
+        host: "api.openai.com".into(),
+        path: "/v1/chat/completions".into(),
+        status: Some(200),
+        allow: true,
+        outcome: "completed".into(),
+        request_bytes: 412,
+        response_bytes: 1830,
+        request_digest: None,
+        response_digest: None,
+        body: "{}".into(),
+        log_index: None,
+    }
+}
+
 async fn baseline(database_url: String, streams: &[Vec<Vec<Value>>]) -> f64 {
     let store = Store::connect(&database_url).await.unwrap();
     store.migrate().await.unwrap();
@@ -162,30 +191,20 @@ async fn baseline(database_url: String, streams: &[Vec<Vec<Value>>]) -> f64 {
         .flatten()
         .map(|b| {
             b.iter()
-                .map(|v| ReceiptRow {
-                    id: v["id"].as_str().unwrap().into(),
-                    run_id: v["run"].as_str().unwrap().into(),
-                    tenant: "default".into(),
-                    lane: v["chain"]["lane"].as_str().unwrap().into(),
-                    seq: v["chain"]["seq"].as_i64().unwrap(),
-                    step: v["step"].as_i64().unwrap(),
-                    hash: "h".repeat(64),
-                    prev_hash: v["chain"]["prev_hash"].as_str().unwrap().into(),
-                    kind: "call".into(),
-                    started_at: v["started_at"].as_str().unwrap().into(),
-                    ended_at: v["ended_at"].as_str().unwrap().into(),
-                    method: "POST".into(),
-                    host: "api.openai.com".into(),
-                    path: "/v1/chat/completions".into(),
-                    status: Some(200),
-                    allow: true,
-                    outcome: "completed".into(),
-                    request_bytes: 412,
-                    response_bytes: 1830,
-                    request_digest: None,
-                    response_digest: None,
-                    body: v.to_string(),
-                    log_index: None,
+                .map(|v| {
+                    let mut row = row(
+                        v["id"].as_str().unwrap(),
+                        v["run"].as_str().unwrap(),
+                        v["chain"]["lane"].as_str().unwrap(),
+                        v["chain"]["seq"].as_i64().unwrap(),
+                        "h".repeat(64),
+                    );
+                    row.step = v["step"].as_i64().unwrap();
+                    row.prev_hash = v["chain"]["prev_hash"].as_str().unwrap().into();
+                    row.started_at = v["started_at"].as_str().unwrap().into();
+                    row.ended_at = v["ended_at"].as_str().unwrap().into();
+                    row.body = v.to_string();
+                    row
                 })
                 .collect()
         })
@@ -236,29 +255,8 @@ async fn proofs_at_scale(database_url: String, size: u64) -> ((f64, f64), (f64, 
         let rows: Vec<ReceiptRow> = (next..next + n)
             .zip(&hashes)
             .map(|(i, h)| ReceiptRow {
-                id: format!("r{i}"),
-                run_id: "run-log-bench".into(),
-                tenant: "default".into(),
-                lane: "l".into(),
-                seq: i as i64 + 1,
-                step: i as i64 + 1,
-                hash: hex(h),
-                prev_hash: String::new(),
-                kind: "call".into(),
-                started_at: "2026-12-07T00:00:00Z".into(),
-                ended_at: "2026-12-07T00:00:00Z".into(),
-                method: "POST".into(),
-                host: "api.openai.com".into(),
-                path: "/v1/chat/completions".into(),
-                status: Some(200),
-                allow: true,
-                outcome: "completed".into(),
-                request_bytes: 412,
-                response_bytes: 1830,
-                request_digest: None,
-                response_digest: None,
-                body: "{}".into(),
                 log_index: Some(i as i64),
+                ..row(&format!("r{i}"), "run-log-bench", "l", i as i64 + 1, hex(h))
             })
             .collect();
         tx.insert_receipts(&rows).await.unwrap();

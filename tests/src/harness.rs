@@ -477,6 +477,18 @@ impl ControlProcess {
         Ok((status, json))
     }
 
+    /// Runs `fleetforge-ctl ARGS` against this control with `FLEETFORGE_HOME=home`.
+    pub async fn ctl(&self, home: &Path, args: &[&str]) -> anyhow::Result<ClientOutput> {
+        let home = home.display().to_string();
+        let url = self.url();
+        let env = [
+            ("FLEETFORGE_HOME", home.as_str()),
+            ("FLEETFORGE_CONTROL_URL", &url),
+            ("FLEETFORGE_CONTROL_TOKEN", &self.token),
+        ];
+        run_program(&binary("fleetforge-ctl"), args, &env).await
+    }
+
     /// Polls control (for up to 20 s) until `run` has at least `n` receipts; returns them in
     /// chain order.
     pub fn receipts(&self, run: &str, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {

@@ -48,18 +48,9 @@ async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
     control.receipts("run-bom", 3).unwrap();
 
     let file = dir.path().join("run-bom.cdx.json");
-    let home = dir.path().join("ctl-home").display().to_string();
-    let out = run_program(
-        &binary("fleetforge-ctl"),
-        &["export", "run-bom", "--format", "aibom", "-o", file.to_str().unwrap()],
-        &[
-            ("FLEETFORGE_HOME", &home),
-            ("FLEETFORGE_CONTROL_URL", &control.url()),
-            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
-        ],
-    )
-    .await
-    .unwrap();
+    let home = dir.path().join("ctl-home");
+    let out =
+        control.ctl(&home, &["export", "run-bom", "--format", "aibom", "-o", file.to_str().unwrap()]).await.unwrap();
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let valid = clients.python("cyclonedx_validate.py", &[file.to_str().unwrap()], &[]).await.unwrap();
     assert_eq!((valid.code, valid.stdout.trim()), (0, "valid"), "{}", valid.stderr);
@@ -85,51 +76,22 @@ async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
     assert_eq!(invalid.code, 1, "{}", invalid.stdout);
     assert!(invalid.stdout.contains("'bomFormat' is a required property"), "{}", invalid.stdout);
 
-    let vc = run_program(
-        &binary("fleetforge-ctl"),
-        &["export", "run-bom", "--format", "vc"],
-        &[
-            ("FLEETFORGE_HOME", &home),
-            ("FLEETFORGE_CONTROL_URL", &control.url()),
-            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
-        ],
-    )
-    .await
-    .unwrap();
+    let vc = control.ctl(&home, &["export", "run-bom", "--format", "vc"]).await.unwrap();
     assert_eq!(vc.code, 0, "{}", vc.stderr);
     let credential: Value = serde_json::from_str(&vc.stdout).unwrap();
     assert_eq!(credential["id"], "urn:fleetforge:run:run-bom");
-    let missing = run_program(
-        &binary("fleetforge-ctl"),
-        &["export", "no-such-run", "--format", "aibom"],
-        &[
-            ("FLEETFORGE_HOME", &home),
-            ("FLEETFORGE_CONTROL_URL", &control.url()),
-            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
-        ],
-    )
-    .await
-    .unwrap();
+    let missing = control.ctl(&home, &["export", "no-such-run", "--format", "aibom"]).await.unwrap();
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("run no-such-run not found"), "{}", missing.stderr);
 
     // The bundle, checked with control stopped.
     let bundle = dir.path().join("bundle");
-    let out = run_program(
-        &binary("fleetforge-ctl"),
-        &["export", "run-bom", "--format", "bundle", "-o", bundle.to_str().unwrap()],
-        &[
-            ("FLEETFORGE_HOME", &home),
-            ("FLEETFORGE_CONTROL_URL", &control.url()),
-            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
-        ],
-    )
-    .await
-    .unwrap();
+    let out =
+        control.ctl(&home, &["export", "run-bom", "--format", "bundle", "-o", bundle.to_str().unwrap()]).await.unwrap();
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     control.kill();
     let offline = |bundle: std::path::PathBuf| {
-        let home = home.clone();
+        let home = home.display().to_string();
         async move {
             run_program(
                 &binary("fleetforge-ctl"),

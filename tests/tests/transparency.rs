@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use fleetforge_e2e::harness::{ClientOutput, ControlProcess, Database, binary, run_program};
+use fleetforge_e2e::harness::{ClientOutput, ControlProcess, Database};
 use fleetforge_e2e::{Clients, ProxyProcess, TestCa, Upstream};
 use serde_json::{Value, json};
 
@@ -24,18 +24,7 @@ async fn call(clients: &Clients, proxy: &ProxyProcess, run: &str, n: usize) {
 }
 
 async fn ctl(control: &ControlProcess, home: &Path, args: &[&str]) -> ClientOutput {
-    let home = home.display().to_string();
-    run_program(
-        &binary("fleetforge-ctl"),
-        args,
-        &[
-            ("FLEETFORGE_HOME", &home),
-            ("FLEETFORGE_CONTROL_URL", &control.url()),
-            ("FLEETFORGE_CONTROL_TOKEN", &control.token),
-        ],
-    )
-    .await
-    .unwrap()
+    control.ctl(home, args).await.unwrap()
 }
 
 fn get(control: &ControlProcess, path: &str) -> Value {

@@ -25,8 +25,7 @@ pub(super) async fn export_vc(
     let key = root.ring().ok_or_else(|| ApiError::internal("the capability root key is not usable"))?;
     let issuer = fleetforge_trust::vc::did_key(&root.public_array());
     let method = fleetforge_trust::vc::did_key_verification_method(&root.public_array());
-    let now = rfc3339(store::now_micros());
-    let now = now.split('.').next().unwrap_or_default().trim_end_matches('Z').to_owned() + "Z";
+    let now = now_seconds();
     let credential = json!({
         "@context": ["https://www.w3.org/ns/credentials/v2"],
         "type": ["VerifiableCredential", "FleetForgeRunCapability"],
@@ -75,16 +74,21 @@ pub(super) async fn export_aibom(
     crate::replay::sort_by_start(&mut bodies);
     let datasets = app.store.datasets(&id).await?;
     let head = app.store.log_head(&run.tenant).await?;
-    let now = rfc3339(store::now_micros());
     Ok(Json(crate::aibom::aibom(&crate::aibom::Inputs {
         run: &id,
         tenant: &run.tenant,
         bodies: &bodies,
         datasets: &datasets,
         version: env!("CARGO_PKG_VERSION"),
-        timestamp: now.split('.').next().unwrap_or_default().trim_end_matches('Z').to_owned() + "Z",
+        timestamp: now_seconds(),
         log_head: Some((head.size, fleetforge_trust::canonical::hex(&head.root))),
     })))
+}
+
+/// Now, RFC 3339 to the second (`2026-12-07T03:40:11Z`).
+fn now_seconds() -> String {
+    let now = rfc3339(store::now_micros());
+    now.split('.').next().unwrap_or_default().trim_end_matches('Z').to_owned() + "Z"
 }
 
 /// Drops null members (JCS has no trouble with them, but a credential should not carry them).
