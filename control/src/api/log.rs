@@ -175,7 +175,8 @@ pub(super) async fn inclusion(
     let p = principal(&app, &headers).await?;
     let Query(q) = q.map_err(bad_query)?;
     readable(&p, &tenant)?;
-    let entry = match app.store.log_entry(&receipt).await? {
+    let (entry, head) = tokio::try_join!(app.store.log_entry(&receipt), app.store.log_head(&tenant))?;
+    let entry = match entry {
         Some(e) if e.tenant == tenant => e,
         _ => return Err(ApiError::not_found(&format!("receipt {receipt} in tenant {tenant}"))),
     };
@@ -187,7 +188,6 @@ pub(super) async fn inclusion(
             ),
         ));
     };
-    let head = app.store.log_head(&tenant).await?;
     let size = q.size.unwrap_or(head.size);
     if size > head.size {
         return Err(ApiError::bad_request(format!(

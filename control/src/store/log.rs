@@ -406,15 +406,30 @@ impl Store {
     }
 
     /// Runs a computation over `tenant`'s stored nodes: first over placeholders to learn which
-    /// nodes it reads, then over those, fetched in one statement.
+    /// nodes it reads, then over those, the leaves and the inner nodes fetched at once on two
+    /// connections.
     pub async fn with_log_nodes<T>(
         &self,
         tenant: &str,
         compute: impl Fn(&dyn tlog::Nodes) -> Result<T, LogError>,
     ) -> Result<Result<T, LogError>, StoreError> {
-        let wanted = tlog::positions(&compute);
-        let mut conn = self.pool.acquire().await?;
-        let stored = nodes(&mut conn, tenant, &wanted).await?;
+        let (leaf, inner): (Vec<_>, Vec<_>) = tlog::positions(&compute).into_iter().partition(|(level, _)| *level == 0);
+        let leaf: Vec<u64> = leaf.into_iter().map(|(_, idx)| idx).collect();
+        let (mut stored, inner) = tokio::try_join!(
+            async {
+                if leaf.is_empty() {
+                    return Ok(HashMap::new());
+                }
+                leaves(&mut *self.pool.acquire().await?, tenant, &leaf).await
+            },
+            async {
+                if inner.is_empty() {
+                    return Ok(HashMap::new());
+                }
+                nodes(&mut *self.pool.acquire().await?, tenant, &inner).await
+            },
+        )?;
+        stored.extend(inner);
         Ok(compute(&stored))
     }
 
