@@ -96,40 +96,25 @@ impl IngestTx {
     }
 }
 
-/// The tenant's log size, creating its empty head; the row stays locked until the transaction
-/// ends (SQLite: the whole database is, `BEGIN IMMEDIATE`).
+/// Creates the tenant's empty head if it has none and returns its size, locking the row until the
+/// transaction ends (an upsert locks the row it touches; on SQLite the whole database is locked
+/// already, `BEGIN IMMEDIATE`). One statement on both databases.
+const LOCK_HEAD: &str = "INSERT INTO log_heads (tenant, size, root, updated_at) VALUES ($1, 0, $2, $3) \
+     ON CONFLICT (tenant) DO UPDATE SET tenant = excluded.tenant RETURNING size";
+
+/// Moves the tenant's head.
+const SET_HEAD: &str = "UPDATE log_heads SET size = $2, root = $3, updated_at = $4 WHERE tenant = $1";
+
 async fn lock_head(conn: &mut AnyConnection, tenant: &str) -> Result<u64, StoreError> {
-    sqlx::query(
-        "INSERT INTO log_heads (tenant, size, root, updated_at) VALUES ($1, 0, $2, $3) ON CONFLICT (tenant) DO NOTHING",
-    )
-    .bind(tenant)
-    .bind(hex(&sha256(b"")))
-    .bind(now_micros())
-    .execute(&mut *conn)
-    .await?;
-    let size: i64 = sqlx::query("SELECT size FROM log_heads WHERE tenant = $1")
-        .bind(tenant)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-    as_u64(size)
+    let row =
+        sqlx::query(LOCK_HEAD).bind(tenant).bind(hex(&sha256(b""))).bind(now_micros()).fetch_one(&mut *conn).await?;
+    as_u64(row.try_get(0)?)
 }
 
 async fn pg_lock_head(conn: &mut PgConnection, tenant: &str) -> Result<u64, StoreError> {
-    sqlx::query(
-        "INSERT INTO log_heads (tenant, size, root, updated_at) VALUES ($1, 0, $2, $3) ON CONFLICT (tenant) DO NOTHING",
-    )
-    .bind(tenant)
-    .bind(hex(&sha256(b"")))
-    .bind(now_micros())
-    .execute(&mut *conn)
-    .await?;
-    let size: i64 = sqlx::query("SELECT size FROM log_heads WHERE tenant = $1 FOR UPDATE")
-        .bind(tenant)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-    as_u64(size)
+    let row =
+        sqlx::query(LOCK_HEAD).bind(tenant).bind(hex(&sha256(b""))).bind(now_micros()).fetch_one(&mut *conn).await?;
+    as_u64(row.try_get(0)?)
 }
 
 /// The placeholder of the `i`-th value (from 1): `$i` on Postgres, `?` on SQLite, which looks each
@@ -335,7 +320,7 @@ async fn pg_insert_nodes(conn: &mut PgConnection, tenant: &str, nodes: &[Node]) 
 }
 
 async fn set_head(conn: &mut AnyConnection, tenant: &str, size: u64, root: &Hash) -> Result<(), StoreError> {
-    sqlx::query("UPDATE log_heads SET size = $2, root = $3, updated_at = $4 WHERE tenant = $1")
+    sqlx::query(SET_HEAD)
         .bind(tenant)
         .bind(as_i64(size))
         .bind(hex(root))
@@ -346,7 +331,7 @@ async fn set_head(conn: &mut AnyConnection, tenant: &str, size: u64, root: &Hash
 }
 
 async fn pg_set_head(conn: &mut PgConnection, tenant: &str, size: u64, root: &Hash) -> Result<(), StoreError> {
-    sqlx::query("UPDATE log_heads SET size = $2, root = $3, updated_at = $4 WHERE tenant = $1")
+    sqlx::query(SET_HEAD)
         .bind(tenant)
         .bind(as_i64(size))
         .bind(hex(root))
