@@ -70,13 +70,22 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
     if config.migrate {
         store.migrate().await?;
     }
-    let logged = store.backfill_log().await?;
-    if logged > 0 {
-        tracing::info!(
-            receipts = logged,
-            "appended receipts stored before the transparency log to their tenants' logs"
-        );
-    }
+    // Receipts stored before the transparency log existed are appended in the background, a
+    // thousand per transaction, so a large database does not hold up the start; until then their
+    // inclusion proofs answer 409.
+    let backfill = store.clone();
+    tokio::spawn(async move {
+        match backfill.backfill_log().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                receipts = n,
+                "appended receipts stored before the transparency log to their tenants' logs"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "appending older receipts to the transparency log failed; retried at the next start")
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Io {
         what: format!("cannot listen on {} (control.listen)", config.listen),
         source,
