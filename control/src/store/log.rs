@@ -65,10 +65,12 @@ impl IngestTx {
     /// Appends receipt hashes to `tenant`'s log, in order; the first one's leaf index (the
     /// others follow it).
     pub async fn append_log(&mut self, tenant: &str, hashes: &[Hash]) -> Result<u64, StoreError> {
-        let size = match self {
-            IngestTx::Any(tx) => lock_head(tx, tenant).await?,
-            IngestTx::Pg(tx) => pg_lock_head(tx, tenant).await?,
-        };
+        let size: i64 = on_tx!(self, |conn| {
+            let row =
+                sqlx::query(LOCK_HEAD).bind(tenant).bind(hex(&sha256(b""))).bind(now_micros()).fetch_one(conn).await?;
+            row.try_get(0)?
+        });
+        let size = as_u64(size)?;
         let positions = Frontier::positions(size);
         let stored = match self {
             IngestTx::Any(tx) => nodes(tx, tenant, &positions).await?,
@@ -83,15 +85,13 @@ impl IngestTx {
         // Leaves are the receipts' own hashes, stored with the receipts.
         created.retain(|(level, _, _)| *level > 0);
         match self {
-            IngestTx::Any(tx) => {
-                insert_nodes(tx, tenant, &created).await?;
-                set_head(tx, tenant, frontier.size, &root).await?;
-            }
-            IngestTx::Pg(tx) => {
-                pg_insert_nodes(tx, tenant, &created).await?;
-                pg_set_head(tx, tenant, frontier.size, &root).await?;
-            }
+            IngestTx::Any(tx) => insert_nodes(tx, tenant, &created).await?,
+            IngestTx::Pg(tx) => pg_insert_nodes(tx, tenant, &created).await?,
         }
+        on_tx!(self, |conn| {
+            let q = sqlx::query(SET_HEAD).bind(tenant).bind(as_i64(frontier.size)).bind(hex(&root));
+            q.bind(now_micros()).execute(conn).await?;
+        });
         Ok(size)
     }
 }
@@ -104,18 +104,6 @@ const LOCK_HEAD: &str = "INSERT INTO log_heads (tenant, size, root, updated_at) 
 
 /// Moves the tenant's head.
 const SET_HEAD: &str = "UPDATE log_heads SET size = $2, root = $3, updated_at = $4 WHERE tenant = $1";
-
-async fn lock_head(conn: &mut AnyConnection, tenant: &str) -> Result<u64, StoreError> {
-    let row =
-        sqlx::query(LOCK_HEAD).bind(tenant).bind(hex(&sha256(b""))).bind(now_micros()).fetch_one(&mut *conn).await?;
-    as_u64(row.try_get(0)?)
-}
-
-async fn pg_lock_head(conn: &mut PgConnection, tenant: &str) -> Result<u64, StoreError> {
-    let row =
-        sqlx::query(LOCK_HEAD).bind(tenant).bind(hex(&sha256(b""))).bind(now_micros()).fetch_one(&mut *conn).await?;
-    as_u64(row.try_get(0)?)
-}
 
 /// The placeholder of the `i`-th value (from 1): `$i` on Postgres, `?` on SQLite, which looks each
 /// `$i` up by a linear scan of the statement's names (quadratic over a long value list).
@@ -319,28 +307,6 @@ async fn pg_insert_nodes(conn: &mut PgConnection, tenant: &str, nodes: &[Node]) 
     Ok(())
 }
 
-async fn set_head(conn: &mut AnyConnection, tenant: &str, size: u64, root: &Hash) -> Result<(), StoreError> {
-    sqlx::query(SET_HEAD)
-        .bind(tenant)
-        .bind(as_i64(size))
-        .bind(hex(root))
-        .bind(now_micros())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-async fn pg_set_head(conn: &mut PgConnection, tenant: &str, size: u64, root: &Hash) -> Result<(), StoreError> {
-    sqlx::query(SET_HEAD)
-        .bind(tenant)
-        .bind(as_i64(size))
-        .bind(hex(root))
-        .bind(now_micros())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 impl Store {
     /// `tenant`'s log head; size 0 (and the hash of nothing) for a tenant with no receipts.
     pub async fn log_head(&self, tenant: &str) -> Result<LogHead, StoreError> {
@@ -458,22 +424,13 @@ impl IngestTx {
     async fn set_log_indexes(&mut self, ids: &[&str], first: u64) -> Result<(), StoreError> {
         for (i, id) in ids.iter().enumerate() {
             let index = as_i64(first + i as u64);
-            match self {
-                IngestTx::Any(tx) => {
-                    sqlx::query("UPDATE receipts SET log_index = $1 WHERE id = $2")
-                        .bind(index)
-                        .bind(*id)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                IngestTx::Pg(tx) => {
-                    sqlx::query("UPDATE receipts SET log_index = $1 WHERE id = $2")
-                        .bind(index)
-                        .bind(*id)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
+            on_tx!(self, |conn| {
+                sqlx::query("UPDATE receipts SET log_index = $1 WHERE id = $2")
+                    .bind(index)
+                    .bind(*id)
+                    .execute(conn)
+                    .await?;
+            });
         }
         Ok(())
     }

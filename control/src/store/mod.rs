@@ -14,6 +14,23 @@
 //! statements have a second form, on Postgres, where the native driver binds arrays (`= ANY($1)`,
 //! `UNNEST`) — which sqlx's `Any` driver cannot — for about twice the rows per second.
 
+/// Runs `$body` with `$conn` bound to the open ingest transaction's connection, whichever driver
+/// it is (the SQLite `Any` one or native Postgres): one statement written once for both.
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident| $body:expr) => {
+        match $tx {
+            $crate::store::IngestTx::Any(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+            $crate::store::IngestTx::Pg(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
 mod attestations;
 mod capabilities;
 mod ingest;

@@ -42,53 +42,24 @@ impl IngestTx {
         for (i, (hash, body)) in records.iter().enumerate() {
             let index = i64::try_from(first + i as u64).unwrap_or(i64::MAX);
             let sql = "INSERT INTO log_leaves (tenant, log_index, hash, body) VALUES ($1, $2, $3, $4)";
-            match self {
-                IngestTx::Any(tx) => {
-                    sqlx::query(sql)
-                        .bind(tenant)
-                        .bind(index)
-                        .bind(hex(hash))
-                        .bind(body.as_str())
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                IngestTx::Pg(tx) => {
-                    sqlx::query(sql)
-                        .bind(tenant)
-                        .bind(index)
-                        .bind(hex(hash))
-                        .bind(body.as_str())
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
+            on_tx!(self, |conn| {
+                sqlx::query(sql).bind(tenant).bind(index).bind(hex(hash)).bind(body.as_str()).execute(conn).await?;
+            });
         }
         Ok(())
     }
 
     async fn execute(&mut self, sql: &str, binds: &[&str], at: Option<i64>) -> Result<(), StoreError> {
-        match self {
-            IngestTx::Any(tx) => {
-                let mut q = sqlx::query(sql);
-                if let Some(at) = at {
-                    q = q.bind(at);
-                }
-                for b in binds {
-                    q = q.bind(*b);
-                }
-                q.execute(&mut **tx).await?;
+        on_tx!(self, |conn| {
+            let mut q = sqlx::query(sql);
+            if let Some(at) = at {
+                q = q.bind(at);
             }
-            IngestTx::Pg(tx) => {
-                let mut q = sqlx::query(sql);
-                if let Some(at) = at {
-                    q = q.bind(at);
-                }
-                for b in binds {
-                    q = q.bind(*b);
-                }
-                q.execute(&mut **tx).await?;
+            for b in binds {
+                q = q.bind(*b);
             }
-        }
+            q.execute(conn).await?;
+        });
         Ok(())
     }
 }
