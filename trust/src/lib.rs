@@ -20,6 +20,7 @@ pub mod key;
 pub mod merkle;
 pub mod receipt;
 pub mod replay;
+pub mod scitt;
 pub mod secret;
 pub mod sign;
 pub mod text;
