@@ -62,6 +62,8 @@ fn ca_error(path: &Path, reason: impl ToString) -> C2paError {
 pub struct SigningCa {
     /// The CA certificate, PEM: the trust anchor verifiers configure.
     pub ca_pem: String,
+    /// The CA's public key (an uncompressed P-256 point), base64url.
+    ca_public: String,
     /// The leaf then the CA, PEM.
     chain_pem: String,
     /// The leaf's PKCS#8 private key, PEM.
@@ -129,11 +131,21 @@ impl SigningCa {
             // The CA key is not kept: the leaf is issued once, and a new CA is made if the files
             // are deleted.
             write_private(&key_path, leaf_key.serialize_pem().as_bytes(), 0o600)?;
+            let public = base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                issuer.key().public_key_raw(),
+            );
+            write_private(&dir.join("ca.pub"), public.as_bytes(), 0o644)?;
             write_private(&ca_path, ca_cert.pem().as_bytes(), 0o644)?;
             write_private(&chain_path, format!("{}{}", leaf.pem(), ca_cert.pem()).as_bytes(), 0o644)?;
         }
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| ca_error(p, e));
-        Ok(Self { ca_pem: read(&ca_path)?, chain_pem: read(&chain_path)?, key_pem: read(&key_path)? })
+        Ok(Self {
+            ca_pem: read(&ca_path)?,
+            ca_public: read(&dir.join("ca.pub"))?,
+            chain_pem: read(&chain_path)?,
+            key_pem: read(&key_path)?,
+        })
     }
 
     /// The CA's entry in `GET /v1/keys`.
@@ -142,6 +154,7 @@ impl SigningCa {
             "key_id": format!("c2pa-ca-{}", &hex(&sha256(self.ca_pem.as_bytes()))[..16]),
             "kind": "c2pa-ca",
             "alg": "es256",
+            "public_key": self.ca_public,
             "certificate_pem": self.ca_pem,
         })
     }

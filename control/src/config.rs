@@ -42,6 +42,29 @@ struct FileControl {
     max_batch: Option<usize>,
     /// `[control.retention]`.
     retention: FileRetention,
+    /// `[control.scitt]`.
+    scitt: FileScitt,
+}
+
+/// `[control.scitt]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileScitt {
+    /// Seconds without a receipt after which an open run ends and its statement is emitted
+    /// (`FLEETFORGE_SCITT_IDLE_SECS`; default 900; 0: runs end only when closed).
+    idle_secs: Option<u64>,
+    /// Seconds between the statement worker's passes over idle runs and the outbox (default 5;
+    /// a close wakes it at once).
+    interval_secs: Option<u64>,
+}
+
+/// When runs end on their own and how often the statement worker looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scitt {
+    /// Idle time after which an open run ends; `None`: only `POST /v1/runs/{id}/close` ends runs.
+    pub idle: Option<std::time::Duration>,
+    /// Time between the worker's passes.
+    pub interval: std::time::Duration,
 }
 
 /// `[control.retention]`.
@@ -87,6 +110,8 @@ pub struct ControlConfig {
     pub telemetry: Option<fleetforge_otel::ExportConfig>,
     /// Retention periods (`[control.retention]`).
     pub retention: Retention,
+    /// SCITT statements (`[control.scitt]`).
+    pub scitt: Scitt,
 }
 
 /// Flags that override everything.
@@ -168,7 +193,26 @@ impl ControlConfig {
             seals_days: days("FLEETFORGE_RETENTION_SEALS_DAYS", raw.control.retention.seals_days, "seals_days")?,
             interval: std::time::Duration::from_secs(interval_secs),
         };
+        let idle_secs = match env_nonempty("FLEETFORGE_SCITT_IDLE_SECS") {
+            Some(v) => v.trim().parse().map_err(|_| {
+                ConfigError(format!(
+                    "invalid value for `control.scitt.idle_secs` (environment variable FLEETFORGE_SCITT_IDLE_SECS): {v:?}: expected a whole number of seconds (0: runs end only when closed)"
+                ))
+            })?,
+            None => raw.control.scitt.idle_secs.unwrap_or(900),
+        };
+        let scitt_interval = raw.control.scitt.interval_secs.unwrap_or(5);
+        if scitt_interval == 0 {
+            return Err(ConfigError(
+                "invalid value for `control.scitt.interval_secs`: 0: expected at least 1 second".into(),
+            ));
+        }
+        let scitt = Scitt {
+            idle: (idle_secs > 0).then(|| std::time::Duration::from_secs(idle_secs)),
+            interval: std::time::Duration::from_secs(scitt_interval),
+        };
         Ok(Self {
+            scitt,
             retention,
             home,
             listen,
@@ -225,6 +269,24 @@ mod tests {
         assert_eq!(ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap().listen.port(), 2);
         std::fs::write(&f, "[control]\nlistn = \"127.0.0.1:2\"\n").unwrap();
         assert!(ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap_err().0.contains("listn"));
+    }
+
+    #[test]
+    fn scitt_idle_time_from_env_and_file() {
+        let c = ControlConfig::load(None, &env(&[]), &Flags::default()).unwrap();
+        assert_eq!((c.scitt.idle.map(|d| d.as_secs()), c.scitt.interval.as_secs()), (Some(900), 5));
+        let c = ControlConfig::load(None, &env(&[("FLEETFORGE_SCITT_IDLE_SECS", "0")]), &Flags::default()).unwrap();
+        assert_eq!(c.scitt.idle, None, "0 turns the idle end off");
+        let e =
+            ControlConfig::load(None, &env(&[("FLEETFORGE_SCITT_IDLE_SECS", "soon")]), &Flags::default()).unwrap_err();
+        assert!(e.0.contains("control.scitt.idle_secs") && e.0.contains("soon"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[control.scitt]\nidle_secs = 60\ninterval_secs = 1\n").unwrap();
+        let c = ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap();
+        assert_eq!((c.scitt.idle.map(|d| d.as_secs()), c.scitt.interval.as_secs()), (Some(60), 1));
+        std::fs::write(&f, "[control.scitt]\ninterval_secs = 0\n").unwrap();
+        assert!(ControlConfig::load(Some(&f), &env(&[]), &Flags::default()).unwrap_err().0.contains("interval_secs"));
     }
 
     #[test]

@@ -13,11 +13,13 @@ pub mod aibom;
 pub mod api;
 pub mod attest;
 pub mod auth;
+pub mod c2pa;
 pub mod capability;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod replay;
+pub mod scitt;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -96,6 +98,8 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
         what: "capability root keys".into(),
         source: std::io::Error::other(e.to_string()),
     })?;
+    let c2pa = c2pa::SigningCa::load_or_create(&config.home)
+        .map_err(|e| StartError::Io { what: "C2PA signing CA".into(), source: std::io::Error::other(e.to_string()) })?;
     let tracer = match &config.telemetry {
         Some(otel) => {
             let tracer = fleetforge_otel::Tracer::start(otel.clone())?;
@@ -114,7 +118,10 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
         metrics: Default::default(),
         max_batch: config.max_batch,
         tracer,
+        scitt: Default::default(),
+        c2pa,
     });
+    let statements = scitt::spawn(app.clone(), config.scitt.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let router = api::router(app);
     let task = tokio::spawn(async move {
@@ -127,6 +134,7 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
         if let Some(job) = retention {
             job.abort();
         }
+        statements.abort();
     });
     Ok(Running { addr, backend, stop, task })
 }

@@ -32,9 +32,15 @@ pub struct Metrics {
     /// Blobs offered, by [`SealResult`] (in declaration order).
     seals: [AtomicU64; 3],
     seal_bytes: AtomicU64,
+    statements: AtomicU64,
 }
 
 impl Metrics {
+    /// Counts run statements the outbox worker emitted.
+    pub fn statements(&self, n: u64) {
+        self.statements.fetch_add(n, Relaxed);
+    }
+
     /// Counts a request by route and status.
     pub fn request(&self, route: &str, status: u16) {
         *self.requests.lock().unwrap_or_else(|e| e.into_inner()).entry((route.to_owned(), status)).or_default() += 1;
@@ -95,6 +101,12 @@ impl Metrics {
         writeln!(out, "# HELP fleetforge_control_seal_bytes_total Bytes of sealed blobs stored.")?;
         writeln!(out, "# TYPE fleetforge_control_seal_bytes_total counter")?;
         writeln!(out, "fleetforge_control_seal_bytes_total {}", self.seal_bytes.load(Relaxed))?;
+        writeln!(
+            out,
+            "# HELP fleetforge_control_scitt_outbox_emitted_total Runs whose ending the outbox worker turned into a SCITT statement."
+        )?;
+        writeln!(out, "# TYPE fleetforge_control_scitt_outbox_emitted_total counter")?;
+        writeln!(out, "fleetforge_control_scitt_outbox_emitted_total {}", self.statements.load(Relaxed))?;
         Ok(())
     }
 }

@@ -89,6 +89,17 @@ impl ControlClient {
 
     /// Sends a request; returns the JSON answer.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let bytes = self.send(method, path, body).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// GET of a non-JSON resource (a COSE object): its bytes.
+    pub async fn get_bytes(&self, path: &str) -> Result<Bytes, ClientError> {
+        self.send(Method::GET, path, None).await
+    }
+
+    /// Sends a request; returns the body of a success, or the error control answered.
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Bytes, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = Request::builder().method(method).uri(&url).header(CONTENT_TYPE, "application/json");
         if let Some(token) = &self.token {
@@ -103,12 +114,14 @@ impl ControlClient {
             .map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let message = value["error"]["message"]
             .as_str()
             .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_owned);
         match status {
-            s if s.is_success() => Ok(value),
             s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
                 Err(ClientError::Unauthorized { status: s, message })
             }

@@ -108,9 +108,13 @@ enum Command {
         bundle: Option<std::path::PathBuf>,
     },
     /// Export a run: `aibom` (its AI bill of materials, CycloneDX 1.6 JSON), `vc` (its capability
-    /// as a signed W3C verifiable credential), written to -o FILE or printed; or `bundle`: a
-    /// folder (-o DIR) with its receipts, keys, log head and inclusion proofs, AIBOM and
-    /// credential, which `verify --bundle DIR` checks offline.
+    /// as a signed W3C verifiable credential), written to -o FILE or printed; `c2pa`: a C2PA
+    /// manifest store (-o FILE.c2pa) bound to the run's receipts, written beside it as
+    /// FILE.jsonl; `scitt`: its SCITT
+    /// signed statement (COSE_Sign1) to -o FILE and its COSE receipt to FILE.receipt, or both
+    /// base64 in JSON on stdout; or `bundle`: a
+    /// folder (-o DIR) with its receipts, keys, log head and inclusion proofs, AIBOM, credential
+    /// and SCITT statement, which `verify --bundle DIR` checks offline.
     Export {
         /// The run id.
         run: String,
@@ -508,6 +512,11 @@ enum ExportFormat {
     Aibom,
     /// W3C verifiable credential of the run's capability.
     Vc,
+    /// C2PA manifest store (-o FILE.c2pa) bound to the run's receipt bundle, written beside it
+    /// (FILE.jsonl).
+    C2pa,
+    /// SCITT signed statement (COSE_Sign1) and its COSE receipt.
+    Scitt,
     /// A folder of evidence checkable offline (`verify --bundle`).
     Bundle,
 }
@@ -536,6 +545,44 @@ async fn export(run: &str, format: ExportFormat, output: Option<&std::path::Path
     let path = match format {
         ExportFormat::Aibom => format!("/v1/runs/{run}/export/aibom"),
         ExportFormat::Vc => format!("/v1/runs/{run}/export/vc"),
+        ExportFormat::C2pa => {
+            let sidecar = output.context(
+                "--format c2pa writes a manifest store and the receipts it binds: give it with -o FILE.c2pa",
+            )?;
+            let c = client()?;
+            let keys = c.get("/v1/keys").await.context("fetching control's keys")?;
+            let asset = bundle::receipt_bundle(&show::all_receipts(&c, run).await?);
+            let manifest = bundle::c2pa(&c, run, &asset, &keys).await?;
+            let asset_path = sidecar.with_extension("jsonl");
+            anyhow::ensure!(asset_path != sidecar, "-o {}: name the manifest FILE.c2pa", sidecar.display());
+            std::fs::write(&asset_path, &asset).with_context(|| format!("writing {}", asset_path.display()))?;
+            std::fs::write(sidecar, &manifest).with_context(|| format!("writing {}", sidecar.display()))?;
+            eprintln!(
+                "wrote the C2PA manifest of run {run} to {} and the receipts it binds to {}",
+                sidecar.display(),
+                asset_path.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        ExportFormat::Scitt => {
+            let (statement, receipt) = bundle::scitt(&client()?, run).await?;
+            let id = fleetforge_trust::canonical::hex(&fleetforge_trust::canonical::sha256(&statement));
+            let Some(file) = output else {
+                let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
+                let doc = serde_json::json!({ "id": id, "statement": b64(&statement), "receipt": b64(&receipt) });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(ExitCode::SUCCESS);
+            };
+            let receipt_file = std::path::PathBuf::from(format!("{}.receipt", file.display()));
+            std::fs::write(file, &statement).with_context(|| format!("writing {}", file.display()))?;
+            std::fs::write(&receipt_file, &receipt).with_context(|| format!("writing {}", receipt_file.display()))?;
+            eprintln!(
+                "wrote the SCITT statement of run {run} (sha256 {id}) to {} and its COSE receipt to {}",
+                file.display(),
+                receipt_file.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         ExportFormat::Bundle => {
             let dir = output.context("--format bundle writes a folder: give it with -o DIR")?;
             bundle::export(&client()?, run, dir).await?;

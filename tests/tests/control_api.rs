@@ -158,11 +158,13 @@ fn contract(postgres: bool) {
     assert_eq!(keys["keys"][0]["key_id"], key.id());
     assert_eq!(keys["keys"][0]["public_key"], pk);
     let (_, keys) = c.api("GET", "/v1/keys", &other_admin, None).unwrap();
+    // Proxies read a public key from every entry: each one has one.
+    assert!(keys["keys"].as_array().unwrap().iter().all(|k| k["public_key"].as_str().is_some_and(|p| !p.is_empty())));
     let kinds: Vec<&str> = keys["keys"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["capability-root", "log-signer"],
-        "receipt signers are per tenant; control's capability root (which also signs log heads) is public"
+        ["capability-root", "log-signer", "c2pa-ca"],
+        "receipt signers are per tenant; control's capability root (which also signs log heads) and C2PA CA are public"
     );
 
     // Ingest limits and junk.

@@ -4,7 +4,9 @@
 //! listing the model, the endpoints and what was refused; a document with a required member
 //! removed is refused by the same validator; `--format vc` writes the run's credential;
 //! `--format bundle` writes a folder that `verify --bundle` checks with control stopped, and a
-//! one-byte change to a receipt, a proof or the AIBOM is named.
+//! one-byte change to a receipt, a proof, the AIBOM or the SCITT statement is named;
+//! `--format c2pa` writes a manifest store the C2PA project's reader (c2pa-python) trusts and
+//! binds to the receipts written beside it, and refuses once one byte of them changes.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -80,6 +82,43 @@ async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
     assert_eq!(vc.code, 0, "{}", vc.stderr);
     let credential: Value = serde_json::from_str(&vc.stdout).unwrap();
     assert_eq!(credential["id"], "urn:fleetforge:run:run-bom");
+    // C2PA: the manifest store and the receipts it binds, read by the C2PA project's own reader.
+    let sidecar = dir.path().join("run-bom.c2pa");
+    let out =
+        control.ctl(&home, &["export", "run-bom", "--format", "c2pa", "-o", sidecar.to_str().unwrap()]).await.unwrap();
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let asset = dir.path().join("run-bom.jsonl");
+    let (_, keys) = control.api("GET", "/v1/keys", &control.token, None).unwrap();
+    let ca = keys["keys"].as_array().unwrap().iter().find(|k| k["kind"] == "c2pa-ca").unwrap()["certificate_pem"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ca_file = dir.path().join("c2pa-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let read = |asset: std::path::PathBuf| {
+        let (clients, sidecar, ca_file) = (&clients, sidecar.clone(), ca_file.clone());
+        async move {
+            let args = [sidecar.to_str().unwrap(), asset.to_str().unwrap(), ca_file.to_str().unwrap()];
+            let out = clients.python("c2pa_read.py", &args, &[]).await.unwrap();
+            assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+            serde_json::from_str::<Value>(&out.stdout).unwrap()
+        }
+    };
+    let read_ok = read(asset.clone()).await;
+    assert_eq!(read_ok["state"].as_str().unwrap().to_ascii_lowercase(), "trusted", "{read_ok}");
+    assert_eq!(read_ok["failures"], json!([]), "{read_ok}");
+    let stated = &read_ok["assertion"];
+    assert_eq!((stated["run"].clone(), stated["receipts"].clone()), (json!("run-bom"), json!(3)), "{read_ok}");
+    assert!(stated["log_head"]["size"].as_u64().unwrap() >= 3, "{read_ok}");
+    let bytes = std::fs::read(&asset).unwrap();
+    let mut one_byte = bytes.clone();
+    one_byte[bytes.len() / 2] ^= 0x01;
+    let changed = dir.path().join("run-bom-changed.jsonl");
+    std::fs::write(&changed, one_byte).unwrap();
+    let read_bad = read(changed).await;
+    assert_eq!(read_bad["state"].as_str().unwrap().to_ascii_lowercase(), "invalid", "{read_bad}");
+    assert!(read_bad["failures"].as_array().unwrap().contains(&json!("assertion.dataHash.mismatch")), "{read_bad}");
+
     let missing = control.ctl(&home, &["export", "no-such-run", "--format", "aibom"]).await.unwrap();
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("run no-such-run not found"), "{}", missing.stderr);
@@ -107,6 +146,12 @@ async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
     assert!(out.stdout.contains("3 receipts: hash, batch proof, signature and chain checked"), "{}", out.stdout);
     assert!(out.stdout.contains("3 receipts included under it"), "{}", out.stdout);
     assert!(out.stdout.contains("vc.json: the credential's proof verifies"), "{}", out.stdout);
+    assert!(out.stdout.contains("states these 3 receipts; its COSE receipt proves leaf"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("receipts.c2pa: C2PA manifest trusted, its data hash binds receipts.jsonl"),
+        "{}",
+        out.stdout
+    );
 
     // One changed byte, in three places: each is named.
     let receipts = std::fs::read_to_string(bundle.join("receipts.jsonl")).unwrap();
@@ -119,6 +164,13 @@ async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("FAILED  receipts.jsonl: changed"), "{}", out.stdout);
     assert!(out.stdout.contains(&format!("FAILED  receipt {victim}:")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "FAILED  receipts.c2pa: the c2pa library refuses it against receipts.jsonl: assertion.dataHash.mismatch"
+        ),
+        "{}",
+        out.stdout
+    );
     std::fs::write(bundle.join("receipts.jsonl"), receipts).unwrap();
 
     let proof_file = bundle.join(format!("log/inclusion/{victim}.json"));
@@ -146,5 +198,17 @@ async fn a_run_exports_as_a_valid_cyclonedx_aibom() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("FAILED  aibom.cdx.json: changed"), "{}", out.stdout);
     std::fs::write(bundle.join("aibom.cdx.json"), aibom).unwrap();
+
+    // The SCITT statement: one changed byte of its payload breaks its signature.
+    let statement = std::fs::read(bundle.join("scitt/statement.cose")).unwrap();
+    let mut one_byte = statement.clone();
+    let at = one_byte.windows(7).position(|w| w == b"run-bom").unwrap();
+    one_byte[at] = b'R';
+    std::fs::write(bundle.join("scitt/statement.cose"), one_byte).unwrap();
+    let out = offline(bundle.clone()).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("FAILED  scitt/statement.cose: changed"), "{}", out.stdout);
+    assert!(out.stdout.contains("FAILED  scitt/statement.cose: the signature does not verify"), "{}", out.stdout);
+    std::fs::write(bundle.join("scitt/statement.cose"), statement).unwrap();
     assert_eq!(offline(bundle).await.code, 0, "restored, it verifies again");
 }

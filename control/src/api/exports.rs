@@ -1,5 +1,7 @@
-//! Exports: `GET /v1/runs/{id}/export/vc` (the run's capability as a signed W3C credential) and
-//! `GET /v1/runs/{id}/export/aibom` (its AI bill of materials, CycloneDX 1.6, [`crate::aibom`]).
+//! Exports: `GET /v1/runs/{id}/export/vc` (the run's capability as a signed W3C credential),
+//! `GET /v1/runs/{id}/export/aibom` (its AI bill of materials, CycloneDX 1.6, [`crate::aibom`])
+//! and `GET /v1/runs/{id}/export/c2pa` (a C2PA manifest store for its receipt bundle,
+//! [`crate::c2pa`]).
 
 use std::sync::Arc;
 
@@ -83,6 +85,66 @@ pub(super) async fn export_aibom(
         timestamp: now_seconds(),
         log_head: Some((head.size, fleetforge_trust::canonical::hex(&head.root))),
     })))
+}
+
+/// The run's C2PA manifest store: a `.c2pa` sidecar bound by data hash to the run's receipt
+/// bundle ([`crate::c2pa::receipt_bundle`]), with the FleetForge assertion.
+#[utoipa::path(get, path = "/v1/runs/{id}/export/c2pa", params(("id" = String, Path)),
+    responses((status = 200, content_type = "application/c2pa",
+            description = "JUMBF manifest store, ES256 by a leaf of the C2PA signing CA (`GET /v1/keys`, `kind: c2pa-ca`); a hard data hash (SHA-256, no exclusions) over the receipt bundle — the run's receipts as JSON lines by seq then lane, as `GET /v1/receipts/{id}` serves each — whose SHA-256 is also in `FleetForge-Asset-SHA256`; assertion `com.fleetforge.run`: `{run, tenant, receipts, log_head: {origin, size, root}, policy_packs: [{id, sha256}], capability, asset: {name, sha256}}`"),
+        (status = 404, description = "`not_found`: no such run in the token's tenant")),
+    security(("bearer" = [])))]
+pub(super) async fn export_c2pa(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let p = principal(&app, &headers).await?;
+    let run = run_of(&app, &p, &id).await?;
+    let mut receipts = app.store.chain(&id).await?;
+    let head = app.store.log_head(&run.tenant).await?;
+    let mut packs = std::collections::BTreeSet::new();
+    for r in &receipts {
+        if let Ok(b) = serde_json::from_str::<fleetforge_trust::receipt::ReceiptBody>(&r.body) {
+            packs.extend(b.decision.policy_packs);
+        }
+    }
+    let asset = crate::c2pa::receipt_bundle(&mut receipts);
+    let digest = fleetforge_trust::canonical::hex(&fleetforge_trust::canonical::sha256(&asset));
+    let assertion = json!({
+        "run": id,
+        "tenant": run.tenant,
+        "receipts": receipts.len(),
+        "log_head": {
+            "origin": super::log::origin(&run.tenant),
+            "size": head.size,
+            "root": fleetforge_trust::canonical::hex(&head.root),
+        },
+        "policy_packs": packs.iter().map(|id| json!({
+            "id": id,
+            "sha256": id.rsplit_once("sha256:").map(|(_, d)| d.to_owned()),
+        })).collect::<Vec<_>>(),
+        "capability": run.token_id,
+        "asset": { "name": "receipts.jsonl", "sha256": digest },
+    });
+    let app2 = app.clone();
+    let title = format!("FleetForge run {id}: receipts");
+    let manifest = tokio::task::spawn_blocking(move || crate::c2pa::sign(&app2.c2pa, &asset, &title, &assertion))
+        .await
+        .map_err(|e| ApiError::internal(format!("signing the C2PA manifest failed: {e}")))?
+        .map_err(|e| {
+            tracing::error!(run = %id, error = %e, "signing the C2PA manifest");
+            ApiError::internal("signing the C2PA manifest failed; see control's log")
+        })?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/c2pa".to_owned()),
+            (axum::http::HeaderName::from_static("fleetforge-asset-sha256"), digest),
+        ],
+        manifest,
+    )
+        .into_response())
 }
 
 /// Now, RFC 3339 to the second (`2026-12-07T03:40:11Z`).

@@ -1,5 +1,5 @@
 //! Keys: `PUT /v1/keys/{key_id}` (a proxy registers its receipt signer) and `GET /v1/keys` (receipt
-//! signers and capability root keys).
+//! signers, capability root keys, the log signer and the C2PA signing CA).
 
 use std::sync::Arc;
 
@@ -79,6 +79,8 @@ pub(super) async fn list_keys(State(app): State<Arc<App>>, headers: HeaderMap) -
                 "log_origin": super::log::origin("{tenant}"),
             })
         }))
+        // The trust anchor of C2PA manifests (`GET /v1/runs/{id}/export/c2pa`).
+        .chain(std::iter::once(app.c2pa.listing()))
         .collect();
     Ok(Json(json!({ "keys": keys })))
 }

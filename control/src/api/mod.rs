@@ -22,6 +22,7 @@ mod receipts;
 mod replay;
 mod retention;
 mod runs;
+mod scitt;
 mod seals;
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,10 @@ pub struct App {
     pub roots: crate::capability::KeyRing,
     /// The OpenTelemetry tracer (`None`: no OTLP endpoint configured).
     pub tracer: Option<Arc<fleetforge_otel::Tracer>>,
+    /// Wakes the SCITT statement worker when a run is closed.
+    pub scitt: crate::scitt::Wake,
+    /// The C2PA signing CA and its leaf.
+    pub c2pa: crate::c2pa::SigningCa,
 }
 
 /// What went wrong: the one table from an error's kind to its HTTP status and contract `type`.
@@ -273,9 +278,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         receipts::run_receipts, receipts::one_receipt, receipts::verify_run, receipts::post_receipts,
         seals::put_seal, seals::get_seal, replay::replay_manifest, replay::replay_report,
         keys::put_key, keys::list_keys, capabilities::revoke_capability, capabilities::list_revocations,
-        exports::export_vc, exports::export_aibom, ui::login_link, log::head, log::checkpoint, log::inclusion, log::consistency,
+        exports::export_vc, exports::export_aibom, exports::export_c2pa, ui::login_link, log::head, log::checkpoint, log::inclusion, log::consistency,
         attestations::put_attestation, attestations::get_attestation, attestations::run_attestations,
-        retention::hold, retention::release),
+        retention::hold, retention::release, scitt::close, scitt::run_statements, scitt::register,
+        scitt::get_statement, scitt::get_receipt, scitt::export_scitt),
     components(schemas(runs::CreateRun, runs::IssueToken, runs::Budget, runs::CreatedRun, runs::RunView,
         receipts::VerifyReport, receipts::Problem, keys::PutKey, ReceiptBatch, IngestResponse, ingest::ItemResult,
         ingest::ItemStatus, RevocationPage, Lease, LeaseRequest, Slice, Held, log::SignedHead, log::InclusionProof,
@@ -366,12 +372,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/attestations/{id}", put(attestations::put_attestation).get(attestations::get_attestation))
         .route("/v1/runs/{id}/attestations", get(attestations::run_attestations))
         .route("/v1/runs/{id}/hold", post(retention::hold).delete(retention::release))
+        .route("/v1/runs/{id}/close", post(scitt::close))
+        .route("/v1/runs/{id}/scitt", get(scitt::run_statements))
+        .route("/v1/scitt/statements", post(scitt::register))
+        .route("/v1/scitt/statements/{id}", get(scitt::get_statement))
+        .route("/v1/scitt/receipts/{id}", get(scitt::get_receipt))
         .route("/v1/keys", get(keys::list_keys))
         .route("/v1/keys/{key_id}", put(keys::put_key))
         .route("/v1/capabilities/revoke", post(capabilities::revoke_capability))
         .route("/v1/revocations", get(capabilities::list_revocations))
         .route("/v1/runs/{id}/export/vc", get(exports::export_vc))
         .route("/v1/runs/{id}/export/aibom", get(exports::export_aibom))
+        .route("/v1/runs/{id}/export/scitt", get(scitt::export_scitt))
+        .route("/v1/runs/{id}/export/c2pa", get(exports::export_c2pa))
         .route("/v1/ui/login-links", post(ui::login_link))
         .route("/", get(ui::runs_page))
         .route("/runs/{id}", get(ui::run_page))

@@ -172,6 +172,12 @@ pub struct RunView {
     token_id: Option<String>,
     /// When the token was revoked.
     revoked_at: Option<String>,
+    /// When the run ended: closed (`POST /v1/runs/{id}/close`) or idle past
+    /// `control.scitt.idle_secs`; its SCITT statement is emitted then. A receipt arriving later
+    /// opens it again.
+    closed_at: Option<String>,
+    /// Why it ended: `closed` or `idle`.
+    close_reason: Option<String>,
     /// The budget the run's token carries against what its stored receipts used (calls in
     /// flight on proxies are not counted until their receipts arrive).
     #[schema(value_type = Object)]
@@ -229,6 +235,8 @@ pub(super) fn view(r: RunRow) -> RunView {
         expires_at: r.expires_at.map(|s| rfc3339(s.saturating_mul(1_000_000))),
         token_id: r.token_id,
         revoked_at: r.revoked_at.map(rfc3339),
+        closed_at: r.closed_at.map(rfc3339),
+        close_reason: r.close_reason,
         rejected: r.rejected,
         id: r.id,
         tenant: r.tenant,

@@ -30,6 +30,9 @@ const ACME: &str = "fft_test_acme_reader";
 /// Control on an ephemeral port over a test database.
 struct Control {
     base: String,
+    app: Arc<App>,
+    /// The SCITT statement worker, stopped with the test.
+    worker: tokio::task::JoinHandle<()>,
     client: Client<HttpConnector, Full<Bytes>>,
     server: tokio::task::JoinHandle<()>,
     _home: tempfile::TempDir,
@@ -59,18 +62,34 @@ async fn start(store: &Store) -> Control {
         max_batch: 1000,
         roots: KeyRing::load_or_create(home.path()).unwrap(),
         tracer: None,
+        scitt: Default::default(),
+        c2pa: crate::c2pa::SigningCa::load_or_create(home.path()).unwrap(),
     });
+    let worker = crate::scitt::spawn(
+        app.clone(),
+        crate::config::Scitt { idle: None, interval: std::time::Duration::from_secs(1) },
+    );
     store.insert_token("acme-reader", &token_hash(ACME), "reader", "acme", "test").await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let served = app.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router(app)).await.unwrap();
+        axum::serve(listener, router(served)).await.unwrap();
     });
     Control {
         base: format!("http://{addr}"),
+        app,
+        worker,
         client: Client::builder(TokioExecutor::new()).build_http(),
         server,
         _home: home,
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.worker.abort();
+        self.server.abort();
     }
 }
 
@@ -645,4 +664,167 @@ async fn retention_and_holds_sqlite() {
 #[tokio::test]
 async fn retention_and_holds_postgres() {
     retention_and_holds(true).await;
+}
+
+/// SCITT on both databases: closing a run emits one signed statement through the outbox (and
+/// closing again emits none); the statement verifies with its did:key issuer and states the run's
+/// receipts; its COSE receipt proves it under the log head; a receipt arriving later opens the run
+/// again and a requested statement covers it; external statements are registered once and
+/// malformed ones refused naming the problem; four workers draining one outbox at once emit
+/// each run's statement once.
+async fn scitt_statements(postgres: bool) {
+    use fleetforge_trust::merkle::Tree;
+    use fleetforge_trust::scitt;
+
+    let db: Db = db(postgres).await;
+    let store = &db.store;
+    let c = start(store).await;
+    let (key, _) = SigningKey::generate().unwrap();
+    register(store, &key, "default").await;
+    let bodies = (1..=3).map(|i| call("run-s", i, &format!("2026-12-07T00:00:0{i}Z"), "/v1/chat/completions"));
+    let (first, prev) = sign_chain(&key, bodies.collect(), 0, &genesis_hex("run-s", key.id()));
+    c.ingest(first.clone()).await;
+    let root_key = c.get("/v1/keys", ADMIN).await.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "log-signer")
+        .map(|k| {
+            (
+                k["key_id"].as_str().unwrap().to_owned(),
+                URL_SAFE_NO_PAD.decode(k["public_key"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .unwrap();
+
+    let close = |token: &'static str| {
+        let c = &c;
+        async move { c.call("POST", "/v1/runs/run-s/close", token, None).await }
+    };
+    assert_eq!(close(ACME).await.status, 403, "a reader closes nothing");
+    let closed = close(ADMIN).await.json();
+    assert_eq!((closed["ended_now"].clone(), closed["reason"].clone()), (json!(true), json!("closed")), "{closed}");
+    assert_eq!(close(ADMIN).await.json()["ended_now"], false, "closing is idempotent");
+    let mut list = Vec::new();
+    for _ in 0..100 {
+        list = c.get("/v1/runs/run-s/scitt", ADMIN).await.json()["statements"].as_array().unwrap().clone();
+        if !list.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(list.len(), 1, "{list:?}");
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let got = c.get(&format!("/v1/scitt/statements/{id}"), ADMIN).await;
+    assert_eq!(got.content_type, "application/cose");
+    let statement = scitt::parse_statement(&got.body).unwrap();
+    assert_eq!(hex(&statement.id), id);
+    assert_eq!((statement.claims.sub.as_str(), statement.kid.as_deref()), ("run:run-s", Some(root_key.0.as_str())));
+    let issuer = fleetforge_trust::vc::resolve_did_key(&statement.claims.iss).unwrap();
+    assert_eq!(issuer.to_vec(), root_key.1, "the did:key is control's key");
+    statement.verify_ed25519(&issuer).unwrap();
+    let payload: Value = serde_json::from_slice(statement.payload.as_deref().unwrap()).unwrap();
+    let hashes: Vec<_> = first.iter().map(|r| fleetforge_trust::verify::prove(r).unwrap().hash).collect();
+    assert_eq!(payload["receipts"], 3);
+    assert_eq!(payload["receipts_root"], hex(&Tree::new(&hashes).root()));
+    assert_eq!((payload["reason"].clone(), payload["log"]["size"].clone()), (json!("closed"), json!(3)));
+    let receipt = c.get(&format!("/v1/scitt/receipts/{id}"), ADMIN).await;
+    let v =
+        scitt::verify_receipt(&receipt.body, &got.body, |kid| (kid == root_key.0).then(|| root_key.1.clone())).unwrap();
+    let head = c.get("/v1/log/default/head", ADMIN).await.json();
+    assert_eq!((v.proof.index, v.proof.size), (3, 4), "the statement is the log's fourth leaf");
+    assert_eq!(hex(&v.root), head["root"].as_str().unwrap());
+    assert_eq!(c.get(&format!("/v1/scitt/receipts/{id}"), ACME).await.status, 404, "another tenant's");
+
+    // A later receipt opens the run again; a requested statement covers it, once.
+    let more = vec![call("run-s", 4, "2026-12-07T00:00:04Z", "/v1/chat/completions")];
+    let (second, _) = sign_chain(&key, more, 3, &prev);
+    c.ingest(second).await;
+    assert_eq!(c.get("/v1/runs/run-s", ADMIN).await.json()["closed_at"], Value::Null, "open again");
+    let ask = |body: &'static [u8]| {
+        let c = &c;
+        async move { c.call("POST", "/v1/scitt/statements", ADMIN, Some(("application/json", body.to_vec()))).await }
+    };
+    let issued = ask(br#"{"run":"run-s"}"#).await;
+    assert_eq!(issued.status, 201, "{:?}", issued.json());
+    assert_eq!(issued.json()["receipts"], 4);
+    let again = ask(br#"{"run":"run-s"}"#).await;
+    assert_eq!((again.status, again.json()["id"].clone()), (200, issued.json()["id"].clone()), "nothing new to state");
+    let exported = c.get("/v1/runs/run-s/export/scitt", ACME).await;
+    assert_eq!(exported.status, 404, "another tenant's run");
+    let exported = c.get("/v1/runs/run-s/export/scitt", ADMIN).await;
+    assert_eq!((exported.status, exported.content_type.as_str()), (200, "application/cose"));
+    assert_eq!(json!(hex(&sha256(&exported.body))), issued.json()["id"], "the newest statement, not a new one");
+    let one = first[0]["id"].as_str().unwrap();
+    let body = format!("{{\"receipt\":\"{one}\"}}");
+    let r = c.call("POST", "/v1/scitt/statements", ADMIN, Some(("application/json", body.into_bytes()))).await;
+    assert_eq!((r.status, r.json()["kind"].clone()), (201, json!("receipt")), "{:?}", r.json());
+    assert_eq!(ask(br#"{"run":"x","receipt":"y"}"#).await.status, 400);
+    assert_eq!(ask(br#"{"run":"no-such-run"}"#).await.status, 404);
+
+    // External statements.
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let did = fleetforge_trust::vc::did_key(
+        &<[u8; 32]>::try_from(ring::signature::KeyPair::public_key(&pair).as_ref()).unwrap(),
+    );
+    let claims = scitt::Claims { iss: did.clone(), sub: "model:gpt-4o".into(), iat: None };
+    let external = scitt::sign_statement(b"{\"eval\":\"passed\"}", "application/json", &claims, "ext", &pair);
+    let post = |bytes: Vec<u8>, token: &'static str, media: &'static str| {
+        let c = &c;
+        async move { c.call("POST", "/v1/scitt/statements", token, Some((media, bytes))).await }
+    };
+    let reg = post(external.clone(), ADMIN, "application/cose").await;
+    assert_eq!(reg.status, 201, "{:?}", reg.json());
+    assert_eq!((reg.json()["issuer"].clone(), reg.json()["issuer_verified"].clone()), (json!(did), json!(true)));
+    assert_eq!(post(external.clone(), ADMIN, "application/cose").await.status, 200, "registered once");
+    assert_eq!(post(external.clone(), ACME, "application/cose").await.status, 403, "readers register nothing");
+    assert_eq!(post(external.clone(), ADMIN, "text/plain").await.status, 415);
+    let mut forged = external.clone();
+    let at = forged.windows(6).position(|w| w == b"passed").unwrap();
+    forged[at] = b'P';
+    let refused = post(forged, ADMIN, "application/cose").await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.json()["error"]["message"].as_str().unwrap().contains("does not verify"), "{:?}", refused.json());
+    let junk = post(b"\xa1\x01\x02".to_vec(), ADMIN, "application/cose").await;
+    assert_eq!(junk.status, 400);
+    assert!(junk.json()["error"]["message"].as_str().unwrap().contains("not a COSE_Sign1"), "{:?}", junk.json());
+
+    // Four workers on one outbox: each run's statement once.
+    for i in 0..24 {
+        assert!(store.create_run(&format!("run-o{i}"), "default", "{}", "{}", "").await.unwrap());
+        assert!(store.end_run(&format!("run-o{i}"), "closed").await.unwrap());
+    }
+    let app = c.app.clone();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { while crate::scitt::drain_once(&app).await.unwrap() > 0 {} })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    for _ in 0..100 {
+        if store.outbox_pending().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.outbox_pending().await.unwrap(), 0);
+    for i in 0..24 {
+        assert_eq!(store.statements_of_run(&format!("run-o{i}")).await.unwrap().len(), 1, "run-o{i}");
+    }
+    c.server.abort();
+    db.drop_pg().await;
+}
+
+#[tokio::test]
+async fn scitt_statements_sqlite() {
+    scitt_statements(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scitt_statements_postgres() {
+    scitt_statements(true).await;
 }

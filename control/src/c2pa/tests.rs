@@ -41,5 +41,9 @@ fn the_ca_is_kept_and_its_key_files_are_private() {
     );
     assert_eq!(mode & 0o777, 0o600);
     assert!(!home.path().join("c2pa/ca.key").exists(), "the CA key is not kept");
-    assert_eq!(first.listing()["kind"], "c2pa-ca");
+    let listing = first.listing();
+    assert_eq!(listing["kind"], "c2pa-ca");
+    // Every GET /v1/keys entry carries a public key, which proxies read from each entry.
+    let public = listing["public_key"].as_str().unwrap();
+    assert_eq!(base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, public).unwrap().len(), 65);
 }

@@ -155,6 +155,15 @@ impl IngestTx {
         }
         Ok(())
     }
+
+    /// Rolls the transaction back (dropping it does too, less promptly).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            IngestTx::Any(tx) => tx.rollback().await?,
+            IngestTx::Pg(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
 }
 
 impl Store {
@@ -397,7 +406,9 @@ pub async fn bump_runs(conn: &mut AnyConnection, deltas: &[(&str, RunDelta)]) ->
              output_tokens = runs.output_tokens + v.column4, cost_micro_usd = runs.cost_micro_usd + v.column5, \
              rejected = runs.rejected + v.column6, \
              last_activity = CASE WHEN runs.last_activity IS NULL OR runs.last_activity < v.column7 \
-             THEN v.column7 ELSE runs.last_activity END \
+             THEN v.column7 ELSE runs.last_activity END, \
+             closed_at = CASE WHEN v.column2 > 0 THEN NULL ELSE runs.closed_at END, \
+             close_reason = CASE WHEN v.column2 > 0 THEN NULL ELSE runs.close_reason END \
              FROM (VALUES {}) AS v WHERE runs.id = v.column1",
             tuples(conn, chunk.len(), 7)
         );

@@ -41,6 +41,7 @@ mod pg;
 mod receipts;
 mod retention;
 mod runs;
+mod scitt;
 mod seals;
 mod sessions;
 #[cfg(test)]
@@ -62,6 +63,7 @@ pub use self::leases::{Granted, LeaseRow};
 pub use self::log::{LogEntry, LogHead};
 pub use self::receipts::StoredReceipt;
 pub use self::runs::RunRow;
+pub use self::scitt::{ChainLink, NewStatement, OutboxItem, StatementRow};
 pub use self::seals::SealRow;
 pub use self::tokens::TokenRow;
 

@@ -139,7 +139,9 @@ pub async fn bump_runs(conn: &mut PgConnection, deltas: &[(&str, RunDelta)]) -> 
         "UPDATE runs SET calls = runs.calls + v.calls, input_tokens = runs.input_tokens + v.input_tokens, \
          output_tokens = runs.output_tokens + v.output_tokens, cost_micro_usd = runs.cost_micro_usd + v.cost, \
          rejected = runs.rejected + v.rejected, \
-         last_activity = GREATEST(COALESCE(runs.last_activity, v.last_activity), v.last_activity) \
+         last_activity = GREATEST(COALESCE(runs.last_activity, v.last_activity), v.last_activity), \
+         closed_at = CASE WHEN v.calls > 0 THEN NULL ELSE runs.closed_at END, \
+         close_reason = CASE WHEN v.calls > 0 THEN NULL ELSE runs.close_reason END \
          FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) \
          AS v(id, calls, input_tokens, output_tokens, cost, rejected, last_activity) WHERE runs.id = v.id",
     )

@@ -9,6 +9,8 @@ use super::{Store, StoreError};
 pub struct StoredReceipt {
     /// Receipt id.
     pub id: String,
+    /// Its run.
+    pub run_id: String,
     /// Lane.
     pub lane: String,
     /// Seq.
@@ -47,7 +49,7 @@ impl Store {
     /// never part of a seq (several lanes can share one), so `after = last seq` pages correctly.
     pub async fn receipts(&self, run: &str, after: i64, limit: i64) -> Result<Vec<StoredReceipt>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 AND seq > $2 ORDER BY seq, lane LIMIT $3",
+            "SELECT id, run_id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 AND seq > $2 ORDER BY seq, lane LIMIT $3",
         )
         .bind(run)
         .bind(after)
@@ -61,7 +63,7 @@ impl Store {
             // The page may have cut a seq short: take that seq whole.
             page.retain(|r| r.seq != last);
             let rest = sqlx::query(
-                "SELECT id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 AND seq = $2 ORDER BY lane",
+                "SELECT id, run_id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 AND seq = $2 ORDER BY lane",
             )
             .bind(run)
             .bind(last)
@@ -76,7 +78,7 @@ impl Store {
 
     /// Every receipt of a run, in (lane, seq) order, for verification.
     pub async fn chain(&self, run: &str) -> Result<Vec<StoredReceipt>, StoreError> {
-        let rows = sqlx::query("SELECT id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 ORDER BY lane, seq")
+        let rows = sqlx::query("SELECT id, run_id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE run_id = $1 ORDER BY lane, seq")
             .bind(run)
             .fetch_all(&self.pool)
             .await?;
@@ -85,11 +87,12 @@ impl Store {
 
     /// One receipt.
     pub async fn receipt(&self, id: &str) -> Result<Option<StoredReceipt>, StoreError> {
-        let row =
-            sqlx::query("SELECT id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT id, run_id, lane, seq, tenant, body, hash, prev_hash, pruned_at FROM receipts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(stored).transpose()
     }
 }
@@ -97,6 +100,7 @@ impl Store {
 fn stored(r: &sqlx::any::AnyRow) -> Result<StoredReceipt, StoreError> {
     Ok(StoredReceipt {
         id: r.try_get("id")?,
+        run_id: r.try_get("run_id")?,
         lane: r.try_get("lane")?,
         seq: r.try_get("seq")?,
         tenant: r.try_get("tenant")?,

@@ -46,6 +46,10 @@ pub struct RunRow {
     pub token_id: Option<String>,
     /// When the run's token was revoked, unix µs.
     pub revoked_at: Option<i64>,
+    /// When the run ended (closed, or idle past `control.scitt.idle_secs`), unix µs; `None` while open.
+    pub closed_at: Option<i64>,
+    /// Why it ended: `closed` or `idle`.
+    pub close_reason: Option<String>,
 }
 
 fn run_row(row: &sqlx::any::AnyRow) -> Result<RunRow, sqlx::Error> {
@@ -69,11 +73,14 @@ fn run_row(row: &sqlx::any::AnyRow) -> Result<RunRow, sqlx::Error> {
         expires_at: row.try_get("expires_at")?,
         token_id: row.try_get("token_id")?,
         revoked_at: row.try_get("revoked_at")?,
+        closed_at: row.try_get("closed_at")?,
+        close_reason: row.try_get("close_reason")?,
     })
 }
 
 const RUN_COLUMNS: &str = "id, tenant, labels, budget, created_at, last_activity, calls, input_tokens, output_tokens, \
-     cost_micro_usd, rejected, verified_at, verify_ok, verify_checked, agent, grants, expires_at, token_id, revoked_at";
+     cost_micro_usd, rejected, verified_at, verify_ok, verify_checked, agent, grants, expires_at, token_id, revoked_at, \
+     closed_at, close_reason";
 
 impl Store {
     /// Creates a run; `false` when a run with this id exists already (nothing is changed).

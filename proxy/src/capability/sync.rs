@@ -40,6 +40,8 @@ struct Key {
     kind: String,
     #[serde(default)]
     root_key_id: Option<u32>,
+    /// Absent from entries that are certificates (`kind: c2pa-ca`); only capability roots are read.
+    #[serde(default)]
     public_key: String,
 }
 
