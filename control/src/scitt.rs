@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::api::App;
+use crate::capability::KeyRing;
 use crate::config;
-use crate::store::{IngestTx, NewStatement, StatementRow, StoreError, now_micros};
+use crate::store::{IngestTx, NewStatement, StatementRow, Store, StoreError, log_origin, now_micros};
 
 /// Outbox rows claimed per transaction.
 const CLAIM: i64 = 16;
@@ -44,6 +44,18 @@ pub enum IssueError {
     Refused(String),
 }
 
+/// What issuing statements and the worker need of the running service (the API's state).
+pub trait Service: Send + Sync + 'static {
+    /// The database.
+    fn store(&self) -> &Store;
+    /// The capability root keys; the newest signs statements.
+    fn roots(&self) -> &KeyRing;
+    /// The worker's wake-up.
+    fn wake(&self) -> &Wake;
+    /// Counts statements the worker emitted.
+    fn emitted(&self, n: u64);
+}
+
 /// Wakes the statement worker (a run was closed).
 #[derive(Debug, Default)]
 pub struct Wake(Notify);
@@ -62,8 +74,8 @@ struct Signer {
     iss: String,
 }
 
-fn signer(app: &App) -> Result<Signer, IssueError> {
-    let root = app.roots.newest().ok_or(IssueError::NoKey)?;
+fn signer(roots: &KeyRing) -> Result<Signer, IssueError> {
+    let root = roots.newest().ok_or(IssueError::NoKey)?;
     let pair = root.ring().ok_or(IssueError::NoKey)?;
     Ok(Signer { pair, kid: root.key_id(), iss: fleetforge_trust::vc::did_key(&root.public_array()) })
 }
@@ -102,7 +114,7 @@ async fn register(tx: &mut IngestTx, s: &NewStatement<'_>) -> Result<StatementRo
 /// one already covers the same receipts: then that one. `reason` is why it is issued (`closed`,
 /// `idle` or `requested`).
 pub async fn issue_run(
-    app: &App,
+    app: &impl Service,
     tx: &mut IngestTx,
     tenant: &str,
     run: &str,
@@ -141,33 +153,45 @@ pub async fn issue_run(
         "receipts": chain.len(),
         "receipts_root": root,
         "lanes": lanes,
-        "log": { "origin": crate::api::log::origin(tenant), "size": size, "root": log_root },
+        "log": { "origin": log_origin(tenant), "size": size, "root": log_root },
     }))?;
-    let s = signer(app)?;
-    let claims = Claims { iss: s.iss.clone(), sub: subject.clone(), iat: Some(now_secs()) };
-    let cose = scitt::sign_statement(&payload, RUN_CONTENT_TYPE, &claims, &s.kid, &s.pair);
-    let row = register(
-        tx,
-        &NewStatement {
-            id: sha256(&cose),
-            tenant,
-            kind: "run",
-            subject: &subject,
-            run_id: Some(run),
-            issuer: &s.iss,
-            content_type: Some(RUN_CONTENT_TYPE),
-            receipts: Some(i64::try_from(chain.len()).unwrap_or(i64::MAX)),
-            cose: &cose,
-        },
-    )
-    .await?;
+    let receipts = i64::try_from(chain.len()).unwrap_or(i64::MAX);
+    let row =
+        sign_and_register(app, tx, tenant, ("run", &subject), run, (RUN_CONTENT_TYPE, &payload), receipts).await?;
     Ok((row, true))
+}
+
+/// Signs `payload` as a statement of `kind` about `subject` (run `run`) and registers it.
+async fn sign_and_register(
+    app: &impl Service,
+    tx: &mut IngestTx,
+    tenant: &str,
+    (kind, subject): (&str, &str),
+    run: &str,
+    (content_type, payload): (&str, &[u8]),
+    receipts: i64,
+) -> Result<StatementRow, IssueError> {
+    let s = signer(app.roots())?;
+    let claims = Claims { iss: s.iss.clone(), sub: subject.to_owned(), iat: Some(now_secs()) };
+    let cose = scitt::sign_statement(payload, content_type, &claims, &s.kid, &s.pair);
+    let statement = NewStatement {
+        id: sha256(&cose),
+        tenant,
+        kind,
+        subject,
+        run_id: Some(run),
+        issuer: &s.iss,
+        content_type: Some(content_type),
+        receipts: Some(receipts),
+        cose: &cose,
+    };
+    register(tx, &statement).await
 }
 
 /// Issues and registers the statement of one receipt (its stored JSON as the payload), unless
 /// one exists: then that one.
 pub async fn issue_receipt(
-    app: &App,
+    app: &impl Service,
     tx: &mut IngestTx,
     tenant: &str,
     run: &str,
@@ -178,24 +202,9 @@ pub async fn issue_receipt(
     if let Some(last) = tx.latest_statement("receipt", &subject).await? {
         return Ok((last, false));
     }
-    let s = signer(app)?;
-    let claims = Claims { iss: s.iss.clone(), sub: subject.clone(), iat: Some(now_secs()) };
-    let cose = scitt::sign_statement(body.as_bytes(), RECEIPT_CONTENT_TYPE, &claims, &s.kid, &s.pair);
-    let row = register(
-        tx,
-        &NewStatement {
-            id: sha256(&cose),
-            tenant,
-            kind: "receipt",
-            subject: &subject,
-            run_id: Some(run),
-            issuer: &s.iss,
-            content_type: Some(RECEIPT_CONTENT_TYPE),
-            receipts: Some(1),
-            cose: &cose,
-        },
-    )
-    .await?;
+    let row =
+        sign_and_register(app, tx, tenant, ("receipt", &subject), run, (RECEIPT_CONTENT_TYPE, body.as_bytes()), 1)
+            .await?;
     Ok((row, true))
 }
 
@@ -230,8 +239,8 @@ pub async fn register_external(
 
 /// Emits the statements of up to [`CLAIM`] outbox rows in one transaction; how many rows it
 /// finished.
-pub async fn drain_once(app: &App) -> Result<usize, IssueError> {
-    let (mut tx, items) = app.store.claim_outbox(CLAIM).await?;
+pub async fn drain_once(app: &impl Service) -> Result<usize, IssueError> {
+    let (mut tx, items) = app.store().claim_outbox(CLAIM).await?;
     if items.is_empty() {
         tx.rollback().await?;
         return Ok(0);
@@ -246,15 +255,15 @@ pub async fn drain_once(app: &App) -> Result<usize, IssueError> {
 
 /// The statement worker: every `interval` (or when woken), ends runs idle past `idle` and emits
 /// the statements of the outbox.
-pub fn spawn(app: Arc<App>, cfg: config::Scitt) -> JoinHandle<()> {
+pub fn spawn<S: Service>(app: Arc<S>, cfg: config::Scitt) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             if let Some(idle) = cfg.idle {
                 let before = now_micros() - i64::try_from(idle.as_micros()).unwrap_or(i64::MAX);
-                match app.store.idle_runs(before, IDLE_BATCH).await {
+                match app.store().idle_runs(before, IDLE_BATCH).await {
                     Ok(runs) => {
                         for run in runs {
-                            match app.store.end_run(&run, "idle").await {
+                            match app.store().end_run(&run, "idle").await {
                                 Ok(true) => tracing::info!(run = %run, "run ended: idle past control.scitt.idle_secs"),
                                 Ok(false) => {}
                                 Err(e) => {
@@ -267,10 +276,10 @@ pub fn spawn(app: Arc<App>, cfg: config::Scitt) -> JoinHandle<()> {
                 }
             }
             loop {
-                match drain_once(&app).await {
+                match drain_once(&*app).await {
                     Ok(0) => break,
                     Ok(n) => {
-                        app.metrics.statements(n as u64);
+                        app.emitted(n as u64);
                         tracing::debug!(statements = n, "SCITT statements emitted");
                     }
                     Err(e) => {
@@ -280,7 +289,7 @@ pub fn spawn(app: Arc<App>, cfg: config::Scitt) -> JoinHandle<()> {
                 }
             }
             tokio::select! {
-                () = app.scitt.0.notified() => {}
+                () = app.wake().0.notified() => {}
                 () = tokio::time::sleep(cfg.interval) => {}
             }
         }

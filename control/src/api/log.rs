@@ -25,7 +25,7 @@ use crate::store::LogHead;
 
 /// The log origin (and note key name) of `tenant`.
 pub fn origin(tenant: &str) -> String {
-    format!("fleetforge/log/{tenant}")
+    crate::store::log_origin(tenant)
 }
 
 /// A signed tree head.

@@ -26,6 +26,24 @@ use crate::store::StatementRow;
 /// The media type of COSE objects (RFC 9052).
 const COSE: &str = "application/cose";
 
+impl crate::scitt::Service for App {
+    fn store(&self) -> &crate::store::Store {
+        &self.store
+    }
+
+    fn roots(&self) -> &crate::capability::KeyRing {
+        &self.roots
+    }
+
+    fn wake(&self) -> &crate::scitt::Wake {
+        &self.scitt
+    }
+
+    fn emitted(&self, n: u64) {
+        self.metrics.statements(n);
+    }
+}
+
 impl From<IssueError> for ApiError {
     fn from(e: IssueError) -> Self {
         match e {
@@ -185,7 +203,7 @@ pub(super) async fn register(
         (Some(run), None) => {
             let run = run_of(&app, &p, &run).await?;
             let mut tx = app.store.begin_ingest().await?;
-            let out = crate::scitt::issue_run(&app, &mut tx, &run.tenant, &run.id, "requested").await?;
+            let out = crate::scitt::issue_run(&*app, &mut tx, &run.tenant, &run.id, "requested").await?;
             tx.commit().await?;
             out
         }
@@ -202,7 +220,7 @@ pub(super) async fn register(
             }
             let mut tx = app.store.begin_ingest().await?;
             let out =
-                crate::scitt::issue_receipt(&app, &mut tx, &stored.tenant, &stored.run_id, &receipt, &stored.body)
+                crate::scitt::issue_receipt(&*app, &mut tx, &stored.tenant, &stored.run_id, &receipt, &stored.body)
                     .await?;
             tx.commit().await?;
             out
@@ -233,7 +251,7 @@ pub(super) async fn export_scitt(
     let p = principal(&app, &headers).await?;
     let run = run_of(&app, &p, &id).await?;
     let mut tx = app.store.begin_ingest().await?;
-    let (row, _) = crate::scitt::issue_run(&app, &mut tx, &run.tenant, &run.id, "requested").await?;
+    let (row, _) = crate::scitt::issue_run(&*app, &mut tx, &run.tenant, &run.id, "requested").await?;
     tx.commit().await?;
     Ok((
         [(header::CONTENT_TYPE, COSE.to_owned()), (header::HeaderName::from_static("fleetforge-statement-id"), row.id)],

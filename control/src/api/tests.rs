@@ -799,7 +799,7 @@ async fn scitt_statements(postgres: bool) {
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let app = app.clone();
-            tokio::spawn(async move { while crate::scitt::drain_once(&app).await.unwrap() > 0 {} })
+            tokio::spawn(async move { while crate::scitt::drain_once(&*app).await.unwrap() > 0 {} })
         })
         .collect();
     for w in workers {

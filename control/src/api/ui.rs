@@ -262,10 +262,12 @@ pub(super) async fn run_page(State(app): State<Arc<App>>, headers: HeaderMap, Pa
          <li><a href=\"/v1/runs/{enc}/replay-manifest\">replay manifest (signed)</a></li>\
          <li><a href=\"/v1/runs/{enc}/export/vc\">export: verifiable credential</a></li>\
          <li><a href=\"/v1/runs/{enc}/export/aibom\">export: AI bill of materials (CycloneDX 1.6)</a></li>\
+         <li><a href=\"/v1/runs/{enc}/export/c2pa\">export: C2PA manifest of the receipts (.c2pa; <code>fleetforge-ctl export {} --format c2pa -o FILE.c2pa</code> writes the receipts beside it)</a></li>\
          <li><a href=\"/v1/runs/{enc}/scitt\">SCITT signed statements (each with its COSE receipt)</a></li>\
          <li><a href=\"/v1/runs/{enc}/attestations\">attestations</a></li></ul>\
          <p class=\"meta\">Everything above in one folder, checkable offline: <code>fleetforge-ctl export {} --format bundle -o DIR</code>, \
          then <code>fleetforge-ctl verify --bundle DIR</code>.</p>",
+        esc(&id),
         esc(&id)
     );
     page(StatusCode::OK, &format!("Run {id}"), &body)

@@ -23,6 +23,11 @@ const POSITIONS_PER_STATEMENT: usize = 100;
 /// Most node rows in one portable INSERT (four values each).
 const NODES_PER_STATEMENT: usize = 250;
 
+/// The origin (and signed-note key name) of `tenant`'s log: `fleetforge/log/{tenant}`.
+pub fn log_origin(tenant: &str) -> String {
+    format!("fleetforge/log/{tenant}")
+}
+
 /// A tenant's log head as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogHead {

@@ -60,7 +60,7 @@ pub use self::ingest::{
 };
 pub use self::keys::KeyRow;
 pub use self::leases::{Granted, LeaseRow};
-pub use self::log::{LogEntry, LogHead};
+pub use self::log::{LogEntry, LogHead, log_origin};
 pub use self::receipts::StoredReceipt;
 pub use self::runs::RunRow;
 pub use self::scitt::{ChainLink, NewStatement, OutboxItem, StatementRow};

@@ -182,45 +182,29 @@ impl Store {
     /// On Postgres rows another transaction holds are skipped (`FOR UPDATE SKIP LOCKED`).
     pub async fn claim_outbox(&self, limit: i64) -> Result<(IngestTx, Vec<OutboxItem>), StoreError> {
         let mut tx = self.begin_ingest().await?;
-        let items = match &mut tx {
-            IngestTx::Pg(t) => {
-                let rows = sqlx::query(
-                    "SELECT id, tenant, run_id, reason FROM scitt_outbox WHERE done_at IS NULL \
-                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                )
-                .bind(limit)
-                .fetch_all(&mut **t)
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(OutboxItem {
-                            id: r.try_get(0)?,
-                            tenant: r.try_get(1)?,
-                            run_id: r.try_get(2)?,
-                            reason: r.try_get(3)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?
+        let sql = match &tx {
+            IngestTx::Pg(_) => {
+                "SELECT id, tenant, run_id, reason FROM scitt_outbox WHERE done_at IS NULL \
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
             }
-            IngestTx::Any(t) => {
-                let rows = sqlx::query(
-                    "SELECT id, tenant, run_id, reason FROM scitt_outbox WHERE done_at IS NULL ORDER BY id LIMIT $1",
-                )
-                .bind(limit)
-                .fetch_all(&mut **t)
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(OutboxItem {
-                            id: r.try_get(0)?,
-                            tenant: r.try_get(1)?,
-                            run_id: r.try_get(2)?,
-                            reason: r.try_get(3)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?
+            // One writer at a time (BEGIN IMMEDIATE): nothing to skip.
+            IngestTx::Any(_) => {
+                "SELECT id, tenant, run_id, reason FROM scitt_outbox WHERE done_at IS NULL ORDER BY id LIMIT $1"
             }
         };
+        let items = on_tx!(&mut tx, |conn| {
+            let rows = sqlx::query(sql).bind(limit).fetch_all(conn).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(OutboxItem {
+                        id: r.try_get(0)?,
+                        tenant: r.try_get(1)?,
+                        run_id: r.try_get(2)?,
+                        reason: r.try_get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?
+        });
         Ok((tx, items))
     }
 
