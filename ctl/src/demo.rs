@@ -192,6 +192,26 @@ pub async fn demo(file: Option<&Path>, serve: bool) -> anyhow::Result<ExitCode> 
         }
         Err(e) => checks.add("run exported as a verifiable credential", false, e.to_string()),
     }
+    let bundle_dir = demo_dir.join(format!("{run}.bundle"));
+    let bundled = match crate::bundle::export(&c, &run, &bundle_dir).await {
+        Ok(()) => crate::bundle::check(&bundle_dir),
+        Err(e) => Err(e),
+    };
+    match bundled {
+        Ok(report) => checks.add(
+            "run exported as an evidence bundle that verifies offline",
+            report.failed.is_empty(),
+            match report.failed.first() {
+                Some((what, why)) => format!("{what}: {why}"),
+                None => format!(
+                    "{} (receipts, log proofs, C2PA manifest, SCITT statement, AIBOM, credential): {} checks passed",
+                    absolute(&bundle_dir).display(),
+                    report.passed.len()
+                ),
+            },
+        ),
+        Err(e) => checks.add("run exported as an evidence bundle that verifies offline", false, format!("{e:#}")),
+    }
     let secret_free = receipts.iter().chain(replayed.iter()).all(|r| !r.to_string().contains(API_KEY));
     checks.add(
         "no receipt holds the agent's API key",

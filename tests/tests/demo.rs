@@ -46,6 +46,7 @@ fn demo_passes_every_check_and_leaves_the_run_for_control() {
         "replayed answers are byte for byte the recorded ones",
         "strict replay opened no upstream connection",
         "run exported as a verifiable credential",
+        "run exported as an evidence bundle that verifies offline",
         "no receipt holds the agent's API key",
     ] {
         assert!(out.contains(&format!("[ok] {check}")), "check {check:?} missing:\n{out}");
