@@ -28,7 +28,9 @@ pub struct RevokeCapability {
 }
 
 #[utoipa::path(post, path = "/v1/capabilities/revoke", request_body = RevokeCapability,
-    responses((status = 200), (status = 400)), security(("bearer" = [])))]
+    responses((status = 200), (status = 400),
+        (status = 404, description = "`not_found`: the id is the run token of another tenant's run")),
+    security(("bearer" = [])))]
 pub(super) async fn revoke_capability(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -43,6 +45,11 @@ pub(super) async fn revoke_capability(
             "revocation_id {:?} is not a hex revocation id (see token_id in POST /v1/runs, or a receipt's capability)",
             body.revocation_id
         )));
+    }
+    // Another tenant's run token is not this tenant's to revoke (nor to learn about): answered as
+    // an unknown run would be. Ids control did not issue (a per-call capability) are accepted.
+    if app.store.token_tenant(&id).await?.is_some_and(|owner| !p.can_read(&owner)) {
+        return Err(ApiError::not_found(&format!("capability {id} in this tenant")));
     }
     let new = app.store.revoke(&id, None, p.write_tenant(), body.reason.as_deref().unwrap_or("")).await?;
     Ok(Json(json!({ "revoked": [id], "new": new })))

@@ -37,6 +37,18 @@ impl Store {
         Ok(inserted > 0)
     }
 
+    /// The tenant of the run whose token carries revocation id `revocation_id`, if any.
+    pub async fn token_tenant(&self, revocation_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT tenant FROM runs WHERE token_id = $1")
+            .bind(revocation_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
     /// Revocations after `seq`, oldest first: `(seq, revocation_id)`.
     pub async fn revocations(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
         let rows = sqlx::query("SELECT seq, revocation_id FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2")
