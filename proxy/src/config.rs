@@ -42,6 +42,7 @@ pub const DEFAULT_INTERCEPT: &[&str] = &[
     "openrouter.ai",
     "api.cohere.com",
     "api.cohere.ai",
+    "*.openai.azure.com",
 ];
 
 /// Where a setting came from, for error messages.
