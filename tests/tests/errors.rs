@@ -283,3 +283,95 @@ async fn upstream_down_or_with_the_wrong_certificate_is_a_502_with_the_reason() 
     assert_eq!(proxy.metric("fleetforge_errors_total{type=\"upstream_error\"}").unwrap(), 2.0);
     still_serves(&proxy, &plain).await;
 }
+
+/// Request smuggling shapes, header floods and a client that never finishes its headers: each is
+/// refused at the HTTP layer (a 4xx, or the connection closed), nothing of it reaches the
+/// upstream, and the proxy serves the next client; a Content-Length beside a Transfer-Encoding is
+/// framed by the latter alone, and the upstream gets what the proxy parsed.
+#[tokio::test(flavor = "multi_thread")]
+async fn smuggling_shapes_header_floods_and_slow_headers_are_refused_cleanly() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, "[proxy.limits]\nheader_timeout = \"1s\"\n").unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .arg("--config")
+        .arg(config.display().to_string())
+        .start()
+        .unwrap();
+    let auth = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("run-smuggle:tok")
+    };
+    let head = |extra: &str| {
+        format!(
+            "POST http://plain.internal.test/echo/first HTTP/1.1\r\nHost: plain.internal.test\r\nProxy-Authorization: Basic {auth}\r\n{extra}"
+        )
+    };
+    let smuggled = "GET http://plain.internal.test/echo/smuggled HTTP/1.1\r\nHost: plain.internal.test\r\n\r\n";
+    let many: String = (0..200).map(|i| format!("X-Flood-{i}: {i}\r\n")).collect();
+    let huge = format!("X-Huge: {}\r\n", "h".repeat(1 << 20));
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "two different Content-Lengths",
+            head(&format!("Content-Length: 2\r\nContent-Length: 40\r\n\r\nab{smuggled}")),
+        ),
+        ("an invalid Content-Length", head(&format!("Content-Length: 2x\r\n\r\nab{smuggled}"))),
+        (
+            "a Transfer-Encoding that is not chunked last",
+            head(&format!("Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}")),
+        ),
+        ("an obs-folded header", head(&format!("X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n{smuggled}"))),
+        ("200 headers", head(&format!("{many}Content-Length: 0\r\n\r\n"))),
+        ("a 1 MiB header", head(&format!("{huge}Content-Length: 0\r\n\r\n"))),
+    ];
+    // Content-Length beside Transfer-Encoding: framed by Transfer-Encoding alone (RFC 9112 §6.3),
+    // the Content-Length dropped, so the upstream gets exactly the message the proxy parsed — an
+    // empty body, not the 5 bytes the Content-Length claimed.
+    let response = raw(
+        proxy.forward,
+        head("Content-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status(&response), 200, "{response}");
+    let first = plain.requests().into_iter().find(|r| r.uri.path() == "/echo/first").unwrap();
+    assert!(first.body.is_empty(), "the upstream got {} body bytes", first.body.len());
+    assert!(first.headers.get("content-length").is_none_or(|v| v == "0"), "{:?}", first.headers);
+    for (what, request) in &cases {
+        let response = raw(proxy.forward, request.as_bytes()).await;
+        let code = status(&response);
+        assert!(
+            code == 0 || (400..500).contains(&code),
+            "{what}: refused with a 4xx or a closed connection, got: {}",
+            response.lines().next().unwrap_or_default()
+        );
+        assert!(!response.contains(" 200 OK"), "{what}: {response}");
+        still_serves(&proxy, &plain).await;
+    }
+    assert!(
+        plain.requests().iter().all(|r| !r.uri.path().contains("smuggled")),
+        "a smuggled request reached the upstream: {:?}",
+        plain.requests().iter().map(|r| r.uri.to_string()).collect::<Vec<_>>()
+    );
+
+    // Headers that never end: the connection is closed after the header timeout (1 s here).
+    let started = tokio::time::Instant::now();
+    let mut slow = TcpStream::connect(proxy.forward).await.unwrap();
+    slow.write_all(b"GET http://plain.internal.test/echo HTTP/1.1\r\nHost: plain.internal.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a client stalled in its headers is still connected after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed at once, not by the timeout");
+    still_serves(&proxy, &plain).await;
+}
