@@ -375,3 +375,101 @@ async fn smuggling_shapes_header_floods_and_slow_headers_are_refused_cleanly() {
     assert!(started.elapsed() >= Duration::from_millis(900), "closed at once, not by the timeout");
     still_serves(&proxy, &plain).await;
 }
+
+/// An upstream that misbehaves on the wire, served by raw sockets: `/reset` sends the response
+/// head and one chunk, then resets the connection; `/stall` reads the request and never answers.
+async fn faulty_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let target = String::from_utf8_lossy(&req).split_whitespace().nth(1).unwrap_or("").to_owned();
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if target.ends_with("/stall") {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+                let _ = s.write_all(format!("{head}d\r\ndata: first\n\n\r\n").as_bytes()).await;
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let std = s.into_std().unwrap();
+                socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO)).unwrap();
+                drop(std);
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that resets mid-stream and one that never answers: the client gets a clean end
+/// (its stream cut after what had arrived, or a 504 contract error within the response timeout),
+/// each call's receipt says how it ended, and no connection is left open.
+#[tokio::test(flavor = "multi_thread")]
+async fn resets_and_stalls_upstream_end_cleanly_within_the_timeouts() {
+    let faulty = faulty_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, "[proxy.limits]\nresponse_timeout = \"1s\"\n").unwrap();
+    let db = fleetforge_e2e::harness::Database::fresh(false).unwrap();
+    let control = fleetforge_e2e::harness::ControlProcess::start(&db, &dir.path().join("control"), None).unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("faulty.internal.test", faulty)
+        .env("FLEETFORGE_CONTROL_URL", control.url())
+        .env("FLEETFORGE_CONTROL_TOKEN", control.token.clone())
+        .env("FLEETFORGE_CAPABILITIES", "false")
+        .arg("--config")
+        .arg(config.display().to_string())
+        .start()
+        .unwrap();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).unwrap().count();
+    let before = fds();
+    let clients = Clients::locate();
+    let url = proxy.proxy_url("run-faulty", "tok");
+    let get = |path: &'static str| {
+        let (clients, url) = (&clients, url.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let out = clients
+                .curl(
+                    &["-sS", "-N", "-m", "15", "-w", "\n%{http_code}", &format!("http://faulty.internal.test{path}")],
+                    &[("http_proxy", &url)],
+                )
+                .await
+                .unwrap();
+            (out, started.elapsed())
+        }
+    };
+    let (reset, _) = get("/reset").await;
+    assert_ne!(reset.code, 0, "the client sees the stream end in error: {}", reset.stdout);
+    assert!(reset.stdout.contains("data: first"), "what arrived before the reset reached the client: {}", reset.stdout);
+    let (stall, took) = get("/stall").await;
+    assert!(stall.stdout.ends_with("504"), "{} {}", stall.stdout, stall.stderr);
+    assert!(stall.stdout.contains("upstream"), "a contract error naming the upstream: {}", stall.stdout);
+    assert!(took < Duration::from_secs(5), "bounded by response_timeout (1 s): {took:?}");
+    let receipts = control.receipts("run-faulty", 2).unwrap();
+    let outcome = |path: &str| {
+        receipts.iter().find(|r| r["upstream"]["path"] == path).map(|r| r["outcome"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(outcome("/reset").as_deref(), Some("upstream_aborted"), "{receipts:?}");
+    assert_eq!(outcome("/stall").as_deref(), Some("failed"), "{receipts:?}");
+    // No connection left behind: the proxy's descriptors return to where they were (the shipper's
+    // connection to control may come and go, hence the slack of two).
+    let mut now = fds();
+    for _ in 0..50 {
+        if now <= before + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = fds();
+    }
+    assert!(now <= before + 2, "the proxy holds {now} descriptors, {before} before the faulty calls");
+}
