@@ -42,7 +42,11 @@ pub type Rewrite = Box<dyn FnMut(Bytes) -> Bytes + Send>;
 /// The most data gathered into one frame before it is sent.
 const MAX_COALESCE: usize = 64 * 1024;
 
-type Polled = Option<Result<Frame<Bytes>, hyper::Error>>;
+/// The error a response body ends with: the upstream connection's, or the proxy's own (an
+/// upstream silent past `limits.stream_idle_timeout`).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+type Polled = Option<Result<Frame<Bytes>, BodyError>>;
 
 pin_project_lite::pin_project! {
     /// An upstream response body: live from the upstream connection, or replayed.
@@ -50,8 +54,9 @@ pin_project_lite::pin_project! {
     #[allow(missing_docs)]
     #[project = UpstreamBodyProj]
     pub enum UpstreamBody {
-        /// Streaming from the upstream connection (`inner`).
-        Live { #[pin] inner: Incoming },
+        /// Streaming from the upstream connection (`inner`); cut when nothing arrives for `idle`
+        /// after `last` (`timer` waits for that moment).
+        Live { #[pin] inner: Incoming, idle: std::time::Duration, last: Instant, timer: Option<Pin<Box<tokio::time::Sleep>>> },
         /// Recorded chunks served in order (`chunks`).
         Replayed { chunks: VecDeque<Bytes> },
         /// Recorded chunks served at their recorded offsets (ms) from `start` (`sleep` waits
@@ -71,9 +76,9 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// A live body.
-    pub fn live(inner: Incoming) -> Self {
-        UpstreamBody::Live { inner }
+    /// A live body, cut as aborted when the upstream sends nothing for `idle`.
+    pub fn live(inner: Incoming, idle: std::time::Duration) -> Self {
+        UpstreamBody::Live { inner, idle, last: Instant::now(), timer: None }
     }
 
     /// A body that replays `chunks`, one frame each.
@@ -93,11 +98,34 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            UpstreamBodyProj::Live { inner } => inner.poll_frame(cx),
+            UpstreamBodyProj::Live { inner, idle, last, timer } => match inner.poll_frame(cx) {
+                Poll::Ready(item) => {
+                    // A frame costs a clock read; the timer is only moved when it fires early.
+                    *last = Instant::now();
+                    Poll::Ready(item.map(|r| r.map_err(BodyError::from)))
+                }
+                Poll::Pending => {
+                    let due = *last + *idle;
+                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due.into())));
+                    loop {
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        let due = *last + *idle;
+                        if due <= Instant::now() {
+                            let message = format!(
+                                "the upstream sent nothing for {idle:?} in the middle of its response (limits.stream_idle_timeout)"
+                            );
+                            return Poll::Ready(Some(Err(message.into())));
+                        }
+                        timer.as_mut().reset(due.into());
+                    }
+                }
+            },
             UpstreamBodyProj::Replayed { chunks } => Poll::Ready(chunks.pop_front().map(|c| Ok(Frame::data(c)))),
             UpstreamBodyProj::Timed { chunks, start, sleep } => {
                 let Some((_, at)) = chunks.front() else { return Poll::Ready(None) };
@@ -116,7 +144,7 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Live { inner } => inner.is_end_stream(),
+            UpstreamBody::Live { inner, .. } => inner.is_end_stream(),
             UpstreamBody::Replayed { chunks } => chunks.is_empty(),
             UpstreamBody::Timed { chunks, .. } => chunks.is_empty(),
         }
@@ -124,7 +152,7 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Live { inner } => inner.size_hint(),
+            UpstreamBody::Live { inner, .. } => inner.size_hint(),
             UpstreamBody::Replayed { chunks } => SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum()),
             UpstreamBody::Timed { chunks, .. } => {
                 SizeHint::with_exact(chunks.iter().map(|(c, _)| c.len() as u64).sum())
@@ -361,9 +389,9 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBodyProj::Tapped { mut inner, tap } => {

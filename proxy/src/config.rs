@@ -191,6 +191,9 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long a client may take to send a request body.
     pub body_timeout: Duration,
+    /// The longest an upstream response body may go without a byte before the call is cut as
+    /// aborted.
+    pub stream_idle_timeout: Duration,
     /// How long shutdown waits for calls in flight.
     pub drain_timeout: Duration,
     /// Run to charge calls to when a call names none and its listener has no default.
@@ -654,6 +657,8 @@ pub struct FileLimits {
     pub header_timeout: Option<String>,
     /// Time a client may take to send a request body, e.g. `"60s"`.
     pub body_timeout: Option<String>,
+    /// Longest silence of an upstream response body before the call is cut, e.g. `"300s"`.
+    pub stream_idle_timeout: Option<String>,
     /// Time shutdown waits for calls in flight, e.g. `"10s"`.
     pub drain_timeout: Option<String>,
 }
@@ -873,6 +878,8 @@ impl Builder<'_> {
         let header_timeout =
             duration("proxy.limits.header_timeout", raw.limits.header_timeout, Duration::from_secs(30))?;
         let body_timeout = duration("proxy.limits.body_timeout", raw.limits.body_timeout, Duration::from_secs(60))?;
+        let stream_idle_timeout =
+            duration("proxy.limits.stream_idle_timeout", raw.limits.stream_idle_timeout, Duration::from_secs(300))?;
         let drain_timeout = duration("proxy.limits.drain_timeout", raw.limits.drain_timeout, Duration::from_secs(10))?;
 
         let default_run = self
@@ -1211,6 +1218,7 @@ impl Builder<'_> {
             response_timeout,
             header_timeout,
             body_timeout,
+            stream_idle_timeout,
             drain_timeout,
             default_run,
             default_token,

@@ -96,7 +96,10 @@ pub async fn forward(proxy: &Proxy, call: &mut Call, request: Outbound) -> Resul
     }
     let request = Request::from_parts(parts, Full::new(body));
     match tokio::time::timeout(proxy.config.response_timeout, proxy.client(call.worker).request(request)).await {
-        Ok(Ok(response)) => Ok(response.map(UpstreamBody::live)),
+        Ok(Ok(response)) => {
+            let idle = proxy.config.stream_idle_timeout;
+            Ok(response.map(|body| UpstreamBody::live(body, idle)))
+        }
         Ok(Err(e)) => Err(upstream::classify(&e, target)),
         Err(_) => Err(ProxyError::new(
             ErrorKind::UpstreamTimeout,

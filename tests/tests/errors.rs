@@ -377,7 +377,8 @@ async fn smuggling_shapes_header_floods_and_slow_headers_are_refused_cleanly() {
 }
 
 /// An upstream that misbehaves on the wire, served by raw sockets: `/reset` sends the response
-/// head and one chunk, then resets the connection; `/stall` reads the request and never answers.
+/// head and one chunk, then resets the connection; `/stall` reads the request and never answers;
+/// `/stall-body` sends the head and one chunk, then goes quiet.
 async fn faulty_upstream() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -400,6 +401,10 @@ async fn faulty_upstream() -> std::net::SocketAddr {
                 }
                 let _ = s.write_all(format!("{head}d\r\ndata: first\n\n\r\n").as_bytes()).await;
                 let _ = s.flush().await;
+                if target.ends_with("/stall-body") {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let std = s.into_std().unwrap();
                 socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO)).unwrap();
@@ -410,15 +415,16 @@ async fn faulty_upstream() -> std::net::SocketAddr {
     addr
 }
 
-/// An upstream that resets mid-stream and one that never answers: the client gets a clean end
-/// (its stream cut after what had arrived, or a 504 contract error within the response timeout),
-/// each call's receipt says how it ended, and no connection is left open.
+/// An upstream that resets mid-stream, one that never answers and one that stalls mid-body: the
+/// client gets a clean end (its stream cut in error after what had arrived, or a 504 contract
+/// error) within the configured timeouts, each call's receipt says how it ended, and no connection
+/// is left open.
 #[tokio::test(flavor = "multi_thread")]
 async fn resets_and_stalls_upstream_end_cleanly_within_the_timeouts() {
     let faulty = faulty_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, "[proxy.limits]\nresponse_timeout = \"1s\"\n").unwrap();
+    std::fs::write(&config, "[proxy.limits]\nresponse_timeout = \"1s\"\nstream_idle_timeout = \"1s\"\n").unwrap();
     let db = fleetforge_e2e::harness::Database::fresh(false).unwrap();
     let control = fleetforge_e2e::harness::ControlProcess::start(&db, &dir.path().join("control"), None).unwrap();
     let proxy = ProxyProcess::builder()
@@ -455,12 +461,17 @@ async fn resets_and_stalls_upstream_end_cleanly_within_the_timeouts() {
     assert!(stall.stdout.ends_with("504"), "{} {}", stall.stdout, stall.stderr);
     assert!(stall.stdout.contains("upstream"), "a contract error naming the upstream: {}", stall.stdout);
     assert!(took < Duration::from_secs(5), "bounded by response_timeout (1 s): {took:?}");
-    let receipts = control.receipts("run-faulty", 2).unwrap();
+    let (stall_body, took) = get("/stall-body").await;
+    assert_ne!(stall_body.code, 0, "the client sees the stream cut in error: {}", stall_body.stdout);
+    assert!(stall_body.stdout.contains("data: first"), "{}", stall_body.stdout);
+    assert!(took < Duration::from_secs(5), "bounded by stream_idle_timeout (1 s): {took:?}");
+    let receipts = control.receipts("run-faulty", 3).unwrap();
     let outcome = |path: &str| {
         receipts.iter().find(|r| r["upstream"]["path"] == path).map(|r| r["outcome"].as_str().unwrap().to_owned())
     };
     assert_eq!(outcome("/reset").as_deref(), Some("upstream_aborted"), "{receipts:?}");
     assert_eq!(outcome("/stall").as_deref(), Some("failed"), "{receipts:?}");
+    assert_eq!(outcome("/stall-body").as_deref(), Some("upstream_aborted"), "{receipts:?}");
     // No connection left behind: the proxy's descriptors return to where they were (the shipper's
     // connection to control may come and go, hence the slack of two).
     let mut now = fds();
