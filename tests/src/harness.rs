@@ -380,6 +380,22 @@ impl Drop for PgDatabase {
     }
 }
 
+/// Creates a bearer token with `role` in `tenant` by running `fleetforge-control token create`
+/// against `db` with `FLEETFORGE_HOME=home`.
+pub fn create_token(db: &Database, home: &Path, role: &str, tenant: &str) -> anyhow::Result<String> {
+    let mut cmd = Command::new(binary("fleetforge-control"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FLEETFORGE_HOME", home)
+        .args(["token", "create", "--role", role, "--tenant", tenant]);
+    if let Database::Postgres(pg) = db {
+        cmd.env("DATABASE_URL", pg.url());
+    }
+    let out = cmd.output().context("running fleetforge-control token create")?;
+    anyhow::ensure!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
 /// A running `fleetforge-control`; killed when dropped.
 #[derive(Debug)]
 pub struct ControlProcess {

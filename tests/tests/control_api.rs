@@ -6,20 +6,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use fleetforge_e2e::harness::{ControlProcess, Database, binary, http_get};
+use fleetforge_e2e::harness::{ControlProcess, Database, http_get};
 
 fn token(db: &Database, home: &std::path::Path, role: &str, tenant: &str) -> String {
-    let mut cmd = std::process::Command::new(binary("fleetforge-control"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLEETFORGE_HOME", home)
-        .args(["token", "create", "--role", role, "--tenant", tenant]);
-    if let Database::Postgres(pg) = db {
-        cmd.env("DATABASE_URL", pg.url());
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    fleetforge_e2e::harness::create_token(db, home, role, tenant).unwrap()
 }
 
 fn contract(postgres: bool) {

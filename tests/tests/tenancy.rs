@@ -10,7 +10,7 @@
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fleetforge_e2e::harness::{ControlProcess, Database, binary};
+use fleetforge_e2e::harness::{ControlProcess, Database};
 use fleetforge_e2e::{Clients, ProxyProcess, TestCa, Upstream};
 use serde_json::{Value, json};
 
@@ -21,17 +21,7 @@ const BLOB: &[u8] = b"alpha sealed blob 91be0d";
 const PREDICATE: &str = "alpha-predicate-5d2e77";
 
 fn token(db: &Database, home: &std::path::Path, role: &str, tenant: &str) -> String {
-    let mut cmd = std::process::Command::new(binary("fleetforge-control"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLEETFORGE_HOME", home)
-        .args(["token", "create", "--role", role, "--tenant", tenant]);
-    if let Database::Postgres(pg) = db {
-        cmd.env("DATABASE_URL", pg.url());
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    fleetforge_e2e::harness::create_token(db, home, role, tenant).unwrap()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
