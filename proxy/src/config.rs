@@ -196,6 +196,9 @@ pub struct Config {
     pub stream_idle_timeout: Duration,
     /// How long shutdown waits for calls in flight.
     pub drain_timeout: Duration,
+    /// Most client connections open at once on the forward and sidecar listeners; past it, new
+    /// ones get `503 overloaded` and are closed.
+    pub max_connections: usize,
     /// Run to charge calls to when a call names none and its listener has no default.
     pub default_run: Option<RunId>,
     /// Run token presented for calls that fall to a default run (`FLEETFORGE_DEFAULT_TOKEN`; env
@@ -661,6 +664,8 @@ pub struct FileLimits {
     pub stream_idle_timeout: Option<String>,
     /// Time shutdown waits for calls in flight, e.g. `"10s"`.
     pub drain_timeout: Option<String>,
+    /// Most client connections open at once (default 10000).
+    pub max_connections: Option<u64>,
 }
 
 /// `[[sidecar]]`
@@ -881,6 +886,18 @@ impl Builder<'_> {
         let stream_idle_timeout =
             duration("proxy.limits.stream_idle_timeout", raw.limits.stream_idle_timeout, Duration::from_secs(300))?;
         let drain_timeout = duration("proxy.limits.drain_timeout", raw.limits.drain_timeout, Duration::from_secs(10))?;
+        let max_connections = match self.file(raw.limits.max_connections) {
+            None => 10_000,
+            Some(Given { value: n @ 1..=1_000_000, .. }) => usize::try_from(n).unwrap_or(10_000),
+            Some(given) => {
+                return Err(value_error(
+                    "proxy.limits.max_connections",
+                    &given.value.to_string(),
+                    given.origin,
+                    "expected 1 to 1000000 connections",
+                ));
+            }
+        };
 
         let default_run = self
             .string(("--default-run", flags.default_run.clone()), "FLEETFORGE_DEFAULT_RUN", raw.identity.default_run)
@@ -1220,6 +1237,7 @@ impl Builder<'_> {
             body_timeout,
             stream_idle_timeout,
             drain_timeout,
+            max_connections,
             default_run,
             default_token,
             require_credentials,

@@ -31,8 +31,40 @@ use crate::flow;
 use crate::shutdown::Watch;
 use crate::state::Proxy;
 
-/// Accepts connections until shutdown, spawning `serve` for each.
-pub(crate) async fn accept_loop<F, Fut>(proxy: Arc<Proxy>, listener: TcpListener, worker: usize, serve: F)
+/// A client connection counted against `limits.max_connections` until it closes.
+struct Open(Arc<Proxy>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Answers a connection over `limits.max_connections` with `503 overloaded` and closes it.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = serde_json::json!({ "error": {
+        "type": "overloaded",
+        "code": "overloaded",
+        "message": format!("the proxy holds its maximum of {max} client connections (limits.max_connections); retry shortly"),
+        "reasons": ["max_connections"],
+    }})
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Accepts connections until shutdown, spawning `serve` for each. With `capped`, at most
+/// `limits.max_connections` are open at once across the workers' capped listeners; the next
+/// is answered `503 overloaded` and closed.
+pub(crate) async fn accept_loop<F, Fut>(proxy: Arc<Proxy>, listener: TcpListener, worker: usize, capped: bool, serve: F)
 where
     F: Fn(Arc<Proxy>, TcpStream, SocketAddr, usize, Watch) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -47,7 +79,23 @@ where
             Ok((stream, peer)) => {
                 // Request/response traffic: latency matters more than packet count.
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(proxy.clone(), stream, peer, worker, proxy.drain.watch()));
+                if !capped {
+                    tokio::spawn(serve(proxy.clone(), stream, peer, worker, proxy.drain.watch()));
+                    continue;
+                }
+                let max = proxy.config.max_connections;
+                if proxy.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= max {
+                    proxy.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    proxy.metrics.connection_refused();
+                    tokio::spawn(refuse(stream, max));
+                    continue;
+                }
+                let open = Open(proxy.clone());
+                let served = serve(proxy.clone(), stream, peer, worker, proxy.drain.watch());
+                tokio::spawn(async move {
+                    let _open = open;
+                    served.await;
+                });
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.

@@ -102,6 +102,7 @@ pub struct Metrics {
     tunnel_bytes_down: AtomicU64,
     leaf_certs_minted: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    connections_refused: AtomicU64,
     receipts_recorded: AtomicU64,
     receipts_dropped: AtomicU64,
     receipts_shipped: [AtomicU64; 3],
@@ -220,6 +221,11 @@ impl Metrics {
         self.tls_handshake_failures.fetch_add(1, Relaxed);
     }
 
+    /// Counts a client connection refused at `limits.max_connections`.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
+    }
+
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -298,6 +304,12 @@ impl Metrics {
         )?;
         writeln!(out, "# TYPE fleetforge_tls_handshake_failures_total counter")?;
         writeln!(out, "fleetforge_tls_handshake_failures_total {}", self.tls_handshake_failures.load(Relaxed))?;
+        writeln!(
+            out,
+            "# HELP fleetforge_connections_refused_total Client connections refused (503 overloaded) at limits.max_connections."
+        )?;
+        writeln!(out, "# TYPE fleetforge_connections_refused_total counter")?;
+        writeln!(out, "fleetforge_connections_refused_total {}", self.connections_refused.load(Relaxed))?;
         writeln!(out, "# HELP fleetforge_receipts_recorded_total Receipts written to the spool.")?;
         writeln!(out, "# TYPE fleetforge_receipts_recorded_total counter")?;
         writeln!(out, "fleetforge_receipts_recorded_total {}", self.receipts_recorded.load(Relaxed))?;

@@ -349,6 +349,7 @@ impl Proxy {
             builtin,
             prices,
             runs: Runs::default(),
+            connections: Default::default(),
             leases,
             seals: seals.clone(),
             replayer,

@@ -47,6 +47,8 @@ pub struct Proxy {
     pub prices: crate::prices::Prices,
     /// Per-run ledgers (steps, policy state, budget figures).
     pub runs: Runs,
+    /// Client connections open on the forward and sidecar listeners (`limits.max_connections`).
+    pub connections: std::sync::atomic::AtomicUsize,
     /// The budget lease client (`None` when run budgets are not leased from control).
     pub leases: Option<crate::lease::Leases>,
     /// The seal store (`None` when sealing is off).

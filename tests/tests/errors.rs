@@ -484,3 +484,38 @@ async fn resets_and_stalls_upstream_end_cleanly_within_the_timeouts() {
     }
     assert!(now <= before + 2, "the proxy holds {now} descriptors, {before} before the faulty calls");
 }
+
+/// A connection cap: with `limits.max_connections = 3`, three idle clients fill the proxy; the
+/// fourth gets `503 overloaded` naming the limit and is closed; the admin listener still answers;
+/// once one of the three goes, the next client is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_cap_get_503_and_the_cap_frees_as_they_close() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, "[proxy.limits]\nmax_connections = 3\n").unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .arg("--config")
+        .arg(config.display().to_string())
+        .start()
+        .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(proxy.forward).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response =
+        raw(proxy.forward, b"GET http://plain.internal.test/status/204 HTTP/1.1\r\nHost: plain.internal.test\r\n\r\n")
+            .await;
+    assert_eq!(status(&response), 503, "{response}");
+    let e = error_body(&response);
+    assert_eq!(e["error"]["type"], "overloaded", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("maximum of 3"), "names the limit: {e}");
+    assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
+    assert_eq!(proxy.metric("fleetforge_connections_refused_total").unwrap(), 1.0, "the admin listener is not capped");
+    assert!(plain.requests().is_empty(), "nothing was forwarded");
+    drop(idle.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    still_serves(&proxy, &plain).await;
+}

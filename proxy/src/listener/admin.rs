@@ -19,7 +19,7 @@ use crate::state::Proxy;
 
 /// Serves the admin listener until shutdown.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize) {
-    super::accept_loop(proxy, listener, worker, connection).await;
+    super::accept_loop(proxy, listener, worker, false, connection).await;
 }
 
 async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, _worker: usize, watch: Watch) {

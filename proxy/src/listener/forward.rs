@@ -25,7 +25,7 @@ use crate::state::Proxy;
 
 /// Serves the forward listener until shutdown.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize) {
-    super::accept_loop(proxy, listener, worker, connection).await;
+    super::accept_loop(proxy, listener, worker, true, connection).await;
 }
 
 async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, worker: usize, watch: Watch) {

@@ -38,7 +38,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, worker: usize, side
         default_run: sidecar.default_run.clone(),
         seal: sidecar.seal,
     });
-    super::accept_loop(proxy, listener, worker, move |proxy, stream, peer, _worker, watch| {
+    super::accept_loop(proxy, listener, worker, true, move |proxy, stream, peer, _worker, watch| {
         connection(proxy, template.clone(), stream, peer, watch)
     })
     .await;
