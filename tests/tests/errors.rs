@@ -284,6 +284,21 @@ async fn upstream_down_or_with_the_wrong_certificate_is_a_502_with_the_reason() 
     still_serves(&proxy, &plain).await;
 }
 
+/// A proxy in front of `plain` (as `plain.internal.test`) with `[proxy.limits]` set to `limits`;
+/// the folder holding its config file lives as long as the returned guard.
+fn limited(plain: &Upstream, limits: &str) -> (ProxyProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, format!("[proxy.limits]\n{limits}\n")).unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .arg("--config")
+        .arg(config.display().to_string())
+        .start()
+        .unwrap();
+    (proxy, dir)
+}
+
 /// Request smuggling shapes, header floods and a client that never finishes its headers: each is
 /// refused at the HTTP layer (a 4xx, or the connection closed), nothing of it reaches the
 /// upstream, and the proxy serves the next client; a Content-Length beside a Transfer-Encoding is
@@ -291,15 +306,7 @@ async fn upstream_down_or_with_the_wrong_certificate_is_a_502_with_the_reason() 
 #[tokio::test(flavor = "multi_thread")]
 async fn smuggling_shapes_header_floods_and_slow_headers_are_refused_cleanly() {
     let plain = Upstream::builder().plain().start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, "[proxy.limits]\nheader_timeout = \"1s\"\n").unwrap();
-    let proxy = ProxyProcess::builder()
-        .resolve("plain.internal.test", plain.addr())
-        .arg("--config")
-        .arg(config.display().to_string())
-        .start()
-        .unwrap();
+    let (proxy, _dir) = limited(&plain, "header_timeout = \"1s\"");
     let auth = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode("run-smuggle:tok")
@@ -491,15 +498,7 @@ async fn resets_and_stalls_upstream_end_cleanly_within_the_timeouts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_past_the_cap_get_503_and_the_cap_frees_as_they_close() {
     let plain = Upstream::builder().plain().start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, "[proxy.limits]\nmax_connections = 3\n").unwrap();
-    let proxy = ProxyProcess::builder()
-        .resolve("plain.internal.test", plain.addr())
-        .arg("--config")
-        .arg(config.display().to_string())
-        .start()
-        .unwrap();
+    let (proxy, _dir) = limited(&plain, "max_connections = 3");
     let mut idle = Vec::new();
     for _ in 0..3 {
         idle.push(TcpStream::connect(proxy.forward).await.unwrap());
