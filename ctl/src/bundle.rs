@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use fleetforge_trust::canonical::{hex, sha256, unhex32};
-use fleetforge_trust::merkle::{Tree, root_from_path};
+use fleetforge_trust::merkle::root_from_path;
 use fleetforge_trust::scitt;
 use fleetforge_trust::tlog::Checkpoint;
 use fleetforge_trust::verify::{Link, check_chain, verify};
@@ -229,7 +229,7 @@ fn check_scitt(
     let mut chain: Vec<&Link> = links.iter().collect();
     chain.sort_by(|a, b| (a.lane.as_bytes(), a.seq).cmp(&(b.lane.as_bytes(), b.seq)));
     let hashes: Vec<[u8; 32]> = chain.iter().filter_map(|l| unhex32(&l.hash)).collect();
-    let root = if hashes.is_empty() { sha256(b"") } else { Tree::new(&hashes).root() };
+    let root = fleetforge_control::scitt::receipts_root(&hashes);
     if payload["run"] != run {
         return fail(report, "scitt/statement.cose", format!("it states run {}, not {run}", payload["run"]));
     }

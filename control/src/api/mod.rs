@@ -185,14 +185,20 @@ fn bad_query(rejection: QueryRejection) -> ApiError {
     ApiError::bad_request(rejection.body_text())
 }
 
-/// 415 unless the body is declared JSON (`application/json` or `…+json`), as axum's `Json` answers.
-fn require_json(headers: &HeaderMap) -> ApiResult<()> {
-    let essence = headers
+/// The body's media type without parameters, lowercase (`application/json`); empty when none is
+/// declared.
+fn media_type(headers: &HeaderMap) -> String {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
-    let json =
-        essence.is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// 415 unless the body is declared JSON (`application/json` or `…+json`), as axum's `Json` answers.
+fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+    let m = media_type(headers);
+    let json = m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"));
     if json {
         return Ok(());
     }

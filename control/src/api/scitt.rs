@@ -18,7 +18,7 @@ use fleetforge_trust::tlog;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, App, ErrorKind, json_error, principal, require, run_of};
+use super::{ApiError, ApiResult, App, ErrorKind, json_error, media_type, principal, require, run_of};
 use crate::auth::Role;
 use crate::scitt::IssueError;
 use crate::store::StatementRow;
@@ -125,14 +125,6 @@ pub(super) async fn run_statements(
 struct IssueRequest {
     run: Option<String>,
     receipt: Option<String>,
-}
-
-fn media_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 /// Registers a signed statement in the caller's tenant log, or has control issue one.
