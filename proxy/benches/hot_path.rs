@@ -301,6 +301,7 @@ fn bench_record(c: &mut Criterion) {
         segment_bytes: 16 << 20,
         seal_interval: std::time::Duration::from_millis(5),
         fsync: true,
+        min_free_disk: 0,
     };
     let spool = Spool::open(&dir.path().join("spool"), key, limits).unwrap();
     let run = fleetforge_trust::RunId::new("run-bench").unwrap();

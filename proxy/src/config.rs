@@ -199,6 +199,9 @@ pub struct Config {
     /// Most client connections open at once on the forward and sidecar listeners; past it, new
     /// ones get `503 overloaded` and are closed.
     pub max_connections: usize,
+    /// Most calls of one run in flight at once on this proxy; past it, a call gets `429
+    /// run_concurrency_exceeded` (with a receipt).
+    pub max_calls_per_run: u64,
     /// Run to charge calls to when a call names none and its listener has no default.
     pub default_run: Option<RunId>,
     /// Run token presented for calls that fall to a default run (`FLEETFORGE_DEFAULT_TOKEN`; env
@@ -377,6 +380,9 @@ pub struct ReceiptsConfig {
     pub fail_open: bool,
     /// `fdatasync` the spool after every sealed batch (group commit).
     pub fsync: bool,
+    /// Free disk space under the spool below which the spool counts as full: the receipts of
+    /// the calls already in flight still fit.
+    pub min_free_disk: u64,
 }
 
 /// The TOML file, as written: shared keys at the top, one table per binary. Every FleetForge
@@ -582,6 +588,8 @@ pub struct FileReceipts {
     pub on_spool_full: Option<String>,
     /// fdatasync after each sealed batch (default true).
     pub fsync: Option<bool>,
+    /// Free disk space the spool keeps, e.g. `"64MiB"`.
+    pub min_free_disk: Option<String>,
 }
 
 /// `[proxy.control]`
@@ -666,6 +674,8 @@ pub struct FileLimits {
     pub drain_timeout: Option<String>,
     /// Most client connections open at once (default 10000).
     pub max_connections: Option<u64>,
+    /// Most calls of one run in flight at once on this proxy (default 1000).
+    pub max_calls_per_run: Option<u64>,
 }
 
 /// `[[sidecar]]`
@@ -715,15 +725,21 @@ pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
 impl Config {
     /// Loads the configuration: file (if any), then environment, then flags; then validates.
     pub fn load(file: Option<&Path>, env: EnvFn<'_>, flags: &Flags) -> Result<Self, ConfigError> {
-        let (raw, file_origin) = match file {
+        match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| ConfigError::Read { path: path.to_owned(), reason: e.to_string() })?;
-                (Self::parse_file(path, &text)?, Origin::File(path.to_owned()))
+                Self::from_text(path, &text, env, flags)
             }
-            None => (ConfigFile::default(), Origin::Default),
-        };
-        Builder { env, flags, file_origin }.build(raw)
+            None => Builder { env, flags, file_origin: Origin::Default }.build(ConfigFile::default()),
+        }
+    }
+
+    /// Loads the configuration from the text of the file at `path` (already read), then the
+    /// environment and flags; then validates.
+    pub fn from_text(path: &Path, text: &str, env: EnvFn<'_>, flags: &Flags) -> Result<Self, ConfigError> {
+        let raw = Self::parse_file(path, text)?;
+        Builder { env, flags, file_origin: Origin::File(path.to_owned()) }.build(raw)
     }
 
     /// Parses the TOML text of a config file (no validation of values yet).
@@ -886,6 +902,18 @@ impl Builder<'_> {
         let stream_idle_timeout =
             duration("proxy.limits.stream_idle_timeout", raw.limits.stream_idle_timeout, Duration::from_secs(300))?;
         let drain_timeout = duration("proxy.limits.drain_timeout", raw.limits.drain_timeout, Duration::from_secs(10))?;
+        let max_calls_per_run = match self.file(raw.limits.max_calls_per_run) {
+            None => 1_000,
+            Some(Given { value: n @ 1..=1_000_000, .. }) => n,
+            Some(given) => {
+                return Err(value_error(
+                    "proxy.limits.max_calls_per_run",
+                    &given.value.to_string(),
+                    given.origin,
+                    "expected 1 to 1000000 calls",
+                ));
+            }
+        };
         let max_connections = match self.file(raw.limits.max_connections) {
             None => 10_000,
             Some(Given { value: n @ 1..=1_000_000, .. }) => usize::try_from(n).unwrap_or(10_000),
@@ -1056,6 +1084,7 @@ impl Builder<'_> {
                 )?,
                 fail_open,
                 fsync: r.fsync.unwrap_or(true),
+                min_free_disk: size("proxy.receipts.min_free_disk", None, r.min_free_disk.clone(), 64 << 20)?,
             }
         };
         let seal = self.seal(&raw.seal, receipts.enabled)?;
@@ -1238,6 +1267,7 @@ impl Builder<'_> {
             stream_idle_timeout,
             drain_timeout,
             max_connections,
+            max_calls_per_run,
             default_run,
             default_token,
             require_credentials,

@@ -72,6 +72,9 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The proxy failed (500 `internal_error`).
     Internal,
+    /// The run has `proxy.limits.max_calls_per_run` calls in flight on this proxy (429
+    /// `run_concurrency_exceeded`, `Retry-After: 1`).
+    RunBusy,
     /// The receipt spool is full and the proxy fails closed (503 `spool_full`).
     SpoolFull,
     /// Strict replay found no sealed response for the request (599 `replay_miss`).
@@ -100,6 +103,7 @@ impl ErrorKind {
             ErrorKind::UpstreamError => (StatusCode::BAD_GATEWAY, "upstream_error"),
             ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            ErrorKind::RunBusy => (StatusCode::TOO_MANY_REQUESTS, "run_concurrency_exceeded"),
             ErrorKind::SpoolFull => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
             ErrorKind::ReplayMiss(_) => (replay_miss_status(), "replay_miss"),
         }
@@ -193,6 +197,9 @@ impl ProxyError {
             ErrorKind::BudgetExceeded { retry_after: Some(secs) } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
             }
+            ErrorKind::RunBusy => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response
@@ -226,6 +233,7 @@ mod tests {
             (ErrorKind::CapabilityDenied, 403, "capability_denied"),
             (ErrorKind::ProxyAuthRequired, 407, "proxy_auth_required"),
             (ErrorKind::BudgetExceeded { retry_after: None }, 429, "budget_exceeded"),
+            (ErrorKind::RunBusy, 429, "run_concurrency_exceeded"),
             (ErrorKind::BodyTooLarge, 413, "body_too_large"),
             (ErrorKind::UpstreamError, 502, "upstream_error"),
             (ErrorKind::UpstreamTimeout, 504, "upstream_timeout"),

@@ -7,7 +7,7 @@
 //! ```text
 //!  request ─▶ target ─▶ 1 identify ─▶ 2 authorize ──────────────────────────────────────────────▶
 //!                │           │          destination ─▶ read body ─▶ facts ─▶ packs ─▶ capability
-//!               400         407            403            413/400             403      403/407
+//!               400       407/429          403            413/400             403      403/407
 //!          ─▶ 3 meter ─▶ 4 forward (seal) ─▶ response streams to the client through the tap
 //!                │             │                                  │
 //!               429         502/504                      end of body (or error, or client gone)
@@ -25,6 +25,9 @@
 //!                                                                   ─▶ 200 ─▶ relay ─▶ 5 settle
 //!                                                                   ─▶ 6 record
 //! ```
+//!
+//! Identify's 429 is `run_concurrency_exceeded`: the run already has
+//! `proxy.limits.max_calls_per_run` calls in flight on this proxy.
 //!
 //! Every arrow down is an error response built by [`ProxyError::to_response`]; whichever way a
 //! call ends, [`finish`] runs settle and record exactly once, so every call — allowed, refused or
@@ -76,7 +79,10 @@ fn recordable(proxy: &Proxy) -> Result<(), ProxyError> {
             ErrorKind::SpoolFull,
             Phase::Record,
             Side::Internal,
-            "the proxy cannot record receipts (its spool is full) and refuses calls until control catches up; retry later",
+            format!(
+                "the proxy cannot record receipts and refuses calls: {}; retry later",
+                spool.refusal().unwrap_or_else(|| "its spool is full".into())
+            ),
         )),
         _ => Ok(()),
     }
@@ -92,6 +98,7 @@ async fn exchange(
     call.target = Some(target(conn, call, &req)?);
     // 1. identify first, so every later phase — and every error response — can name the run.
     identify::identify(proxy, conn, call, req.headers())?;
+    within_run_limit(proxy, call)?;
     let (parts, body) = req.into_parts();
     let mut request = Outbound::new(parts, body);
     // 2. authorize refuses a destination before it reads the body, so a denied host costs no
@@ -106,6 +113,26 @@ async fn exchange(
     // 4. Forward (or replay); the response body streams back through the tap, which calls
     // `finish` at its end.
     forward::forward(proxy, call, request).await
+}
+
+/// Whether the call's run has room for one more call in flight on this proxy
+/// (`proxy.limits.max_calls_per_run`); the call itself is already counted.
+fn within_run_limit(proxy: &Proxy, call: &Call) -> Result<(), ProxyError> {
+    let max = proxy.config.max_calls_per_run;
+    let in_flight = call.ledger.as_ref().map_or(0, |l| l.in_flight());
+    if in_flight <= max {
+        return Ok(());
+    }
+    let run = call.run().map_or("", |r| r.as_str());
+    Err(ProxyError::new(
+        ErrorKind::RunBusy,
+        Phase::Identify,
+        Side::Agent,
+        format!(
+            "run {run} already has {} calls in flight on this proxy, the maximum of proxy.limits.max_calls_per_run = {max}; retry when one finishes, or raise the limit",
+            in_flight - 1
+        ),
+    ))
 }
 
 /// Where the call goes: fixed by the connection (tunnels, sidecars) or named by an absolute-form

@@ -74,6 +74,21 @@ pub fn credentials(headers: &HeaderMap) -> Result<Option<Credentials>, ProxyErro
     Ok(Some(Credentials { run, token: (!token.is_empty()).then(|| Token::new(token)) }))
 }
 
+/// Reads `x-fleetforge-run` and `x-fleetforge-token`. Returns `Ok(None)` without
+/// `x-fleetforge-run`, and a 407 error naming what is wrong when either header is malformed.
+pub fn header_credentials(headers: &HeaderMap) -> Result<Option<Credentials>, ProxyError> {
+    let Some(run) = headers.get(X_RUN) else { return Ok(None) };
+    let run = run.to_str().ok().and_then(|r| RunId::new(r.trim()).ok()).ok_or_else(|| {
+        auth_error("x-fleetforge-run is not a valid run id (1-128 of A-Z a-z 0-9 . _ -)", "bad_run_id")
+    })?;
+    let token = headers
+        .get(X_TOKEN)
+        .map(|t| t.to_str().map(|t| Token::new(t.trim().to_owned())))
+        .transpose()
+        .map_err(|_| auth_error("x-fleetforge-token is not ASCII", "malformed_token"))?;
+    Ok(Some(Credentials { run, token }))
+}
+
 /// Decodes `%XX` escapes (some clients escape reserved characters of proxy URL credentials).
 fn percent_decode(s: &str) -> String {
     if !s.contains('%') {
@@ -114,15 +129,7 @@ pub fn identify(proxy: &Proxy, conn: &ConnCtx, call: &mut Call, headers: &Header
     };
     let (run, token, source) = if let Some(c) = from_proxy_auth {
         (c.run, c.token, IdentitySource::ProxyAuthorization)
-    } else if let Some(run) = headers.get(X_RUN) {
-        let run = run.to_str().ok().and_then(|r| RunId::new(r.trim()).ok()).ok_or_else(|| {
-            auth_error("x-fleetforge-run is not a valid run id (1-128 of A-Z a-z 0-9 . _ -)", "bad_run_id")
-        })?;
-        let token = headers
-            .get(X_TOKEN)
-            .map(|t| t.to_str().map(|t| Token::new(t.trim().to_owned())))
-            .transpose()
-            .map_err(|_| auth_error("x-fleetforge-token is not ASCII", "malformed_token"))?;
+    } else if let Some(Credentials { run, token }) = header_credentials(headers)? {
         (run, token, IdentitySource::Headers)
     } else if proxy.config.require_credentials {
         return Err(missing_credentials());

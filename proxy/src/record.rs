@@ -113,11 +113,19 @@ pub fn record(proxy: &Proxy, call: &Call, outcome: &Outcome) {
             Some(ledger) if !proxy.datasets.is_empty() && ledger.first_receipt() => proxy.datasets.clone(),
             _ => Vec::new(),
         };
-        let written = spool.append(run.as_str(), |chain| {
-            let mut body = receipt_body(call, outcome, chain, run.clone());
-            body.datasets = datasets;
-            body
-        });
+        // With `fail_open`, calls go on while the spool is full, and their receipts are dropped;
+        // otherwise no call started then, and the receipt of one that started before is written.
+        let refusal = spool.refusal().filter(|_| proxy.config.receipts.fail_open);
+        let written = match refusal {
+            Some(why) => Err(why),
+            None => spool
+                .append(run.as_str(), |chain| {
+                    let mut body = receipt_body(call, outcome, chain, run.clone());
+                    body.datasets = datasets;
+                    body
+                })
+                .map_err(|e| e.to_string()),
+        };
         match written {
             Ok(()) => proxy.metrics.receipt_recorded(),
             Err(e) => {

@@ -64,14 +64,6 @@ pub enum SpoolError {
     /// Another process holds the spool.
     #[error("spool {0} is in use by another fleetforge-proxy; give each proxy its own FLEETFORGE_HOME")]
     Locked(PathBuf),
-    /// The spool is over its size limit.
-    #[error("the receipt spool is full ({bytes} of {max} bytes): control has not acknowledged receipts for a while")]
-    Full {
-        /// Bytes on disk.
-        bytes: u64,
-        /// The limit.
-        max: u64,
-    },
     /// A receipt could not be serialized.
     #[error("cannot serialize a receipt: {0}")]
     Encode(String),
@@ -88,7 +80,13 @@ pub struct SpoolLimits {
     pub seal_interval: Duration,
     /// fdatasync after each seal.
     pub fsync: bool,
+    /// Refuse appends while the disk under the spool has less than this many bytes free
+    /// (checked at most every [`DISK_CHECK_MS`]); 0: never check.
+    pub min_free_disk: u64,
 }
+
+/// How often the free space under the spool is checked, at most.
+pub const DISK_CHECK_MS: u64 = 100;
 
 /// A signed receipt ready to ship, and the segment holding it (for the acknowledgement).
 #[derive(Debug, Clone)]
@@ -213,6 +211,12 @@ pub struct Spool {
     stopping: AtomicBool,
     /// Marks the chain position in bodies serialized outside the lock.
     placeholder: Placeholder,
+    /// When the spool opened: the clock of `disk_checked_ms`.
+    opened: std::time::Instant,
+    /// When the free disk space was last checked, ms after `opened`.
+    disk_checked_ms: AtomicU64,
+    /// Free disk space under the spool, bytes, at the last check (or 0 after a failed write).
+    disk_free: AtomicU64,
     _lock: File,
 }
 
@@ -220,11 +224,34 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io { path: path.to_owned(), source }
 }
 
+/// Appends `bytes` to `file`; on a failure part-way (a full disk), cuts what was written, so the
+/// segment never holds a torn frame that later frames would sit behind.
+fn write_or_undo(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match file.write(&bytes[written..]) {
+            Ok(0) => return undo(file, written, io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return undo(file, written, e),
+        }
+    }
+    Ok(())
+}
+
+fn undo(file: &mut File, written: usize, error: io::Error) -> io::Result<()> {
+    if written > 0 {
+        let len = file.metadata()?.len();
+        file.set_len(len.saturating_sub(written as u64))?;
+    }
+    Err(error)
+}
+
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016}.seg"))
 }
 
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     frame_parts(kind, &[payload])
 }
 
@@ -515,8 +542,12 @@ impl Spool {
             bytes: AtomicU64::new(total),
             stopping: AtomicBool::new(false),
             placeholder: Placeholder::new(),
+            opened: std::time::Instant::now(),
+            disk_checked_ms: AtomicU64::new(0),
+            disk_free: AtomicU64::new(u64::MAX),
             _lock: lock,
         };
+        spool.check_disk();
         let resealed = spool.seal()?;
         if resealed > 0 {
             tracing::info!(
@@ -560,9 +591,65 @@ impl Spool {
         self.lock().heads.get(run).map(|h| (h.seq, h.spent))
     }
 
-    /// Whether the spool is over its limit.
+    /// Whether the spool refuses new calls: over its size limit, or with less than
+    /// `min_free_disk` free on its disk (or a write that failed since the last check).
     pub fn is_full(&self) -> bool {
-        self.bytes() >= self.limits.max_bytes
+        self.bytes() >= self.limits.max_bytes || self.disk_low()
+    }
+
+    /// Why the spool refuses new calls, for the refusal's message; `None` when it does not.
+    pub fn refusal(&self) -> Option<String> {
+        if self.bytes() >= self.limits.max_bytes {
+            return Some(format!(
+                "its spool holds {} bytes, the limit of proxy.receipts.spool_max_bytes, until control acknowledges receipts",
+                self.bytes()
+            ));
+        }
+        self.disk_low().then(|| {
+            format!(
+                "the disk under its spool ({}) has {} bytes free, under proxy.receipts.min_free_disk = {}; free disk space",
+                self.dir.display(),
+                self.disk_free.load(Ordering::Relaxed),
+                self.limits.min_free_disk
+            )
+        })
+    }
+
+    /// Whether the disk is under `min_free_disk`; checks it again when the last check is
+    /// [`DISK_CHECK_MS`] old (one `statvfs`, by one caller).
+    fn disk_low(&self) -> bool {
+        if self.limits.min_free_disk == 0 {
+            return false;
+        }
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.disk_checked_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= DISK_CHECK_MS
+            && self.disk_checked_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.check_disk();
+        }
+        self.disk_free.load(Ordering::Relaxed) < self.limits.min_free_disk
+    }
+
+    /// Reads the free space under the spool and logs when it crosses `min_free_disk`.
+    fn check_disk(&self) {
+        if self.limits.min_free_disk == 0 {
+            return;
+        }
+        let free = match rustix::fs::statvfs(&self.dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the free space under the spool");
+                return;
+            }
+        };
+        let before = self.disk_free.swap(free, Ordering::Relaxed);
+        let min = self.limits.min_free_disk;
+        if free < min && before >= min {
+            tracing::error!(dir = %self.dir.display(), free, min, "the disk under the spool is almost full: calls are refused (503 spool_full) until space is freed");
+        } else if free >= min && before < min {
+            tracing::warn!(dir = %self.dir.display(), free, "the disk under the spool has room again: calls are served");
+        }
     }
 
     /// Receipts written and not yet sealed.
@@ -574,10 +661,11 @@ impl Spool {
     /// lane set and the chain position left open; the body is serialized there too, with this
     /// spool's random sentinel standing in for `prev_hash`. Under the lock only the chain
     /// position is spliced in where the sentinel stands, and the result hashed and written.
+    ///
+    /// The spool's limits (`max_bytes`, `min_free_disk`) are not checked here: they decide which
+    /// calls start ([`Spool::is_full`]), and a call that started has its receipt written as long
+    /// as the disk takes it — `min_free_disk` is the room kept for them.
     pub fn append(&self, run: &str, build: impl FnOnce(Chain) -> ReceiptBody) -> Result<(), SpoolError> {
-        if self.is_full() {
-            return Err(SpoolError::Full { bytes: self.bytes(), max: self.limits.max_bytes });
-        }
         let lane = self.key.id();
         let mut body = build(Chain { lane: lane.to_owned(), prev_hash: self.placeholder.sentinel.clone(), seq: 0 });
         let mut charged = Spent::default();
@@ -604,7 +692,9 @@ impl Spool {
                 receipt_record(&receipt_id, |out| out.extend_from_slice(&bytes))
             }
         };
-        if let Err(e) = inner.active.write_all(&record) {
+        if let Err(e) = write_or_undo(&mut inner.active, &record) {
+            // Most likely the disk is full: refuse calls until a check finds room.
+            self.disk_free.store(0, Ordering::Relaxed);
             return Err(io_err(&segment_path(&self.dir, inner.active_id))(e));
         }
         let segment = inner.active_id;
@@ -669,7 +759,16 @@ impl Spool {
         {
             let mut inner = self.lock();
             let path = segment_path(&self.dir, inner.active_id);
-            inner.active.write_all(&record).map_err(io_err(&path))?;
+            if let Err(e) = write_or_undo(&mut inner.active, &record) {
+                // Nothing of the batch is lost: it is sealed with the next one, once the disk
+                // has room (calls are refused until then).
+                self.disk_free.store(0, Ordering::Relaxed);
+                let later = std::mem::replace(&mut inner.pending, pending);
+                inner.pending.extend(later);
+                let later = std::mem::replace(&mut inner.to_sync, to_sync);
+                inner.to_sync.extend(later);
+                return Err(io_err(&path)(e));
+            }
             let active_id = inner.active_id;
             if let Some(s) = inner.segments.get_mut(&active_id) {
                 s.bytes += record.len() as u64;

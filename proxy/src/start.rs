@@ -35,6 +35,15 @@ use crate::state::Proxy;
 use crate::tls::{self, Ca, TlsError};
 use crate::upstream::{self, Egress};
 
+/// Concurrent HTTP/2 streams per client connection.
+const H2_MAX_STREAMS: u32 = 256;
+/// Largest HTTP/2 header list (decoded), bytes: the order of HTTP/1.1's header limits.
+const H2_MAX_HEADER_LIST: u32 = 64 << 10;
+/// Streams a client may open and reset before the proxy accepts them, per connection.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the proxy may reset for a client's protocol errors, per connection.
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -165,6 +174,7 @@ impl Proxy {
                 segment_bytes: r.segment_bytes,
                 seal_interval: r.seal_interval,
                 fsync: r.fsync,
+                min_free_disk: r.min_free_disk,
             };
             Some(Arc::new(Spool::open(&config.home.join("spool"), key, limits)?))
         } else {
@@ -331,11 +341,27 @@ impl Proxy {
 
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.timer(TokioTimer::new()).header_read_timeout(config.header_timeout).keep_alive(true);
+        // HTTP/2 limits, explicit rather than left to hyper's and h2's defaults: streams per
+        // connection; the header list a HEADERS + CONTINUATION sequence may carry (a longer one,
+        // or a CONTINUATION flood, ends the connection); streams a client may reset before the
+        // proxy accepts them (rapid reset, CVE-2023-44487) and streams the proxy may reset for a
+        // client's protocol errors (CVE-2025-8671) before the connection ends with GOAWAY.
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new()).adaptive_window(true);
+        h2.timer(TokioTimer::new())
+            .adaptive_window(true)
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
         let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         auto.http1().timer(TokioTimer::new()).header_read_timeout(config.header_timeout).keep_alive(true);
-        auto.http2().timer(TokioTimer::new()).adaptive_window(true);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
 
         let proxy = Arc::new(Proxy {
             config,

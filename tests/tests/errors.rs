@@ -518,3 +518,206 @@ async fn connections_past_the_cap_get_503_and_the_cap_frees_as_they_close() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     still_serves(&proxy, &plain).await;
 }
+
+/// HTTP/2 frame: 3-byte length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487) on the sidecar's cleartext HTTP/2: a client opens streams
+/// and resets each at once. The proxy ends that connection with GOAWAY after a bounded number of
+/// them, next to nothing reaches the upstream, and a client on another connection is served
+/// throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_rapid_reset_is_cut_off_while_other_clients_are_served() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .sidecar("http://plain.internal.test")
+        .start()
+        .unwrap();
+    let sidecar = proxy.sidecars[0];
+    let tcp = TcpStream::connect(sidecar).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut reset = 0u32;
+    let ended = loop {
+        if reset == 10_000 {
+            break None;
+        }
+        client = match client.ready().await {
+            Ok(c) => c,
+            Err(e) => break Some(e),
+        };
+        let request = http::Request::post(format!("http://{sidecar}/v1/chat/completions"))
+            .header("x-fleetforge-run", "run-rapid-reset")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        match client.send_request(request, false) {
+            Ok((_response, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                reset += 1;
+            }
+            Err(e) => break Some(e),
+        }
+        // Another client, on its own connection, is served while the flood runs.
+        if reset == 2_000 {
+            still_serves_sidecar(sidecar).await;
+        }
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), connection).await.unwrap().unwrap();
+    // The connection task holds the GOAWAY; the request side may only see the closed socket.
+    let error = outcome.err().or(ended).expect("the proxy let 10,000 reset streams through on one connection");
+    assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "ended with GOAWAY ENHANCE_YOUR_CALM: {error}");
+    assert!(error.is_go_away() && error.is_remote(), "the proxy sent the GOAWAY: {error}");
+    assert!(reset < 5_000, "{reset} streams were reset before the proxy ended the connection");
+    let forwarded = plain.requests().len();
+    assert!(forwarded <= 300, "{forwarded} of {reset} reset streams were forwarded");
+    println!("rapid reset: GOAWAY after {reset} reset streams, {forwarded} forwarded");
+    still_serves_sidecar(sidecar).await;
+    still_serves(&proxy, &plain).await;
+}
+
+/// One JSON call on the sidecar, over HTTP/2 with prior knowledge, must succeed.
+async fn still_serves_sidecar(sidecar: std::net::SocketAddr) {
+    let out = Clients::locate()
+        .curl(
+            &[
+                "-s",
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "x-fleetforge-run: run-bystander",
+                &format!("http://{sidecar}/status/204"),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "204", "the sidecar stopped serving: {out:?}");
+}
+
+/// HTTP/2 CONTINUATION flood (CVE-2024-27316 and kin): a HEADERS frame without END_HEADERS,
+/// then CONTINUATION frames of new header fields without end. The proxy ends the connection once
+/// the header list passes its limit (64 KiB), long before the flood ends; nothing is forwarded;
+/// other clients are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_continuation_flood_is_cut_off_at_the_header_limit() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .sidecar("http://plain.internal.test")
+        .start()
+        .unwrap();
+    let sidecar = proxy.sidecars[0];
+    let mut s = TcpStream::connect(sidecar).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(&h2_frame(4, 0, 0, &[])).await.unwrap();
+    // :method GET, :scheme http, :path / (static table), :authority literal.
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 9];
+    block.extend_from_slice(b"localhost");
+    s.write_all(&h2_frame(1, 0x1, 1, &block)).await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(20), read.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    let mut sent = 0usize;
+    for i in 0..200_000u32 {
+        // A literal header field without indexing, new name: 0x00, name, 100-byte value.
+        let name = format!("x-flood-{i:08}");
+        let mut field = vec![0x00, u8::try_from(name.len()).unwrap()];
+        field.extend_from_slice(name.as_bytes());
+        field.push(100);
+        field.extend_from_slice(&[b'a'; 100]);
+        if write.write_all(&h2_frame(9, 0, 1, &field)).await.is_err() {
+            break;
+        }
+        sent += field.len();
+    }
+    let got = reader.await.unwrap();
+    assert!(sent < 4 << 20, "the proxy took {sent} bytes of one header list without ending the connection");
+    // The last frame the proxy sent: GOAWAY (type 7), or at least the connection closed.
+    let goaway = got.windows(4).any(|w| w[3] == 7 && w[0] == 0 && w[1] == 0 && w[2] >= 8);
+    assert!(goaway || got.len() < 100, "no GOAWAY in the proxy's {} bytes", got.len());
+    assert!(plain.requests().is_empty(), "a request was forwarded");
+    still_serves_sidecar(sidecar).await;
+    still_serves(&proxy, &plain).await;
+}
+
+/// `proxy.limits.max_calls_per_run`: with two calls of a run streaming, a third of that run gets
+/// `429 run_concurrency_exceeded` (`Retry-After: 1`, with a receipt, nothing forwarded) while
+/// another run is served; once the two end, the run is served again.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_past_a_runs_concurrency_cap_get_429_while_other_runs_are_served() {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let (proxy, _dir) = limited(&plain, "max_calls_per_run = 2");
+    let url = proxy.proxy_url("run-busy", "tok");
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let slow = |url: String| {
+        let clients = Clients::locate();
+        async move {
+            clients
+                .curl(
+                    &[
+                        "-s",
+                        "-N",
+                        "-H",
+                        "content-type: application/json",
+                        "-H",
+                        "x-test-chunk-delay-ms: 400",
+                        "-d",
+                        body,
+                        "http://plain.internal.test/v1/chat/completions",
+                    ],
+                    &[("http_proxy", &url)],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let streams = [tokio::spawn(slow(url.clone())), tokio::spawn(slow(url.clone()))];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while plain.requests().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the two streams never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let json = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST http://plain.internal.test/v1/chat/completions HTTP/1.1\r\nHost: plain.internal.test\r\nx-fleetforge-run: run-busy\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    let response = raw(proxy.forward, request.as_bytes()).await;
+    assert_eq!(status(&response), 429, "{response}");
+    let e = error_body(&response);
+    assert_eq!(e["error"]["type"], "run_concurrency_exceeded", "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("run-busy") && message.contains("max_calls_per_run = 2"), "names run and limit: {e}");
+    assert!(e["error"]["receipt_id"].as_str().is_some_and(|r| !r.is_empty()), "the refusal has a receipt: {e}");
+    assert!(response.to_ascii_lowercase().contains("retry-after: 1"), "{response}");
+    assert_eq!(plain.requests().len(), 2, "the refused call was not forwarded");
+    // Another run is not held back by this one's streams.
+    let other = raw(proxy.forward, request.replace("run-busy", "run-other").as_bytes()).await;
+    assert_eq!(status(&other), 200, "{other}");
+    for stream in streams {
+        let out = stream.await.unwrap();
+        assert!(out.stdout.contains("[DONE]"), "a capped run's stream was cut: {}", out.stderr);
+    }
+    let again = raw(proxy.forward, request.as_bytes()).await;
+    assert_eq!(status(&again), 200, "the run's slots came back: {again}");
+}

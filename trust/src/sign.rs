@@ -102,12 +102,20 @@ impl SigningKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let text = std::fs::read_to_string(path).map_err(io)?;
-                let der = unpem(&text)
-                    .ok_or_else(|| KeyError::Format { path: shown.clone(), reason: "no PEM block".into() })?;
-                Self::from_pkcs8(&der).map_err(|reason| KeyError::Format { path: shown, reason })
+                Self::from_pem(&text).map_err(|e| match e {
+                    KeyError::Format { reason, .. } => KeyError::Format { path: shown, reason },
+                    other => other,
+                })
             }
             Err(e) => Err(io(e)),
         }
+    }
+
+    /// The key in the PEM text `text` (PKCS#8), as [`Self::load_or_create`] reads it from a file.
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        let der =
+            unpem(text).ok_or_else(|| KeyError::Format { path: "(PEM text)".into(), reason: "no PEM block".into() })?;
+        Self::from_pkcs8(&der).map_err(|reason| KeyError::Format { path: "(PEM text)".into(), reason })
     }
 
     /// The key id.

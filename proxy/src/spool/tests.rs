@@ -11,7 +11,13 @@ use fleetforge_trust::verify::{Link, check_chain, verify};
 use super::{Shippable, Spool, SpoolError, SpoolLimits};
 
 fn limits() -> SpoolLimits {
-    SpoolLimits { max_bytes: 1 << 30, segment_bytes: 16 << 20, seal_interval: Duration::from_millis(1), fsync: true }
+    SpoolLimits {
+        max_bytes: 1 << 30,
+        segment_bytes: 16 << 20,
+        seal_interval: Duration::from_millis(1),
+        fsync: true,
+        min_free_disk: 0,
+    }
 }
 
 fn key(dir: &Path) -> SigningKey {
@@ -190,21 +196,24 @@ fn acknowledged_closed_segments_are_deleted_and_heads_survive() {
 }
 
 #[test]
-fn one_spool_per_proxy_and_a_full_spool_refuses() {
+fn one_spool_per_proxy_and_a_full_spool_says_why_but_still_takes_started_calls() {
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
     let spool = Spool::open(&spool_dir, key(dir.path()), SpoolLimits { max_bytes: 2000, ..limits() }).unwrap();
     let second = Spool::open(&spool_dir, key(dir.path()), limits());
     assert!(matches!(second, Err(SpoolError::Locked(_))), "{second:?}");
-    let mut full = false;
-    for _ in 0..10 {
-        if let Err(e) = spool.append("run-a", |c| body("run-a", c)) {
-            assert!(matches!(e, SpoolError::Full { .. }), "{e}");
-            full = true;
-            break;
-        }
+    assert!(!spool.is_full() && spool.refusal().is_none());
+    let mut appended = 0;
+    while !spool.is_full() {
+        spool.append("run-a", |c| body("run-a", c)).unwrap();
+        appended += 1;
+        assert!(appended < 100, "2000 bytes never filled");
     }
-    assert!(full && spool.is_full());
+    let why = spool.refusal().unwrap();
+    assert!(why.contains("spool_max_bytes") && why.contains(&spool.bytes().to_string()), "{why}");
+    // A call that started before the limit was reached still gets its receipt.
+    spool.append("run-a", |c| body("run-a", c)).unwrap();
+    assert_eq!(spool.resume("run-a").map(|h| h.0), Some(appended + 1));
 }
 
 #[test]
