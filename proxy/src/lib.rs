@@ -27,6 +27,8 @@ pub mod estimate;
 pub mod facts;
 pub mod flow;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod guard;
 pub mod headers;
 pub mod identify;

@@ -958,6 +958,12 @@ impl Reader {
                 match kind {
                     KIND_RECEIPT | KIND_RECEIPT_INDEXED => {
                         let Some((hash, id, body)) = receipt_parts(kind, payload) else { continue };
+                        // Only a record altered on disk (its checksum recomputed) fails this; it is
+                        // left behind rather than shipped, so it cannot hold up the ones after it.
+                        if !body.ends_with(b"}") || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                            tracing::error!(path = %path.display(), offset = self.offset, "a receipt in the spool is not JSON; skipping it (the segment was altered on disk)");
+                            continue;
+                        }
                         let id = match id {
                             Some(id) => id.to_owned(),
                             None => serde_json::from_slice::<IdOnly>(body).map(|r| r.id).unwrap_or_default(),
