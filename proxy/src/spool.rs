@@ -960,7 +960,9 @@ impl Reader {
                         let Some((hash, id, body)) = receipt_parts(kind, payload) else { continue };
                         // Only a record altered on disk (its checksum recomputed) fails this; it is
                         // left behind rather than shipped, so it cannot hold up the ones after it.
-                        if !body.ends_with(b"}") || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                        if !body.ends_with(b"}")
+                            || serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).is_err()
+                        {
                             tracing::error!(path = %path.display(), offset = self.offset, "a receipt in the spool is not JSON; skipping it (the segment was altered on disk)");
                             continue;
                         }
