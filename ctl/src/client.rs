@@ -61,6 +61,8 @@ pub struct ControlClient {
     base: String,
     token: Option<String>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// How long one request may take.
+    timeout: Duration,
 }
 
 impl ControlClient {
@@ -74,7 +76,18 @@ impl ControlClient {
             fleetforge_trust::tls::client_config(provider, None).map_err(|e| ClientError::Config(e.to_string()))?;
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-        Ok(Self { base, token, client: Client::builder(TokioExecutor::new()).build(connector) })
+        Ok(Self {
+            base,
+            token,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// The same client with another per-request timeout (default 60 s), for requests that do
+    /// a run's worth of work, like verifying it.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self { timeout, ..self.clone() }
     }
 
     /// A client configured from the environment (see the module docs).
@@ -108,9 +121,9 @@ impl ControlClient {
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = req.body(Full::new(body)).map_err(|e| ClientError::Config(e.to_string()))?;
         let unreachable = |reason: String| ClientError::Unreachable { url: self.base.clone(), reason };
-        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
-            .map_err(|_| unreachable("no answer within 60 s".into()))?
+            .map_err(|_| unreachable(format!("no answer within {} s", self.timeout.as_secs())))?
             .map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();

@@ -79,7 +79,13 @@ pub async fn receipts(c: &ControlClient, run: &str, as_json: bool) -> anyhow::Re
 /// report) and is in its tenant's transparency log, and the log is consistent with the head seen
 /// last ([`crate::log`]).
 pub async fn verify(c: &ControlClient, run: &str) -> anyhow::Result<ExitCode> {
-    let report = c.get(&format!("/v1/runs/{run}/verify")).await.map_err(not_found(run))?;
+    // Control checks every receipt's signature and log inclusion in this one request: a run of
+    // a million receipts takes minutes.
+    let report = c
+        .with_timeout(std::time::Duration::from_secs(1800))
+        .get(&format!("/v1/runs/{run}/verify"))
+        .await
+        .map_err(not_found(run))?;
     let checked = report["checked"].as_u64().unwrap_or(0);
     let mut ok = report["ok"] == true;
     if ok {

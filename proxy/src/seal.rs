@@ -49,8 +49,9 @@ use crate::context::{Call, Kept, SealedRequest, SecretValues};
 #[cfg(test)]
 mod tests;
 
-/// Addresses the writer remembers having written before it forgets them (32 MiB of memory).
-const MAX_KNOWN: usize = 1 << 20;
+/// Addresses the writer remembers having written before it forgets them (about 2.5 MiB; a
+/// forgotten one costs a file-exists check).
+const MAX_KNOWN: usize = 1 << 16;
 
 /// How long the writer lets blobs gather after a wake-up before writing them.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);

@@ -25,7 +25,11 @@ import time
 import httpx
 
 
-async def client(args: argparse.Namespace, calls: list[dict], state: dict) -> None:
+async def client(args: argparse.Namespace, calls: list[dict], state: dict, k: int) -> None:
+    if args.runs:
+        # Client k charges its calls to run <x-fleetforge-run>-<k mod RUNS>: a fleet of agents.
+        calls = [{**c, "headers": {**c["headers"], "x-fleetforge-run": f"{c['headers']['x-fleetforge-run']}-{k % args.runs}"}}
+                 for c in calls]
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with httpx.AsyncClient(trust_env=True, timeout=args.timeout, limits=limits) as c:
         while state["made"] < args.count and time.monotonic() < state["end"]:
@@ -55,6 +59,8 @@ async def main() -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="per call, seconds")
     p.add_argument("--body", default='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}')
     p.add_argument("--header", action="append", default=[], help="NAME=VALUE, repeatable")
+    p.add_argument("--runs", type=int, default=0,
+                   help="spread the clients over N runs: x-fleetforge-run gets -0 .. -(N-1) appended")
     args = p.parse_args()
     headers = {"content-type": "application/json"}
     for h in args.header:
@@ -69,8 +75,10 @@ async def main() -> None:
                 calls.append({"url": c["url"], "body": body.encode(), "headers": {**headers, **c.get("headers", {})}})
     if not calls:
         p.error("give URLs or --calls")
+    if args.runs and not all("x-fleetforge-run" in c["headers"] for c in calls):
+        p.error("--runs needs --header x-fleetforge-run=PREFIX")
     state = {"made": 0, "end": time.monotonic() + args.duration}
-    await asyncio.gather(*(client(args, calls, state) for _ in range(args.concurrency)))
+    await asyncio.gather(*(client(args, calls, state, k) for k in range(args.concurrency)))
 
 
 if __name__ == "__main__":
