@@ -107,6 +107,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         bundle: Option<std::path::PathBuf>,
     },
+    /// Check a health endpoint, for container and systemd health checks where there is no curl:
+    /// GET URL; prints `ok` and exits 0 on a 2xx answer within --timeout, else says why and
+    /// exits 1.
+    Health {
+        /// The URL: a proxy's admin /healthz or /readyz, or control's.
+        #[arg(default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+        timeout: u64,
+    },
     /// Export a run: `aibom` (its AI bill of materials, CycloneDX 1.6 JSON), `vc` (its capability
     /// as a signed W3C verifiable credential), written to -o FILE or printed; `c2pa`: a C2PA
     /// manifest store (-o FILE.c2pa) bound to the run's receipts, written beside it as
@@ -338,6 +349,7 @@ fn main() -> ExitCode {
             Command::Verify { run: Some(run), .. } => show::verify(&client()?, &run).await,
             Command::Verify { run: None, bundle } => verify_bundle(bundle.as_deref()),
             Command::Budget { run, json } => budget(&run, json).await,
+            Command::Health { url, timeout } => Ok(health(&url, timeout).await),
             Command::Export { run, format, output } => export(&run, format, output.as_deref()).await,
             Command::Replay { run, strict, timing, as_run, json, command } => {
                 let args = replay::Args { run, strict, timing, as_run, json, command };
@@ -672,6 +684,35 @@ async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// `fleetforge-ctl budget RUN`.
+/// `fleetforge-ctl health`: 0 when `url` answers 2xx within `timeout` seconds.
+async fn health(url: &str, timeout: u64) -> ExitCode {
+    let failed = |why: String| {
+        eprintln!("fleetforge-ctl health: {url}: {why}");
+        ExitCode::FAILURE
+    };
+    let http = url.parse::<http::Uri>().ok().is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")));
+    if !http {
+        return failed("not an http(s) URL; e.g. http://127.0.0.1:9901/healthz".into());
+    }
+    let client = match ControlClient::new(url, None) {
+        Ok(c) => c,
+        Err(e) => return failed(e.to_string()),
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(timeout), client.get_bytes("")).await {
+        Ok(Ok(_)) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(client::ClientError::Unreachable { reason, .. })) => failed(reason),
+        Ok(Err(
+            client::ClientError::Status { status, message } | client::ClientError::Unauthorized { status, message },
+        )) => failed(format!("answered {status}: {message}")),
+        Ok(Err(client::ClientError::NotFound(message))) => failed(format!("answered 404 Not Found: {message}")),
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(_) => failed(format!("no answer within {timeout} s")),
+    }
+}
+
 async fn budget(run: &str, as_json: bool) -> anyhow::Result<ExitCode> {
     let c = client()?;
     let shown = c.get(&format!("/v1/runs/{run}")).await.map_err(not_found(run))?;

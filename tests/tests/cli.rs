@@ -176,3 +176,24 @@ async fn ctl_up_prints_working_exports_and_stops_cleanly() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// `fleetforge-ctl health` (the containers' health check): 0 and `ok` when a real proxy's admin
+/// `/healthz` answers; 1 with the status when the URL answers an error, with the reason when
+/// nothing listens, and on a URL that is not http(s).
+#[test]
+fn ctl_health_checks_an_endpoint_for_containers() {
+    let proxy = fleetforge_e2e::ProxyProcess::builder().start().unwrap();
+    let url = format!("http://{}/healthz", proxy.admin);
+    let (code, out, err) = run("fleetforge-ctl", &["health", &url], &[]);
+    assert_eq!((code, out.trim()), (0, "ok"), "{err}");
+    let (code, _, err) = run("fleetforge-ctl", &["health", &format!("http://{}/no-such-page", proxy.admin)], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("answered 404"), "names the status: {err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (code, _, err) = run("fleetforge-ctl", &["health", "--timeout", "2", &format!("http://{closed}/healthz")], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&closed.to_string()), "names the URL: {err}");
+    let (code, _, err) = run("fleetforge-ctl", &["health", "ftp://example.test/"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not an http(s) URL"), "{err}");
+}
