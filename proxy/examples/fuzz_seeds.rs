@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fleetforge_proxy::fuzz::{SEED_ROOT, seed_key};
-use fleetforge_proxy::spool::{Spool, SpoolLimits};
+use fleetforge_proxy::fuzz::{SEED_ROOT, seed_key, seed_spool_limits};
+use fleetforge_proxy::spool::Spool;
 use fleetforge_trust::RunId;
 use fleetforge_trust::capability::{self, Grants, RunClaims};
 use fleetforge_trust::receipt::ReceiptBody;
@@ -37,13 +37,7 @@ fn records(segment: &[u8]) -> Vec<u8> {
 
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let limits = SpoolLimits {
-        max_bytes: 1 << 30,
-        segment_bytes: 1 << 20,
-        seal_interval: Duration::from_millis(1),
-        fsync: false,
-        min_free_disk: 0,
-    };
+    let limits = seed_spool_limits();
     let spool = Spool::open(dir.path(), seed_key(), limits.clone())?;
     for run in ["run-seed-a", "run-seed-b", "run-seed-a"] {
         spool.append(run, |chain| ReceiptBody::example(RunId::new(run).expect("a run id"), chain))?;

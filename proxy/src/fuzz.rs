@@ -299,7 +299,8 @@ pub fn credentials(data: &[u8]) {
 fn password_not_echoed(auth: &[u8], message: &str) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let text = String::from_utf8_lossy(auth);
+    // Only an ASCII value gets as far as its password (others fail as "not ASCII").
+    let Some(text) = std::str::from_utf8(auth).ok().filter(|t| t.is_ascii()) else { return };
     let Some((scheme, encoded)) = text.trim().split_once(' ') else { return };
     let Ok(decoded) = b64.decode(encoded.trim()) else { return };
     let Some(colon) = decoded.iter().position(|&b| b == b':') else { return };
@@ -355,6 +356,17 @@ pub fn seed_key() -> SigningKey {
 /// A PKCS#8 ed25519 key for fuzzing only (never a proxy's key).
 const SEED_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJ\n-----END PRIVATE KEY-----\n";
 
+/// The spool limits of the spool target and its seeds: no size or disk limits, no fsync.
+pub fn seed_spool_limits() -> SpoolLimits {
+    SpoolLimits {
+        max_bytes: 1 << 30,
+        segment_bytes: 1 << 20,
+        seal_interval: Duration::from_millis(1),
+        fsync: false,
+        min_free_disk: 0,
+    }
+}
+
 /// The spool folder of this process's spool target.
 fn spool_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -382,13 +394,7 @@ pub fn spool_segment(data: &[u8]) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("create the fuzz spool folder");
     std::fs::write(dir.join(format!("{:016}.seg", 1)), &segment).expect("write the segment");
-    let limits = SpoolLimits {
-        max_bytes: 1 << 30,
-        segment_bytes: 1 << 20,
-        seal_interval: Duration::from_millis(1),
-        fsync: false,
-        min_free_disk: 0,
-    };
+    let limits = seed_spool_limits();
     for _ in 0..2 {
         let Ok(spool) = Spool::open(dir, seed_key(), limits.clone()) else { return };
         let mut reader = spool.reader();

@@ -519,6 +519,18 @@ async fn connections_past_the_cap_get_503_and_the_cap_frees_as_they_close() {
     still_serves(&proxy, &plain).await;
 }
 
+/// A plain upstream and a proxy with a sidecar in front of it (cleartext HTTP/2 with prior
+/// knowledge, or HTTP/1.1).
+async fn h2c_sidecar() -> (Upstream, ProxyProcess) {
+    let plain = Upstream::builder().plain().start().await.unwrap();
+    let proxy = ProxyProcess::builder()
+        .resolve("plain.internal.test", plain.addr())
+        .sidecar("http://plain.internal.test")
+        .start()
+        .unwrap();
+    (plain, proxy)
+}
+
 /// HTTP/2 frame: 3-byte length, type, flags, stream id, payload.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
@@ -534,12 +546,7 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// throughout.
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_rapid_reset_is_cut_off_while_other_clients_are_served() {
-    let plain = Upstream::builder().plain().start().await.unwrap();
-    let proxy = ProxyProcess::builder()
-        .resolve("plain.internal.test", plain.addr())
-        .sidecar("http://plain.internal.test")
-        .start()
-        .unwrap();
+    let (plain, proxy) = h2c_sidecar().await;
     let sidecar = proxy.sidecars[0];
     let tcp = TcpStream::connect(sidecar).await.unwrap();
     let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -618,12 +625,7 @@ async fn still_serves_sidecar(sidecar: std::net::SocketAddr) {
 /// other clients are served.
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_continuation_flood_is_cut_off_at_the_header_limit() {
-    let plain = Upstream::builder().plain().start().await.unwrap();
-    let proxy = ProxyProcess::builder()
-        .resolve("plain.internal.test", plain.addr())
-        .sidecar("http://plain.internal.test")
-        .start()
-        .unwrap();
+    let (plain, proxy) = h2c_sidecar().await;
     let sidecar = proxy.sidecars[0];
     let mut s = TcpStream::connect(sidecar).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
