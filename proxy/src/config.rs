@@ -902,30 +902,17 @@ impl Builder<'_> {
         let stream_idle_timeout =
             duration("proxy.limits.stream_idle_timeout", raw.limits.stream_idle_timeout, Duration::from_secs(300))?;
         let drain_timeout = duration("proxy.limits.drain_timeout", raw.limits.drain_timeout, Duration::from_secs(10))?;
-        let max_calls_per_run = match self.file(raw.limits.max_calls_per_run) {
-            None => 1_000,
-            Some(Given { value: n @ 1..=1_000_000, .. }) => n,
+        // A count between 1 and 1,000,000 (`what` names its unit in the error).
+        let count = |key: &str, given: Option<u64>, default: u64, what: &str| match self.file(given) {
+            None => Ok(default),
+            Some(Given { value: n @ 1..=1_000_000, .. }) => Ok(n),
             Some(given) => {
-                return Err(value_error(
-                    "proxy.limits.max_calls_per_run",
-                    &given.value.to_string(),
-                    given.origin,
-                    "expected 1 to 1000000 calls",
-                ));
+                Err(value_error(key, &given.value.to_string(), given.origin, &format!("expected 1 to 1000000 {what}")))
             }
         };
-        let max_connections = match self.file(raw.limits.max_connections) {
-            None => 10_000,
-            Some(Given { value: n @ 1..=1_000_000, .. }) => usize::try_from(n).unwrap_or(10_000),
-            Some(given) => {
-                return Err(value_error(
-                    "proxy.limits.max_connections",
-                    &given.value.to_string(),
-                    given.origin,
-                    "expected 1 to 1000000 connections",
-                ));
-            }
-        };
+        let max_calls_per_run = count("proxy.limits.max_calls_per_run", raw.limits.max_calls_per_run, 1_000, "calls")?;
+        let max_connections = count("proxy.limits.max_connections", raw.limits.max_connections, 10_000, "connections")?;
+        let max_connections = usize::try_from(max_connections).unwrap_or(10_000);
 
         let default_run = self
             .string(("--default-run", flags.default_run.clone()), "FLEETFORGE_DEFAULT_RUN", raw.identity.default_run)
