@@ -8,6 +8,8 @@ each, kept open), then reads VmRSS of the proxy after the connections have settl
 connection completes a real request, so each holds live TLS and HTTP state in the proxy.
 """
 import asyncio
+import base64
+import os
 import ssl
 import sys
 import time
@@ -19,6 +21,9 @@ def rss_kib(pid: int) -> int:
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
 
+
+# Proxy credentials (RUN:TOKEN) for CONNECT; FLEETFORGE_BENCH_PROXY_AUTH, "rss:x" by default.
+AUTH = base64.b64encode(os.environ.get("FLEETFORGE_BENCH_PROXY_AUTH", "rss:x").encode()).decode()
 
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 
@@ -40,7 +45,7 @@ async def read_response(reader: asyncio.StreamReader) -> None:
 
 async def forward_conn(fwd: tuple, host: str, port: int, ctx: ssl.SSLContext, keep: list) -> None:
     reader, writer = await asyncio.open_connection(*fwd)
-    writer.write(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic cnNzOng=\r\n\r\n".encode())
+    writer.write(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {AUTH}\r\n\r\n".encode())
     await reader.readuntil(b"\r\n\r\n")
     await writer.start_tls(ctx, server_hostname=host)
     writer.write(request(host))
