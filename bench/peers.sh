@@ -2,7 +2,8 @@
 # bench/peers.sh — FleetForge against the proxies it is compared with, side by side in one run.
 #
 # usage: bench/peers.sh [--duration S] [--rounds R] [--concurrency C] [--chunks N]
-#                       [--ttfb-delay-ms MS] [--rss N] [--profile S] [--only LIST] [--no-install]
+#                       [--ttfb-delay-ms MS] [--rss N] [--profile S [--profile-row ROW] [--profile-mode json|sse]]
+#                       [--only LIST] [--no-install]
 #
 # Rows (ids for --only; direct always runs):
 #   direct        oha -> the fake upstream over HTTPS: the limit every row is compared with
@@ -29,9 +30,10 @@
 #   RSS    --rss N client connections (1000) opened through forward-full (half intercepted TLS,
 #          half to its sidecar listener), each completing a request and staying open; the
 #          proxy's resident memory.
-#   PROFILE  --profile S (0: off) records forward-full's stacks with perf for S seconds of JSON load
-#          and draws them as a flame graph (inferno, cargo-installed into $BENCH_STATE/.tools)
-#          beside the table: bench/results/profile-forward-full-<date>.svg.
+#   PROFILE  --profile S (0: off) records a FleetForge row's stacks with perf for S seconds of load
+#          (--profile-row forward-full|sidecar, --profile-mode json|sse; forward-full and json by
+#          default) and draws them as a flame graph (inferno, cargo-installed into
+#          $BENCH_STATE/.tools) beside the table: bench/results/profile-<row>-<mode>-<date>.svg.
 # The table and the issue's bars (checked) go to stdout and to bench/results/peers-<date>.md.
 #
 # Installs what is missing (--no-install refuses instead): oha 1.16 (cargo install into
@@ -43,7 +45,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-DURATION=5 ROUNDS=3 CONC=16 CHUNKS=20 TTFB_DELAY=5 RSS=1000 PROFILE=0 WARMUP=1 INSTALL=1 ONLY=""
+DURATION=5 ROUNDS=3 CONC=16 CHUNKS=20 TTFB_DELAY=5 RSS=1000 PROFILE=0 PROFILE_ROW=forward-full PROFILE_MODE=nonstream WARMUP=1 INSTALL=1 ONLY=""
 while (($#)); do
   case $1 in
     --duration) DURATION=$2; shift 2 ;;
@@ -53,9 +55,12 @@ while (($#)); do
     --ttfb-delay-ms) TTFB_DELAY=$2; shift 2 ;;
     --rss) RSS=$2; shift 2 ;;
     --profile) PROFILE=$2; shift 2 ;;
+    --profile-row) PROFILE_ROW=$2; shift 2 ;;
+    --profile-mode) case $2 in json) PROFILE_MODE=nonstream ;; sse) PROFILE_MODE=stream ;;
+                      *) echo "bench/peers.sh: --profile-mode is json or sse, got '$2'" >&2; exit 2 ;; esac; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
-    -h|--help) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +68,9 @@ num() { [[ $2 =~ ^[0-9]+$ ]] && (($2 >= $3 && $2 <= $4)) || { echo "bench/peers.
 num --duration "$DURATION" 1 300; num --rounds "$ROUNDS" 1 10; num --concurrency "$CONC" 1 512
 num --chunks "$CHUNKS" 1 1000; num --ttfb-delay-ms "$TTFB_DELAY" 0 1000; num --rss "$RSS" 0 20000; num --profile "$PROFILE" 0 600
 ALL=(direct sidecar forward-full nginx mitmproxy litellm)
+declare -A MODES_LABEL=([nonstream]=JSON [stream]=SSE)
+[[ $PROFILE_ROW == forward-full || $PROFILE_ROW == sidecar ]] \
+  || { echo "bench/peers.sh: --profile-row is forward-full or sidecar, got '$PROFILE_ROW'" >&2; exit 2; }
 for id in ${ONLY//,/ }; do
   [[ " ${ALL[*]} " == *" $id "* ]] || { echo "bench/peers.sh: --only: unknown row '$id' (${ALL[*]})" >&2; exit 2; }
 done
@@ -354,23 +362,7 @@ pg_server_ticks() {
   done
   echo "$total"
 }
-drain() { # seconds until control holds every receipt forward-full recorded (at most 120)
-  python3 - "$admin" <<'PY'
-import re, sys, time, urllib.request
-def counts():
-    text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
-    rec = sum(float(v) for v in re.findall(r"^fleetforge_receipts_recorded_total (\S+)$", text, re.M))
-    shipped = sum(float(v) for v in re.findall(r"^fleetforge_receipts_shipped_total\{[^}]*\} (\S+)$", text, re.M))
-    return rec, shipped
-start = time.monotonic()
-while True:
-    rec, shipped = counts()
-    if shipped >= rec or time.monotonic() - start > 120:
-        break
-    time.sleep(0.02)
-print(f"{time.monotonic() - start:.2f}")
-PY
-}
+drain() { python3 "$here/drain_wait.py" "$admin"; } # seconds until control holds every receipt (at most 120)
 table=$work/rows.tsv
 : >"$table"
 measure() { # row mode round
@@ -422,27 +414,30 @@ if ((RSS > 0)) && [[ -n $full_run ]]; then
   full_pid=$(pgrep -P "${PG[forward-full]}" | head -1)
   rss_line=$(FLEETFORGE_BENCH_PROXY_AUTH="$full_run:$full_token" python3 "$here/rss.py" "$full_pid" "$full_fwd" "$full_side" api.llm.test \
     "$up_port" "$work/full-ca.pem" "$RSS" | tr '\n' ' ') || rss_line="rss.py failed"
+  python3 "$here/smaps.py" "$full_pid" 5 >"$work/smaps.txt" 2>&1 && sed 's/^/[peers] /' "$work/smaps.txt" >&2
 fi
 
-# ---- where forward-full spends its CPU ---------------------------------------------------------------
+# ---- where the profiled row spends its CPU -----------------------------------------------------------
 stamp=$(date +%Y-%m-%d-%H%M)
 svg=
-if ((PROFILE > 0)) && [[ -n $full_run ]]; then
-  full_pid=$(pgrep -P "${PG[forward-full]}" | head -1)
-  svg=$root/bench/results/profile-forward-full-$stamp.svg
-  log "profiling forward-full for $PROFILE s of JSON load"
+if ((PROFILE > 0)) && [[ -n ${PG[$PROFILE_ROW]:-} && " ${rows[*]} " == *" $PROFILE_ROW "* ]]; then
+  prof_pid=$(pgrep -P "${PG[$PROFILE_ROW]}" | head -1)
+  svg=$root/bench/results/profile-$PROFILE_ROW-$PROFILE_MODE-$stamp.svg
+  log "profiling $PROFILE_ROW for $PROFILE s of ${MODES_LABEL[$PROFILE_MODE]} load"
+  auth=()
+  [[ $PROFILE_ROW == forward-full ]] && auth=(--proxy-header "$full_auth")
   # shellcheck disable=SC2086
   timeout $((PROFILE + 60)) "$oha" -z "$((PROFILE + 2))s" -c "$CONC" --no-tui -m POST -T application/json \
-    -D "$here/bodies/body-nonstream.json" -t 30s --proxy-header "$full_auth" ${OHA_ARGS[forward-full]} "${URL[forward-full]}" \
-    >/dev/null 2>&1 &
+    -H "x-test-chunks: $CHUNKS" -D "$here/bodies/body-$PROFILE_MODE.json" -t 30s "${auth[@]}" ${OHA_ARGS[$PROFILE_ROW]:-} \
+    "${URL[$PROFILE_ROW]}" >/dev/null 2>&1 &
   load=$!
   sleep 1
-  timeout $((PROFILE + 60)) perf record -q -F 499 --call-graph dwarf,32768 -p "$full_pid" -o "$work/perf.data" -- sleep "$PROFILE" \
+  timeout $((PROFILE + 60)) perf record -q -F 499 --call-graph dwarf,32768 -p "$prof_pid" -o "$work/perf.data" -- sleep "$PROFILE" \
     >"$work/perf.log" 2>&1 || log "perf record failed: $(tail -3 "$work/perf.log")"
   wait "$load" || true
   perf script -i "$work/perf.data" 2>/dev/null | "$BENCH_STATE/.tools/bin/inferno-collapse-perf" >"$work/perf.folded" \
-    && "$BENCH_STATE/.tools/bin/inferno-flamegraph" --title "fleetforge-proxy forward-full, JSON, $stamp" \
-      --width 1600 <"$work/perf.folded" >"$svg" || { log "flame graph failed"; svg=; }
+    && "$BENCH_STATE/.tools/bin/inferno-flamegraph" --title "fleetforge-proxy $PROFILE_ROW, ${MODES_LABEL[$PROFILE_MODE]}, $stamp" \
+      --width 1600 --minwidth 1 <"$work/perf.folded" >"$svg" || { log "flame graph failed"; svg=; }
 fi
 
 # ---- report --------------------------------------------------------------------------------------

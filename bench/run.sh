@@ -189,23 +189,7 @@ log "upstream $up, control $control ($([[ -n ${BENCH_DATABASE_URL:-} ]] && echo 
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # Seconds until control has acknowledged every receipt the proxy recorded (max 120 s).
-drain() { # admin address
-  python3 - "$1" <<'PY'
-import re, sys, time, urllib.request
-def counts():
-    text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
-    rec = sum(float(v) for v in re.findall(r"^fleetforge_receipts_recorded_total (\S+)$", text, re.M))
-    shipped = sum(float(v) for v in re.findall(r"^fleetforge_receipts_shipped_total\{[^}]*\} (\S+)$", text, re.M))
-    return rec, shipped
-start = time.monotonic()
-while True:
-    rec, shipped = counts()
-    if shipped >= rec or time.monotonic() - start > 120:
-        break
-    time.sleep(0.01)
-print(f"{time.monotonic() - start:.3f}")
-PY
-}
+drain() { python3 "$here/drain_wait.py" "$1"; } # admin address
 url_direct="https://api.llm.test:$up_port/v1/chat/completions"
 replay_pid= side_replay= admin_replay=
 if ((LOAD)); then

@@ -181,8 +181,9 @@ pub struct Tap {
     bytes: u64,
     /// Bytes passed on to the client.
     client_bytes: u64,
-    /// SHA-256 over the body as received from the upstream (the receipt's response digest).
-    digest: ring::digest::Context,
+    /// SHA-256 over the body as received from the upstream (the receipt's response digest);
+    /// `None` when nothing records the call.
+    digest: Option<ring::digest::Context>,
     rewrite: Option<Rewrite>,
     /// Ends an LLM stream that would run past its reservation ([`crate::guard`]).
     guard: Option<Guard>,
@@ -222,7 +223,7 @@ impl Tap {
             cut: false,
             bytes: 0,
             client_bytes: 0,
-            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            digest: Some(ring::digest::Context::new(&ring::digest::SHA256)),
             rewrite,
             on_end: Some(on_end),
             held: Vec::new(),
@@ -239,7 +240,9 @@ impl Tap {
             return;
         }
         self.bytes += data.len() as u64;
-        self.digest.update(&data);
+        if let Some(digest) = &mut self.digest {
+            digest.update(&data);
+        }
         if let Some(usage) = &mut self.usage {
             usage.feed(&data);
         }
@@ -290,14 +293,15 @@ impl Tap {
 
     fn end(&mut self, outcome: Outcome) {
         if let Some(on_end) = self.on_end.take() {
-            let digest =
-                std::mem::replace(&mut self.digest, ring::digest::Context::new(&ring::digest::SHA256)).finish();
-            let mut sha = [0u8; 32];
-            sha.copy_from_slice(digest.as_ref());
+            let digest = self.digest.take().map(|d| {
+                let mut sha = [0u8; 32];
+                sha.copy_from_slice(d.finish().as_ref());
+                sha
+            });
             let summary = Summary {
                 upstream_bytes: self.bytes,
                 client_bytes: self.client_bytes,
-                digest: sha,
+                digest,
                 usage: self.usage.as_ref().map(UsageReader::counts).filter(|c| !c.is_empty()),
                 reply: self.usage.as_ref().and_then(UsageReader::reply),
                 truncated: self.cut,
@@ -375,6 +379,17 @@ impl ProxyBody {
             tap.end(Outcome::Completed);
         }
         ProxyBody::Tapped { inner, tap }
+    }
+
+    /// This tapped body without the SHA-256 of what the upstream sent, for a call that nothing
+    /// records (no receipt, no seal): the summary's digest is `None`.
+    pub fn undigested(mut self) -> Self {
+        if let ProxyBody::Tapped { tap, .. } = &mut self
+            && tap.on_end.is_some()
+        {
+            tap.digest = None;
+        }
+        self
     }
 
     /// This tapped body with `guard` over the stream the client receives: when it ends the

@@ -92,8 +92,9 @@ pub struct Summary {
     pub upstream_bytes: u64,
     /// Body bytes passed on to the client (differs when the tap rewrote the stream).
     pub client_bytes: u64,
-    /// SHA-256 of the body as received from the upstream.
-    pub digest: [u8; 32],
+    /// SHA-256 of the body as received from the upstream; `None` when nothing records the call
+    /// ([`crate::body::ProxyBody::undigested`]).
+    pub digest: Option<[u8; 32]>,
     /// Token counts read from the body, when it stated any.
     pub usage: Option<crate::usage::Counts>,
     /// The response's id, model and finish reasons, when the call is traced.
@@ -399,7 +400,7 @@ impl Call {
     /// Takes in what the tap saw of the response body; returns the recorded chunks, if any.
     pub fn absorb(&mut self, summary: Summary) -> Option<Vec<(bytes::Bytes, u64)>> {
         self.response_bytes = summary.client_bytes;
-        self.response_digest = Some(summary.digest);
+        self.response_digest = summary.digest;
         self.truncated = summary.truncated;
         self.reply = summary.reply;
         self.usage = summary.usage.map(|c| Usage {

@@ -91,6 +91,10 @@ const CACHE_MIN_BYTES: usize = 32;
 /// Counts kept at most; the cache is cleared when it is full.
 const CACHE_MAX: usize = 1 << 16;
 
+/// Roles both tokenizers (`o200k_base`, `cl100k_base`) encode as one token. Every message names
+/// one, and tokenizing a short text costs more than looking up a long remembered one.
+const ONE_TOKEN_ROLES: [&str; 6] = ["system", "user", "assistant", "tool", "developer", "function"];
+
 /// Token counts of texts seen before, by tokenizer and the text's 64-bit hash: an agent sends its
 /// whole conversation on every call, so all but the newest messages were counted already.
 static COUNTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(usize, u64), u64>>> =
@@ -163,7 +167,7 @@ fn message(bpe: &CoreBPE, m: &Value) -> u64 {
     let Value::Object(m) = m else { return 0 };
     let mut n = PER_MESSAGE;
     if let Some(Value::String(role)) = m.get("role") {
-        n += count(bpe, role);
+        n += if ONE_TOKEN_ROLES.contains(&role.as_str()) { 1 } else { count(bpe, role) };
     }
     if let Some(content) = m.get("content") {
         n += content_tokens(bpe, content);

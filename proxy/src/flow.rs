@@ -194,6 +194,8 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
     // One allocation holds the call and the proxy handle until the body ends.
+    // Only a receipt or a seal names the response's digest.
+    let digested = proxy.spool.is_some() || call.seal.is_some();
     let body = ProxyBody::tapped(
         body,
         rewrite,
@@ -206,6 +208,7 @@ fn respond(proxy: Arc<Proxy>, mut call: Call, upstream: Response<UpstreamBody>) 
         }),
     )
     .guarded(guard);
+    let body = if digested { body } else { body.undigested() };
     Response::from_parts(parts, body)
 }
 

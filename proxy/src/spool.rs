@@ -960,9 +960,9 @@ impl Reader {
                         let Some((hash, id, body)) = receipt_parts(kind, payload) else { continue };
                         // Only a record altered on disk (its checksum recomputed) fails this; it is
                         // left behind rather than shipped, so it cannot hold up the ones after it.
-                        if !body.ends_with(b"}")
-                            || serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).is_err()
-                        {
+                        // The body hashing to the leaf a seal names is what was written (a JSON
+                        // object): checking that costs a tenth of parsing it.
+                        if !body.starts_with(b"{") || !body.ends_with(b"}") || sha256(body) != hash {
                             tracing::error!(path = %path.display(), offset = self.offset, "a receipt in the spool is not JSON; skipping it (the segment was altered on disk)");
                             continue;
                         }

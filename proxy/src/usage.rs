@@ -231,7 +231,20 @@ impl UsageReader {
     /// Takes in the next bytes of the body.
     pub fn feed(&mut self, data: &[u8]) {
         let mut i = 0;
+        // Where the next try to pass over a whole SSE event may start (one try per event).
+        let mut retry_at = 0;
         while i < data.len() {
+            if self.sse && i >= retry_at && self.previous == b'\n' && self.at_rest() {
+                match self.event_to_pass(&data[i..]) {
+                    Ok(len) => {
+                        // What reading it byte by byte leaves after its blank line.
+                        self.depth = 0;
+                        i += len;
+                        continue;
+                    }
+                    Err(checked) => retry_at = i + checked,
+                }
+            }
             // Most bytes of an LLM response are inside strings (ids, content): skip to the next
             // byte that can end one, keeping the first few for the key comparison.
             if self.in_string && !self.escaped && self.capture.is_none() {
@@ -260,6 +273,59 @@ impl UsageReader {
     /// What was read; empty when the body stated no usage.
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// Between values: nothing open that a byte to come could complete.
+    fn at_rest(&self) -> bool {
+        !self.in_string
+            && !self.escaped
+            && self.after == After::Nothing
+            && self.capture.is_none()
+            && self.value.is_none()
+            && self.pending.is_none()
+    }
+
+    /// The length of the SSE event `rest` starts with, through its blank line, when reading it
+    /// byte by byte would change nothing but what that blank line resets: most events of a
+    /// stream carry no usage object and no reply field still wanted. Otherwise `Err` with how
+    /// far there is no point trying again.
+    ///
+    /// Exact, not a guess: with no backslash in the event, a key is the bytes between its
+    /// quotes, and a usage object (or a reply string) can only begin where the raw bytes are
+    /// `"key"`, blanks, `:`, blanks and `{` (or `"`). An event with none of those is passed.
+    fn event_to_pass(&self, rest: &[u8]) -> Result<usize, usize> {
+        let Some(end) = memchr::memmem::find(rest, b"\n\n").map(|at| at + 2) else { return Err(rest.len()) };
+        let event = &rest[..end];
+        if memchr::memchr(b'\\', event).is_some() {
+            return Err(end);
+        }
+        let opens = |key: &[u8], opener: u8| {
+            memchr::memmem::find_iter(event, key).any(|at| {
+                let mut j = at + key.len();
+                let blanks = |j: &mut usize| {
+                    while matches!(event.get(*j), Some(b' ' | b'\t' | b'\r')) {
+                        *j += 1;
+                    }
+                };
+                blanks(&mut j);
+                if event.get(j) != Some(&b':') {
+                    return false;
+                }
+                j += 1;
+                blanks(&mut j);
+                event.get(j) == Some(&opener)
+            })
+        };
+        let mut wanted = opens(b"\"usage\"", b'{') || opens(b"\"usageMetadata\"", b'{');
+        if self.reply_on && !wanted {
+            let id = self.reply.id.is_none() && (opens(b"\"id\"", b'"') || opens(b"\"responseId\"", b'"'));
+            let model = self.reply.model.is_none() && (opens(b"\"model\"", b'"') || opens(b"\"modelVersion\"", b'"'));
+            let finish = opens(b"\"finish_reason\"", b'"')
+                || opens(b"\"stop_reason\"", b'"')
+                || opens(b"\"finishReason\"", b'"');
+            wanted = id || model || finish;
+        }
+        if wanted { Err(end) } else { Ok(end) }
     }
 
     fn byte(&mut self, b: u8) {

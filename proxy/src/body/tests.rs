@@ -44,7 +44,7 @@ async fn a_replayed_body_streams_through_the_tap_and_ends_once_with_its_digest()
     let (summary, how) = &ended[0];
     assert_eq!(*how, "completed");
     assert_eq!((summary.upstream_bytes, summary.client_bytes), (got.len() as u64, got.len() as u64));
-    assert_eq!(summary.digest, sha256(&got));
+    assert_eq!(summary.digest, Some(sha256(&got)));
 }
 
 #[tokio::test]
@@ -60,7 +60,20 @@ async fn a_rewrite_changes_what_the_client_gets_but_not_the_digest_of_what_arriv
     let (summary, _) = &ended[0];
     assert_eq!(summary.client_bytes, 14);
     assert_eq!(summary.upstream_bytes, 22);
-    assert_eq!(summary.digest, sha256(b"keep 1|drop me|keep 2|"), "the digest covers the upstream's bytes");
+    assert_eq!(summary.digest, Some(sha256(b"keep 1|drop me|keep 2|")), "the digest covers the upstream's bytes");
+}
+
+#[tokio::test]
+async fn an_undigested_body_streams_the_same_and_ends_without_a_digest() {
+    let (ended, on_end) = recorder();
+    let chunks = ["data: a\n\n", "data: [DONE]\n\n"].map(|c: &'static str| Bytes::from_static(c.as_bytes()));
+    let body = ProxyBody::tapped(UpstreamBody::replayed(chunks), None, None, None, on_end).undigested();
+    let got = body.collect().await.unwrap().to_bytes();
+    assert_eq!(got, "data: a\n\ndata: [DONE]\n\n");
+    let ended = ended.lock().unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].0.client_bytes, got.len() as u64);
+    assert_eq!(ended[0].0.digest, None, "nothing records the call, so nothing hashes its body");
 }
 
 #[tokio::test]
@@ -91,5 +104,5 @@ async fn an_empty_body_ends_at_once() {
     let body = ProxyBody::tapped(UpstreamBody::replayed(Vec::new()), None, None, None, on_end);
     assert_eq!(ended.lock().unwrap().len(), 1, "nothing will be polled, so the call is complete now");
     assert!(http_body::Body::is_end_stream(&body));
-    assert_eq!(ended.lock().unwrap()[0].0.digest, sha256(b""));
+    assert_eq!(ended.lock().unwrap()[0].0.digest, Some(sha256(b"")));
 }

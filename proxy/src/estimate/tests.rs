@@ -78,3 +78,12 @@ fn parts_images_tools_and_responses_input_are_counted() {
     let tools: Value = serde_json::from_slice::<Value>(with_tools).unwrap()["tools"].clone();
     assert_eq!(n, REPLY_PRIMING + text(&tools.to_string()));
 }
+
+#[test]
+fn the_roles_counted_as_one_token_are_one_token_in_both_tokenizers() {
+    for bpe in [tiktoken_rs::o200k_base_singleton(), tiktoken_rs::cl100k_base_singleton()] {
+        for role in super::ONE_TOKEN_ROLES {
+            assert_eq!(bpe.encode_with_special_tokens(role).len(), 1, "{role}");
+        }
+    }
+}

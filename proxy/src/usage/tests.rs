@@ -238,3 +238,40 @@ fn strip_passes_other_lines_and_an_unterminated_tail_through() {
     let out = strip_in_chunks(stream, 5);
     assert_eq!(out, ": keep-alive\n\nevent: x\ndata: {\"a\":1}\n\ndata: {\"a\":2 }\n\ndata: {\"a\":3");
 }
+
+#[test]
+fn passing_over_events_reads_what_reading_every_byte_reads() {
+    // Events the reader may pass over whole, mixed with ones it must read: usage after blanks,
+    // keys written with escapes, keys as values, usage or reply keys split across lines, a
+    // raw newline inside a string, CRLF events, reply fields that arrive late.
+    let streams = [
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":null}],\"usage\":null}\n\n\
+         data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"usage\"},\"finish_reason\":null}],\"usage\" :\t null}\n\n\
+         data: {\"id\":\"c\",\"choices\":[],\"usage\" \r: \t{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n\
+         data: [DONE]\n\n",
+        "data: {\"id\":\"c\",\"choices\":[]}\n\n\
+         data: {\"us\\u0061ge\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n\
+         data: {\"usa\\\"ge\":{\"prompt_tokens\":2,\"completion_tokens\":2}}\n\n\
+         data: {\"x\":\"\\\"usage\\\":{\\\"prompt_tokens\\\":5}\"}\n\n",
+        "event: a\ndata: {\"model\":\"m1\"}\n\nevent: b\ndata: {\"usage\"\n:{\"prompt_tokens\":4,\"completion_tokens\":4}}\n\n\
+         data: {\"x\":\"unterminated\ndata: {\"usage\":{\"prompt_tokens\":6,\"completion_tokens\":1}}\n\n\
+         data: {\"choices\":[{\"finish_reason\" : \"stop\"}],\"id\":\"late\"}\n\n",
+        "data: {\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2}}\r\n\r\n\
+         data: {\"responseId\":\"r\",\"modelVersion\":\"g\"}\r\n\r\ndata: {\"finishReason\":\"STOP\"}\n\n\n\n",
+        "data: {\"a\":[{\"b\":{\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":9}}}]}\n\ndata: {\"id\":{\"x\":1},\"id\":\"second\"}\n\n",
+    ];
+    for stream in streams {
+        // `read` and `read_reply` compare the whole stream (events passed over) with one byte
+        // per chunk (every byte read); every split point in two gives the same too.
+        let counts = read(stream, true);
+        let (_, reply) = read_reply(stream, true);
+        for at in 1..stream.len() {
+            let mut split = UsageReader::new(true).with_reply();
+            split.feed(&stream.as_bytes()[..at]);
+            split.feed(&stream.as_bytes()[at..]);
+            assert_eq!((split.counts(), split.reply()), (counts, Some(reply.clone())), "split at {at}: {stream:?}");
+        }
+    }
+    // The usage object after blanks is read: the events around it were passed over.
+    assert_eq!(read(streams[0], true), counts(7, 3, None, None));
+}
