@@ -15,14 +15,20 @@
 //!   about 350 tokens). It over-reserves about 3–4× for English text; settlement releases the
 //!   difference.
 //!
-//! The tokenizers load on first use (about 0.3 s; [`warm`] loads them at start when budgets are
-//! possible). Counts of texts of 32 bytes or more are remembered (65,536 at most, by a 64-bit hash
+//! The tokenizers load on first use (about 0.4 s; [`warm`] loads them at start when budgets are
+//! possible) into a compact form that only counts ([`bpe`]: about 6 MiB for both, against
+//! about 58 MiB for `tiktoken`'s own tables). Counts of texts of 32 bytes or more are remembered (65,536 at most, by a 64-bit hash
 //! of the text): an agent resends its conversation on every call, so only new messages are
 //! tokenized.
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
+
+use self::bpe::{Bpe, Vocabulary};
+
+mod bpe;
 
 /// Framing tokens per chat message.
 const PER_MESSAGE: u64 = 3;
@@ -35,29 +41,57 @@ const IMAGE_MAX: u64 = 12 * 170 + 85;
 /// Added to the byte bound of a request that offers tools.
 const TOOLS_MARGIN: u64 = 1024;
 
+static O200K: LazyLock<Option<Bpe>> = LazyLock::new(|| load(Vocabulary::O200kBase));
+static CL100K: LazyLock<Option<Bpe>> = LazyLock::new(|| load(Vocabulary::Cl100kBase));
+
+fn load(vocabulary: Vocabulary) -> Option<Bpe> {
+    let bpe = Bpe::load(vocabulary);
+    if bpe.is_none() {
+        tracing::error!(
+            ?vocabulary,
+            "cannot load the OpenAI tokenizer; budgets reserve the byte bound for its models instead"
+        );
+    }
+    bpe
+}
+
+/// Run once the tokenizers are loaded: the binary's allocator hands back the memory `tiktoken`'s
+/// tables took while they were read (the library cannot: it has no unsafe code).
+static AFTER_WARM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what [`warm`] runs after loading (the first call wins).
+pub fn after_warm(hook: fn()) {
+    let _ = AFTER_WARM.set(hook);
+}
+
 /// Loads the OpenAI tokenizers now (off the call path), so no call pays for it.
 pub fn warm() {
-    let _ = tiktoken_rs::o200k_base_singleton();
-    let _ = tiktoken_rs::cl100k_base_singleton();
+    let _ = O200K.as_ref();
+    let _ = CL100K.as_ref();
+    if let Some(hook) = AFTER_WARM.get() {
+        hook();
+    }
 }
 
 /// The tokenizer of an OpenAI `model`, if tiktoken knows it.
-fn bpe(provider: &str, model: &str) -> Option<&'static CoreBPE> {
+fn bpe(provider: &str, model: &str) -> Option<&'static Bpe> {
     if provider != "openai" {
         return None;
     }
     match get_tokenizer(model)? {
-        Tokenizer::O200kBase | Tokenizer::O200kHarmony => Some(tiktoken_rs::o200k_base_singleton()),
-        Tokenizer::Cl100kBase => Some(tiktoken_rs::cl100k_base_singleton()),
+        Tokenizer::O200kBase | Tokenizer::O200kHarmony => O200K.as_ref(),
+        Tokenizer::Cl100kBase => CL100K.as_ref(),
         _ => None,
     }
 }
 
 /// Tokens of output `text` from `model`: its tokenizer when tiktoken knows the model, else
-/// `o200k_base` (an approximation for other providers' tokenizers).
+/// `o200k_base` (an approximation for other providers' tokenizers); its bytes if neither loads.
 pub fn text_tokens(model: &str, text: &str) -> u64 {
-    let bpe = bpe("openai", model).unwrap_or_else(tiktoken_rs::o200k_base_singleton);
-    count(bpe, text)
+    match bpe("openai", model).or(O200K.as_ref()) {
+        Some(bpe) => count(bpe, text),
+        None => text.len() as u64,
+    }
 }
 
 /// How an estimate was made.
@@ -97,12 +131,12 @@ const ONE_TOKEN_ROLES: [&str; 6] = ["system", "user", "assistant", "tool", "deve
 
 /// Token counts of texts seen before, by tokenizer and the text's 64-bit hash: an agent sends its
 /// whole conversation on every call, so all but the newest messages were counted already.
-static COUNTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(usize, u64), u64>>> =
-    std::sync::LazyLock::new(Default::default);
+static COUNTS: LazyLock<std::sync::Mutex<std::collections::HashMap<(usize, u64), u64>>> =
+    LazyLock::new(Default::default);
 
-fn count(bpe: &CoreBPE, text: &str) -> u64 {
+fn count(bpe: &Bpe, text: &str) -> u64 {
     if text.len() < CACHE_MIN_BYTES {
-        return bpe.encode_with_special_tokens(text).len() as u64;
+        return bpe.count(text) as u64;
     }
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -112,7 +146,7 @@ fn count(bpe: &CoreBPE, text: &str) -> u64 {
     if let Some(n) = cache().get(&key) {
         return *n;
     }
-    let n = bpe.encode_with_special_tokens(text).len() as u64;
+    let n = bpe.count(text) as u64;
     let mut cache = cache();
     if cache.len() >= CACHE_MAX {
         cache.clear();
@@ -122,11 +156,11 @@ fn count(bpe: &CoreBPE, text: &str) -> u64 {
 }
 
 /// Tokens of a JSON value given as structure (tool definitions, schemas): its compact text.
-fn json_text(bpe: &CoreBPE, value: &Value) -> u64 {
+fn json_text(bpe: &Bpe, value: &Value) -> u64 {
     count(bpe, &value.to_string())
 }
 
-fn openai(bpe: &CoreBPE, request: &serde_json::Map<String, Value>) -> u64 {
+fn openai(bpe: &Bpe, request: &serde_json::Map<String, Value>) -> u64 {
     let mut total = 0;
     if let Some(Value::Array(messages)) = request.get("messages") {
         total += messages.iter().map(|m| message(bpe, m)).sum::<u64>() + REPLY_PRIMING;
@@ -163,7 +197,7 @@ fn openai(bpe: &CoreBPE, request: &serde_json::Map<String, Value>) -> u64 {
 }
 
 /// One chat message (or Responses API item): framing, role, content, name and tool calls.
-fn message(bpe: &CoreBPE, m: &Value) -> u64 {
+fn message(bpe: &Bpe, m: &Value) -> u64 {
     let Value::Object(m) = m else { return 0 };
     let mut n = PER_MESSAGE;
     if let Some(Value::String(role)) = m.get("role") {
@@ -205,7 +239,7 @@ fn message(bpe: &CoreBPE, m: &Value) -> u64 {
 
 /// A message's content: a string, or parts (text counted, images at their maximum, anything
 /// else as its JSON text).
-fn content_tokens(bpe: &CoreBPE, content: &Value) -> u64 {
+fn content_tokens(bpe: &Bpe, content: &Value) -> u64 {
     match content {
         Value::String(text) => count(bpe, text),
         Value::Array(parts) => parts

@@ -81,9 +81,111 @@ fn parts_images_tools_and_responses_input_are_counted() {
 
 #[test]
 fn the_roles_counted_as_one_token_are_one_token_in_both_tokenizers() {
-    for bpe in [tiktoken_rs::o200k_base_singleton(), tiktoken_rs::cl100k_base_singleton()] {
+    for bpe in [O200K.as_ref().unwrap(), CL100K.as_ref().unwrap()] {
         for role in super::ONE_TOKEN_ROLES {
-            assert_eq!(bpe.encode_with_special_tokens(role).len(), 1, "{role}");
+            assert_eq!(bpe.count(role), 1, "{role}");
         }
     }
+}
+
+/// Every string inside a JSON value.
+fn strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+/// Text built to hit every branch of both split patterns and of the merge: contractions in both
+/// cases, digit runs, punctuation runs with newlines, trailing and inner whitespace, CJK, emoji,
+/// combining marks, special tokens of one vocabulary and not the other, a half-written special
+/// token, and pieces long enough for the heap merge.
+fn tricky_texts() -> Vec<String> {
+    const PARTS: [&str; 24] = [
+        "Hello",
+        " world",
+        "'s",
+        "'LL",
+        "'Re",
+        " don't",
+        "12345678",
+        " 3.14159",
+        "!!!\n\n",
+        "\r\n",
+        "   ",
+        "\t",
+        "日本語のテキスト",
+        "🙂🙃",
+        "e\u{301}",
+        "<|endoftext|>",
+        "<|fim_prefix|>",
+        "<|endofprompt|>",
+        "<|",
+        "|>",
+        " -->",
+        "/path/to/file\n",
+        "ÆØÅ",
+        "\u{a0}",
+    ];
+    let mut texts: Vec<String> = PARTS.iter().map(|p| (*p).to_owned()).collect();
+    texts.push("a".repeat(5_000));
+    texts.push("ab".repeat(700));
+    texts.push(" ".repeat(300) + "x");
+    texts.push("0123456789".repeat(40));
+    texts.push("Pneumonoultramicroscopicsilicovolcanoconiosis".repeat(5));
+    texts.push("\u{1F600}".repeat(60));
+    // A fixed pseudo-random walk over the parts.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..300 {
+        let mut text = String::new();
+        for _ in 0..(state % 40) {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            text.push_str(PARTS[(state >> 33) as usize % PARTS.len()]);
+        }
+        texts.push(text);
+    }
+    texts
+}
+
+#[test]
+fn the_compact_tokenizers_count_every_text_as_tiktoken_does() {
+    let mut texts: Vec<String> = tricky_texts();
+    for (request, _) in corpus() {
+        let mut found = Vec::new();
+        strings(&request, &mut found);
+        texts.extend(found.into_iter().map(str::to_owned));
+        texts.push(request.to_string());
+    }
+    let pairs = [
+        (O200K.as_ref().unwrap(), tiktoken_rs::o200k_base_singleton()),
+        (CL100K.as_ref().unwrap(), tiktoken_rs::cl100k_base_singleton()),
+    ];
+    let mut tokens = 0;
+    for (ours, theirs) in pairs {
+        for text in &texts {
+            let want = theirs.encode_with_special_tokens(text).len();
+            assert_eq!(ours.count(text), want, "{text:?}");
+            tokens += want;
+        }
+    }
+    assert!(texts.len() > 1_000 && tokens > 100_000, "{} texts, {tokens} tokens", texts.len());
+}
+
+#[test]
+fn the_compact_tokenizers_hold_a_few_mib() {
+    let o200k = O200K.as_ref().unwrap().heap_bytes();
+    let cl100k = CL100K.as_ref().unwrap().heap_bytes();
+    assert!(o200k < 5 << 20 && cl100k < 3 << 20, "o200k_base {o200k} B, cl100k_base {cl100k} B");
+}
+
+#[test]
+fn a_repeated_token_or_a_bad_pattern_is_refused() {
+    let tokens: [&[u8]; 3] = [b"a", b"b", b"a"];
+    assert!(bpe::Bpe::new(tokens.into_iter(), r"\w+", &[]).is_none());
+    let tokens: [&[u8]; 2] = [b"a", b"b"];
+    assert!(bpe::Bpe::new(tokens.into_iter(), r"(", &[]).is_none());
+    let small = bpe::Bpe::new([b"a" as &[u8], b"b", b"ab", b"abab"].into_iter(), r"\w+|\s", &[]).unwrap();
+    assert_eq!(small.count("abab ab ba"), 1 + 1 + 1 + 1 + 2);
 }
