@@ -299,8 +299,18 @@ impl UsageReader {
         if memchr::memchr(b'\\', event).is_some() {
             return Err(end);
         }
-        let opens = |key: &[u8], opener: u8| {
-            memchr::memmem::find_iter(event, key).any(|at| {
+        // Every occurrence, overlapping ones too: in `"a"id":` the key's opening quote closes the
+        // string before it, and a search that resumed past a whole match would miss it.
+        let occurrences = |key: &'static [u8]| {
+            let mut from = 0;
+            std::iter::from_fn(move || {
+                let at = from + memchr::memmem::find(event.get(from..)?, key)?;
+                from = at + 1;
+                Some(at)
+            })
+        };
+        let opens = |key: &'static [u8], opener: u8| {
+            occurrences(key).any(|at| {
                 let mut j = at + key.len();
                 let blanks = |j: &mut usize| {
                     while matches!(event.get(*j), Some(b' ' | b'\t' | b'\r')) {

@@ -259,6 +259,9 @@ fn passing_over_events_reads_what_reading_every_byte_reads() {
         "data: {\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2}}\r\n\r\n\
          data: {\"responseId\":\"r\",\"modelVersion\":\"g\"}\r\n\r\ndata: {\"finishReason\":\"STOP\"}\n\n\n\n",
         "data: {\"a\":[{\"b\":{\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":9}}}]}\n\ndata: {\"id\":{\"x\":1},\"id\":\"second\"}\n\n",
+        // A key whose opening quote is the closing quote of a raw match just before it
+        // (found by fuzzing: fuzz/regressions/sse_usage/).
+        "data: {\"z\":\"a\"id\"id\":\"cid\"}\n\ndata: {\"m\":\"b\"model\"model\":\"m2\"}\n\n",
     ];
     for stream in streams {
         // `read` and `read_reply` compare the whole stream (events passed over) with one byte
