@@ -16,10 +16,10 @@
 //!   difference.
 //!
 //! The tokenizers load on first use (about 0.4 s; [`warm`] loads them at start when budgets are
-//! possible) into a compact form that only counts ([`bpe`]: about 6 MiB for both, against
-//! about 58 MiB for `tiktoken`'s own tables). Counts of texts of 32 bytes or more are remembered (65,536 at most, by a 64-bit hash
-//! of the text): an agent resends its conversation on every call, so only new messages are
-//! tokenized.
+//! possible) into a compact form that only counts ([`bpe`]: tables of about 6 MiB for both,
+//! against about 58 MiB for `tiktoken`'s own). Counts of texts of 32 bytes or more are
+//! remembered (65,536 at most, by a 64-bit hash of the text): an agent resends its conversation
+//! on every call, so only new messages are tokenized.
 
 use std::sync::LazyLock;
 
