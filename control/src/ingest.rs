@@ -34,9 +34,11 @@ pub struct SignatureCache {
     verified: Mutex<HashSet<(String, String)>>,
 }
 
-/// A batch's receipts arrive in one or two ingest requests: a few thousand recent roots are plenty
-/// (about 1 MiB), and a miss only costs one signature check.
-const CACHE_MAX: usize = 4096;
+/// A batch's receipts arrive in one or two ingest requests, so only the last few roots of each
+/// proxy are ever asked for again: 256 entries (about 80 KiB) cover a large fleet, and a miss only
+/// costs one signature check. (A cache of thousands, over 1 MiB, takes minutes of steady load to
+/// fill before its first clear: memory that reads as growth in a soak.)
+const CACHE_MAX: usize = 256;
 
 impl SignatureCache {
     fn check(&self, key_id: &str, public_key: &[u8], root: &[u8; 32], size: u64, sig: &str) -> bool {
@@ -53,6 +55,30 @@ impl SignatureCache {
         }
         set.insert(entry);
         true
+    }
+}
+
+/// Ingest batches being parsed, proven and written at once. A batch of a thousand receipts holds
+/// several MiB while it is in flight (its body, the parsed JSON, the rows to insert); letting every
+/// batch that arrives proceed at once lets a burst set control's memory high water, which its
+/// allocator then keeps. Waiting batches hold only their body; the shipper waits for the answer.
+#[derive(Debug)]
+pub struct IngestSlots(tokio::sync::Semaphore);
+
+impl Default for IngestSlots {
+    /// One slot per CPU, at least 2 and at most 8: the work is CPU-bound parsing and hashing,
+    /// then a database transaction.
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        Self(tokio::sync::Semaphore::new(cpus.clamp(2, 8)))
+    }
+}
+
+impl IngestSlots {
+    /// Waits for a slot; the batch holds it until the permit is dropped. (`None` only if the
+    /// semaphore were closed, which nothing does: the batch then goes ahead unbounded.)
+    pub async fn acquire(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.0.acquire().await.ok()
     }
 }
 
@@ -106,33 +132,39 @@ pub struct Prepared {
     body: String,
 }
 
-/// Parses, canonicalizes, hashes and proves each receipt, and renders the text to store. Blocking
-/// CPU work (about 20 µs per receipt): call it from a blocking thread. A large batch is split
-/// over the machine's CPUs (at most four threads), since the shipper waits for the answer.
-pub fn prepare(items: Vec<Value>) -> Vec<Prepared> {
-    let one = |value: &Value| Prepared {
+/// Parses, canonicalizes, hashes and proves one receipt, and renders the text to store: about
+/// 20 µs of CPU work.
+fn prepare_one(value: &Value) -> Prepared {
+    Prepared {
         id: value["id"].as_str().unwrap_or_default().to_owned(),
         run: value["run"].as_str().map(str::to_owned),
         proof: prove(value),
         body: value.to_string(),
-    };
-    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(4);
-    if threads < 2 || items.len() < 64 {
-        return items.iter().map(one).collect();
     }
-    let per_thread = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut parts = items.chunks(per_thread);
-        let first = parts.next().unwrap_or_default();
-        let others: Vec<_> = parts.map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>())).collect();
-        let mut out: Vec<Prepared> = first.iter().map(one).collect();
-        for handle in others {
-            // A panic in a worker is a bug in `prove`; re-raise it here, where the caller's
-            // task reports it.
-            out.extend(handle.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+}
+
+/// Prepares a batch on tokio's blocking pool, off the async workers. A large batch is split over
+/// the machine's CPUs (at most four parts), since the shipper waits for the answer. The parts run
+/// on the pool's threads, which live on between batches, rather than on threads started (and each
+/// given its own allocator heap) for every batch.
+pub async fn prepare(items: Vec<Value>) -> Result<Vec<Prepared>, StoreError> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(4);
+    let per_part = if threads < 2 || items.len() < 64 { items.len().max(1) } else { items.len().div_ceil(threads) };
+    let total = items.len();
+    let mut items = items.into_iter();
+    let mut parts = Vec::new();
+    loop {
+        let part: Vec<Value> = items.by_ref().take(per_part).collect();
+        if part.is_empty() {
+            break;
         }
-        out
-    })
+        parts.push(tokio::task::spawn_blocking(move || part.iter().map(prepare_one).collect::<Vec<_>>()));
+    }
+    let mut out = Vec::with_capacity(total);
+    for part in parts {
+        out.extend(part.await.map_err(|e| StoreError::Worker(format!("preparing an ingest batch: {e}")))?);
+    }
+    Ok(out)
 }
 
 /// Verifies and stores a batch. Store failures are errors of the whole batch (nothing is half
@@ -144,10 +176,7 @@ pub async fn ingest(
     principal: &Principal,
     items: Vec<Value>,
 ) -> Result<IngestResponse, StoreError> {
-    // Parsing, canonicalizing and hashing a thousand receipts is CPU work: off the async workers.
-    let prepared = tokio::task::spawn_blocking(move || prepare(items))
-        .await
-        .map_err(|e| StoreError::Url(format!("ingest worker failed: {e}")))?;
+    let prepared = prepare(items).await?;
     ingest_prepared(store, cache, keys, principal, prepared).await
 }
 
@@ -404,4 +433,26 @@ async fn ingest_once(
         rejected: count(ItemStatus::Rejected),
         results,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch large enough to be split keeps its order: result `i` is receipt `i`, whatever part
+    /// prepared it. (Chain checks and per-item results depend on it.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prepare_keeps_the_batch_order() {
+        for n in [0, 1, 63, 64, 65, 1001] {
+            let items: Vec<Value> =
+                (0..n).map(|i| serde_json::json!({"id": format!("r{i}"), "run": format!("run-{}", i % 7)})).collect();
+            let prepared = prepare(items).await.unwrap();
+            assert_eq!(prepared.len(), n);
+            for (i, p) in prepared.iter().enumerate() {
+                assert_eq!(p.id, format!("r{i}"));
+                assert_eq!(p.run.as_deref(), Some(format!("run-{}", i % 7).as_str()));
+                assert!(p.proof.is_err(), "receipt {i} is not a signed receipt and cannot prove");
+            }
+        }
+    }
 }

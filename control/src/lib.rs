@@ -115,6 +115,7 @@ pub async fn start(config: &ControlConfig) -> Result<Running, StartError> {
         bootstrap: config.bootstrap_token.as_ref().map(|t| auth::token_hash(t.expose())),
         signatures: Default::default(),
         keys: Default::default(),
+        ingest_slots: Default::default(),
         metrics: Default::default(),
         max_batch: config.max_batch,
         tracer,

@@ -42,7 +42,7 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::auth::{self, Principal, Role};
-use crate::ingest::{self, IngestResponse, KeyCache, SignatureCache};
+use crate::ingest::{self, IngestResponse, IngestSlots, KeyCache, SignatureCache};
 use crate::metrics::Metrics;
 use crate::store::{RunRow, Store, StoreError};
 
@@ -57,6 +57,8 @@ pub struct App {
     pub signatures: SignatureCache,
     /// Registered keys.
     pub keys: KeyCache,
+    /// Bounds the ingest batches in flight.
+    pub ingest_slots: IngestSlots,
     /// Metrics.
     pub metrics: Metrics,
     /// Most receipts per ingest batch.

@@ -260,8 +260,10 @@ pub(super) async fn post_receipts(
     require(&p, &[Role::Proxy, Role::Admin])?;
     require_json(&headers)?;
     let max_batch = app.max_batch;
-    // Parsing, canonicalizing and hashing a batch is CPU work: one blocking task for all of it.
-    let prepared = tokio::task::spawn_blocking(move || {
+    let _slot = app.ingest_slots.acquire().await;
+    // Parsing a batch, then canonicalizing and hashing its receipts, is CPU work: on the blocking
+    // pool.
+    let receipts = tokio::task::spawn_blocking(move || {
         let batch: ReceiptBatch = serde_json::from_slice(&body).map_err(json_error)?;
         if batch.receipts.len() > max_batch {
             return Err(ApiError::new(
@@ -269,10 +271,11 @@ pub(super) async fn post_receipts(
                 format!("{} receipts in one batch; the limit is {max_batch} (control.max_batch)", batch.receipts.len()),
             ));
         }
-        Ok(ingest::prepare(batch.receipts))
+        Ok(batch.receipts)
     })
     .await
     .map_err(|e| ApiError::internal(format!("ingest worker failed: {e}")))??;
+    let prepared = ingest::prepare(receipts).await?;
     let start = Instant::now();
     let answer = ingest::ingest_prepared(&app.store, &app.signatures, &app.keys, &p, prepared).await?;
     app.metrics.ingested(answer.accepted, answer.duplicates, answer.rejected, start.elapsed());

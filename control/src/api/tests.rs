@@ -58,6 +58,7 @@ async fn start(store: &Store) -> Control {
         bootstrap: Some(token_hash(ADMIN)),
         signatures: Default::default(),
         keys: Default::default(),
+        ingest_slots: Default::default(),
         metrics: Default::default(),
         max_batch: 1000,
         roots: KeyRing::load_or_create(home.path()).unwrap(),

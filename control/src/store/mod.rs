@@ -82,6 +82,9 @@ pub enum StoreError {
     /// Stored data is not what control writes (altered or partly written).
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// A blocking worker preparing or hashing data panicked (a bug: see the log).
+    #[error("worker failed: {0}")]
+    Worker(String),
 }
 
 /// Which engine the store runs on.
@@ -120,6 +123,16 @@ pub struct Store {
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// Cuts a connection's socket buffers back to at most 8 KiB as it goes back to its pool.
+/// sqlx keeps the largest message a connection ever carried (an ingest batch's arrays: a few
+/// MiB) in its write and read buffers, so without this each pooled connection's share of memory
+/// creeps up to the biggest batch it has seen; a small reallocation per release is cheap beside
+/// any statement.
+fn shrink<C: sqlx::Connection>(conn: &mut C) -> Result<bool, sqlx::Error> {
+    conn.shrink_buffers();
+    Ok(true)
+}
+
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://PATH`; a SQLite file is created if missing).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -153,12 +166,14 @@ impl Store {
                     Ok(())
                 })
             })
+            .after_release(|conn, _| Box::pin(async move { shrink(conn) }))
             .connect_with(options)
             .await?;
         let pg = match backend {
             Backend::Postgres => Some(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)
+                    .after_release(|conn, _| Box::pin(async move { shrink(conn) }))
                     .connect_with(
                         url.parse().map_err(|e: sqlx::Error| StoreError::Url(format!("invalid database URL: {e}")))?,
                     )
