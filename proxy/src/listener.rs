@@ -119,7 +119,9 @@ pub(crate) fn pipeline(
 + Send
 + 'static {
     hyper::service::service_fn(move |req| {
-        let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { Ok(flow::handle(proxy, conn, req).await) }
+        // hyper keeps a box the size of this future for every open connection, idle or not: the
+        // call's state (kilobytes) is boxed apart, so it is allocated only while a call runs.
+        let call = Box::pin(flow::handle(proxy.clone(), conn.clone(), req));
+        async move { Ok(call.await) }
     })
 }

@@ -336,3 +336,39 @@ async fn the_forward_listener_relays_a_connect_tunnel_and_records_it_on_close() 
     drop(tcp);
     assert!(h.spooled("run-tunnel", 1).await >= Some(1), "the tunnel is recorded when it closes");
 }
+
+/// The size of the future `service` returns, without calling it.
+fn future_size<S>(_: &S) -> usize
+where
+    S: hyper::service::Service<Request<Incoming>>,
+{
+    std::mem::size_of::<Option<S::Future>>()
+}
+
+/// hyper keeps a box the size of the service's future for every open connection, idle or not: the
+/// pipeline's future is a pointer to the call's state, which is allocated only while a call runs.
+#[tokio::test]
+async fn an_idle_connection_holds_no_call_state() {
+    let h = Harness::start(&[]).await;
+    let service = crate::listener::pipeline(h.proxy.clone(), h.conn(ConnMode::Sidecar));
+    let size = future_size(&service);
+    eprintln!("the pipeline's future: {size} bytes");
+    assert!(size <= 64, "the pipeline's future is {size} bytes; every open connection would hold that much");
+}
+
+/// An intercepted connection's task holds the TLS and HTTP state of the open connection, not the
+/// handshake's nor a call's.
+#[tokio::test]
+async fn an_intercepted_connection_task_is_small() {
+    let h = Harness::start(&[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut ctx = (*h.conn(ConnMode::Intercepted)).clone();
+    ctx.target = Some(Target::new(Scheme::HTTPS, "up.test".into(), 443).unwrap());
+    let io = crate::io::ClientIo::new(Bytes::new(), stream);
+    let task = crate::listener::intercept::serve(h.proxy.clone(), ctx, io, h.proxy.drain.watch());
+    let size = std::mem::size_of_val(&task);
+    eprintln!("an intercepted connection's task: {size} bytes");
+    assert!(size <= 2048, "an intercepted connection's task is {size} bytes");
+}

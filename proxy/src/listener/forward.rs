@@ -45,13 +45,14 @@ async fn connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, work
         let proxy = proxy.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (proxy, conn) = (proxy.clone(), conn.clone());
-            async move {
-                Ok::<_, std::convert::Infallible>(if req.method() == Method::CONNECT {
-                    connect(proxy, conn, req).await
+            // Boxed, as in `super::pipeline`: an idle connection holds no call's state.
+            let call: std::pin::Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> =
+                if req.method() == Method::CONNECT {
+                    Box::pin(connect(proxy, conn, req))
                 } else {
-                    flow::handle(proxy, conn, req).await
-                })
-            }
+                    Box::pin(flow::handle(proxy, conn, req))
+                };
+            async move { Ok::<_, std::convert::Infallible>(call.await) }
         })
     };
     let served = proxy.h1.serve_connection(TokioIo::new(stream), service).with_upgrades();

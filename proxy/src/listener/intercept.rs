@@ -42,7 +42,9 @@ pub async fn serve(proxy: Arc<Proxy>, mut ctx: ConnCtx, io: ClientIo, watch: Wat
         }
     };
     if first == TLS_HANDSHAKE {
-        serve_tls(proxy, ctx, target, io, watch).await;
+        // Boxed apart, like each of its phases: the task of an open connection then holds a
+        // pointer, not room for the largest phase (the handshake's and HTTP/2's state).
+        Box::pin(serve_tls(proxy, ctx, target, io, watch)).await;
     } else if first.is_ascii_uppercase() {
         // Plain HTTP inside the tunnel: same pipeline, http scheme.
         proxy.metrics.connect(ConnectMode::Plain);
@@ -51,7 +53,7 @@ pub async fn serve(proxy: Arc<Proxy>, mut ctx: ConnCtx, io: ClientIo, watch: Wat
         ctx.mode = ConnMode::PlainTunnel;
         let service = pipeline(proxy.clone(), Arc::new(ctx));
         let served = proxy.h1.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = watch.serve(served, |c| c.graceful_shutdown()).await {
+        if let Err(e) = Box::pin(watch.serve(served, |c| c.graceful_shutdown())).await {
             tracing::debug!(host = %target.host, error = %e, "plain tunnel connection ended with an error");
         }
     } else {
@@ -63,7 +65,7 @@ pub async fn serve(proxy: Arc<Proxy>, mut ctx: ConnCtx, io: ClientIo, watch: Wat
 async fn serve_tls(proxy: Arc<Proxy>, ctx: ConnCtx, target: Target, io: ClientIo, watch: Watch) {
     let timeout = proxy.config.header_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    let start = match tokio::time::timeout(timeout, acceptor).await {
+    let start = match Box::pin(tokio::time::timeout(timeout, acceptor)).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             proxy.metrics.tls_handshake_failed();
@@ -95,7 +97,7 @@ async fn serve_tls(proxy: Arc<Proxy>, ctx: ConnCtx, target: Target, io: ClientIo
             return;
         }
     };
-    let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
+    let tls = match Box::pin(tokio::time::timeout(timeout, start.into_stream(config))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             proxy.metrics.tls_handshake_failed();
@@ -113,10 +115,10 @@ async fn serve_tls(proxy: Arc<Proxy>, ctx: ConnCtx, target: Target, io: ClientIo
     let io = TokioIo::new(tls);
     let result = if h2 {
         let served = proxy.h2.serve_connection(io, service);
-        watch.serve(served, |c| c.graceful_shutdown()).await
+        Box::pin(watch.serve(served, |c| c.graceful_shutdown())).await
     } else {
         let served = proxy.h1.serve_connection(io, service);
-        watch.serve(served, |c| c.graceful_shutdown()).await
+        Box::pin(watch.serve(served, |c| c.graceful_shutdown())).await
     };
     if let Err(e) = result {
         tracing::debug!(host = %target.host, error = %e, "intercepted connection ended with an error");
